@@ -1,0 +1,36 @@
+# dhashmap — the two commands a fresh machine needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+NODE_ID ?= node1
+PORT    ?= 8080
+
+.PHONY: run test lint clean bench
+
+$(STAMP): setup.py clients/python/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]' -e clients/python
+	touch $(STAMP)
+
+## run: set up and start a node in the foreground on its defaults (REST on :8080, data in ./data/)
+run: $(STAMP)
+	$(BIN)/twistd --nodaemon --pidfile= dhashmap --node-id $(NODE_ID) --port $(PORT)
+
+## test: set up and run the whole suite (lint, unit, integration, client)
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q tests clients/python/tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+## bench: REST benchmark beside etcd's JSON gateway (needs wrk and etcd-server)
+bench: $(STAMP)
+	bench/rest_vs_etcd.sh
+
+clean:
+	rm -rf $(VENV) data build dist *.egg-info clients/python/*.egg-info twisted/plugins/dropin.cache
+	find . -name __pycache__ -prune -exec rm -rf {} +

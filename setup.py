@@ -1,0 +1,36 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="dhashmap",
+    version="0.1.0",
+    description="A Dynamo-style distributed key-value store on Twisted",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.11",
+    # package_dir with the plugin directory listed makes editable installs a
+    # plain .pth entry, so twistd (which scans sys.path) finds twisted/plugins.
+    package_dir={"": "."},
+    packages=find_packages(include=["twisted_dhm", "twisted_dhm.*"]) + ["twisted.plugins"],
+    package_data={"twisted_dhm.api": ["openapi.json"]},
+    install_requires=[
+        "Twisted[tls]>=24.7,<27",
+        "klein>=24.8,<25",
+        "lmdb>=1.4,<4",
+        "prometheus_client>=0.20,<1",
+        "attrs>=23.1",
+        "PyYAML>=6.0,<7",
+        "sortedcontainers>=2.4,<3",
+        "zope.interface>=6",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8,<10",
+            "hypothesis>=6.100,<7",
+            "treq>=24.9,<27",
+            "ruff>=0.6",
+        ],
+    },
+    entry_points={"console_scripts": ["dhashmap-server = twisted_dhm.server:main"]},
+    classifiers=["Framework :: Twisted", "Programming Language :: Python :: 3.11"],
+)

@@ -1,0 +1,1 @@
+"""Client-facing interfaces.  They talk only to the coordinator."""

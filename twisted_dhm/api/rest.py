@@ -1,0 +1,424 @@
+"""The REST API: a plain twisted.web resource for ``/v1/kv/{key}``, Klein for the rest.
+
+Keys may hold any bytes, ``/`` included, so the key is cut from the raw request
+URI and percent-decoded strictly here.  Klein cannot do that (it rebuilds the
+path from decoded segments, and refuses non-UTF-8 escapes), and its routing
+costs about half of a GET; see docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import attrs
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.resource import Resource
+from werkzeug.exceptions import HTTPException
+
+from twisted_dhm.api.metrics import NodeMetrics
+from twisted_dhm.cluster.coordinator import ANY, NO_CONDITION, Coordinator, Page, Precondition
+from twisted_dhm.errors import InvalidRequest, KeyTooLong, KVError, PreconditionFailed, ValueTooLarge
+from twisted_dhm.storage import Record, StorageError, StorageFull
+from twisted_dhm.versions import parse_entity_tags, versions_from_tags
+
+log = Logger(namespace="dhashmap.rest")
+
+KV_PREFIX = b"/v1/kv/"
+OCTET_STREAM = b"application/octet-stream"
+JSON_TYPE = b"application/json"
+MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
+MAX_LIST_LIMIT = 10000
+DEFAULT_LIST_LIMIT = 1000
+
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+
+_STATUS_OF_ERROR: dict[type, int] = {
+    InvalidRequest: 400,
+    KeyTooLong: 414,
+    ValueTooLarge: 413,
+    PreconditionFailed: 412,
+}
+
+
+@attrs.frozen
+class Limits:
+    max_key_size: int = 4096
+    max_value_size: int = 8 * 1024 * 1024
+
+
+def strict_unquote(raw: bytes, what: str) -> bytes:
+    """Percent-decode, refusing ``%`` not followed by two hex digits."""
+    if _BAD_ESCAPE.search(raw):
+        raise InvalidRequest(f"{what} has a '%' that is not followed by two hex digits")
+    return unquote_to_bytes(raw)
+
+
+def key_from_uri(uri: bytes, max_key_size: int) -> bytes:
+    path = uri.split(b"?", 1)[0]
+    if not path.startswith(KV_PREFIX):
+        raise InvalidRequest("not a key path")
+    key = strict_unquote(path[len(KV_PREFIX) :], "the key")
+    if not key:
+        raise InvalidRequest("the key is empty: use /v1/kv/{key}")
+    if len(key) > max_key_size:
+        raise KeyTooLong(f"the key is {len(key)} bytes; the limit is {max_key_size}")
+    return key
+
+
+def error_body(code: str, message: str, **extra: Any) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message, **extra}}).encode()
+
+
+def etag(record_version) -> bytes:  # type: ignore[no-untyped-def]
+    return b'"' + record_version.to_token().encode("ascii") + b'"'
+
+
+def _header(request: server.Request, name: bytes) -> str | None:
+    raw = request.requestHeaders.getRawHeaders(name)
+    if not raw:
+        return None
+    try:
+        return ",".join(v.decode("latin-1") for v in raw)
+    except UnicodeDecodeError:
+        return None
+
+
+def _match(value: str | None) -> Any:
+    if value is None:
+        return None
+    tags = parse_entity_tags(value)
+    return ANY if tags is None else tuple(versions_from_tags(tags))
+
+
+def precondition_from(request: server.Request) -> Precondition:
+    if_match = _match(_header(request, b"if-match"))
+    if_none_match = _match(_header(request, b"if-none-match"))
+    if if_match is None and if_none_match is None:
+        return NO_CONDITION
+    return Precondition(if_match=if_match, if_none_match=if_none_match)
+
+
+def _single_arg(request: server.Request, name: bytes) -> bytes | None:
+    values = request.args.get(name) if request.args else None
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidRequest(f"query parameter {name.decode()!r} is given more than once")
+    return values[0]
+
+
+def ttl_from(request: server.Request) -> float | None:
+    raw = _single_arg(request, b"ttl")
+    if raw is None:
+        return None
+    try:
+        ttl = int(raw)
+    except ValueError:
+        raise InvalidRequest("ttl must be a whole number of seconds") from None
+    if not 1 <= ttl <= MAX_TTL_SECONDS:
+        raise InvalidRequest(f"ttl must be from 1 to {MAX_TTL_SECONDS} seconds")
+    return float(ttl)
+
+
+def _status_for(failure: Failure) -> tuple[int, str, str]:
+    error = failure.value
+    if isinstance(error, KVError):
+        return _STATUS_OF_ERROR.get(type(error), 400), error.code, error.message
+    if isinstance(error, StorageFull):
+        return 507, "storage_full", str(error)
+    if isinstance(error, StorageError):
+        return 503, "storage_error", str(error)
+    return 500, "internal", "the server failed to handle this request; see its log"
+
+
+def finish(request: server.Request, code: int, body: bytes = b"",
+           content_type: bytes | None = None, etag_value: bytes | None = None) -> None:
+    """Answer with an explicit Content-Length (no chunking), unless the client has gone."""
+    if request._disconnected:  # the client hung up while we waited for the disk
+        return
+    request.setResponseCode(code)
+    if etag_value is not None:
+        request.setHeader(b"etag", etag_value)
+    if code not in (204, 304):
+        request.setHeader(b"content-length", b"%d" % len(body))
+        if content_type is not None:
+            request.setHeader(b"content-type", content_type)
+        if body:
+            request.write(body)
+    request.finish()
+
+
+class KVResource(Resource):
+    """``GET``/``HEAD``/``PUT``/``DELETE`` of ``/v1/kv/{key}``: the hot path."""
+
+    isLeaf = True
+
+    def __init__(self, coordinator: Coordinator, metrics: NodeMetrics, clock: IReactorTime,
+                 limits: Limits) -> None:
+        super().__init__()
+        self._coordinator = coordinator
+        self._metrics = metrics
+        self._clock = clock
+        self._limits = limits
+
+    def render(self, request: server.Request) -> Any:
+        started = self._clock.seconds()
+        method = request.method
+        if method == b"GET" or method == b"HEAD":
+            op, handler = "get", self._get
+        elif method == b"PUT":
+            op, handler = "put", self._put
+        elif method == b"DELETE":
+            op, handler = "delete", self._delete
+        else:
+            request.setHeader(b"allow", b"GET, HEAD, PUT, DELETE")
+            finish(request, 405, error_body("method_not_allowed", "use GET, HEAD, PUT or DELETE"),
+                   JSON_TYPE)
+            return server.NOT_DONE_YET
+        try:
+            key = key_from_uri(request.uri, self._limits.max_key_size)
+            d = handler(request, key)
+        except Exception:
+            self._failed(Failure(), request)
+            self._metrics.observe(op, request.code, self._clock.seconds() - started)
+            return server.NOT_DONE_YET
+        d.addErrback(self._failed, request)
+        d.addBoth(lambda _: self._metrics.observe(op, request.code, self._clock.seconds() - started))
+        return server.NOT_DONE_YET
+
+    def _failed(self, failure: Failure, request: server.Request) -> None:
+        code, name, message = _status_for(failure)
+        if code >= 500:
+            log.failure("{method} {uri} failed", failure, method=request.method, uri=request.uri)
+        finish(request, code, error_body(name, message), JSON_TYPE)
+
+    def _get(self, request: server.Request, key: bytes) -> Deferred:
+        condition = _match(_header(request, b"if-none-match"))
+
+        def answer(record: Record | None) -> None:
+            if record is None:
+                finish(request, 404, error_body("not_found", "no value for this key"), JSON_TYPE)
+                return
+            tag = etag(record.version)
+            if condition is not None and (condition == ANY or record.version in condition):
+                finish(request, 304, etag_value=tag)
+                return
+            finish(request, 200, record.value, OCTET_STREAM, tag)
+
+        return self._coordinator.get(key).addCallback(answer)
+
+    def _put(self, request: server.Request, key: bytes) -> Deferred:
+        ttl = ttl_from(request)
+        value = request.content.read()
+        if len(value) > self._limits.max_value_size:
+            raise ValueTooLarge(
+                f"the value is {len(value)} bytes; the limit is {self._limits.max_value_size}")
+        d = self._coordinator.put(key, value, ttl, precondition_from(request))
+        return d.addCallback(
+            lambda r: finish(request, 201 if r.created else 204, etag_value=etag(r.version)))
+
+    def _delete(self, request: server.Request, key: bytes) -> Deferred:
+        d = self._coordinator.delete(key, precondition_from(request))
+        return d.addCallback(lambda r: finish(request, 204))
+
+
+def _openapi_document() -> bytes:
+    return resources.files("twisted_dhm.api").joinpath("openapi.json").read_bytes()
+
+
+@attrs.define
+class RestAPI:
+    """Everything but the hot path: listing, health, readiness, metrics, OpenAPI."""
+
+    node_id: str
+    coordinator: Coordinator
+    metrics: NodeMetrics
+    clock: IReactorTime
+    is_ready: Callable[[], bool]
+    app = Klein()
+
+    @app.handle_errors(HTTPException)
+    def _http_error(self, request: server.Request, failure: Failure) -> bytes:
+        error = failure.value
+        request.setResponseCode(error.code)
+        request.setHeader(b"content-type", JSON_TYPE)
+        if error.code == 405:
+            allowed = getattr(error, "valid_methods", None) or []
+            request.setHeader(b"allow", ", ".join(allowed).encode())
+        name = (error.name or "error").lower().replace(" ", "_")
+        return error_body(name, error.description or error.name)
+
+    @app.handle_errors(KVError)
+    def _kv_error(self, request: server.Request, failure: Failure) -> bytes:
+        code, name, message = _status_for(failure)
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", JSON_TYPE)
+        return error_body(name, message)
+
+    @app.handle_errors(Exception)
+    def _unexpected(self, request: server.Request, failure: Failure) -> bytes:
+        log.failure("{method} {uri} failed", failure, method=request.method, uri=request.uri)
+        request.setResponseCode(500)
+        request.setHeader(b"content-type", JSON_TYPE)
+        return error_body("internal", "the server failed to handle this request; see its log")
+
+    @app.route("/health", methods=["GET", "HEAD"])
+    def health(self, request: server.Request) -> bytes:
+        request.setHeader(b"content-type", JSON_TYPE)
+        return json.dumps({"status": "ok", "node": self.node_id}).encode()
+
+    @app.route("/ready", methods=["GET", "HEAD"])
+    def ready(self, request: server.Request) -> bytes:
+        request.setHeader(b"content-type", JSON_TYPE)
+        if self.is_ready():
+            return json.dumps({"status": "ready", "node": self.node_id}).encode()
+        request.setResponseCode(503)
+        return json.dumps({"status": "not_ready", "node": self.node_id}).encode()
+
+    @app.route("/metrics", methods=["GET"])
+    def prometheus(self, request: server.Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
+        return self.metrics.exposition()
+
+    @app.route("/openapi.json", methods=["GET"])
+    def openapi(self, request: server.Request) -> bytes:
+        request.setHeader(b"content-type", JSON_TYPE)
+        return _openapi_document()
+
+    @app.route("/v1/kv", methods=["GET"])
+    def list_keys(self, request: server.Request) -> Deferred:
+        started = self.clock.seconds()
+        raw_prefix = _single_arg(request, b"prefix") or b""
+        limit_raw = _single_arg(request, b"limit")
+        cursor_raw = _single_arg(request, b"cursor")
+        encoding = (_single_arg(request, b"encoding") or b"utf-8").decode("latin-1").lower()
+        if encoding not in ("utf-8", "base64"):
+            raise InvalidRequest("encoding must be utf-8 or base64")
+        try:
+            limit = DEFAULT_LIST_LIMIT if limit_raw is None else int(limit_raw)
+        except ValueError:
+            raise InvalidRequest("limit must be a whole number") from None
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise InvalidRequest(f"limit must be from 1 to {MAX_LIST_LIMIT}")
+        cursor = cursor_raw.decode("latin-1") if cursor_raw else None
+
+        def render(page: Page) -> bytes:
+            if encoding == "base64":
+                keys = [base64.b64encode(k).decode("ascii") for k in page.keys]
+            else:
+                try:
+                    keys = [k.decode("utf-8") for k in page.keys]
+                except UnicodeDecodeError:
+                    raise InvalidRequest(
+                        "some keys on this page are not UTF-8; list them with encoding=base64"
+                    ) from None
+            request.setHeader(b"content-type", JSON_TYPE)
+            return json.dumps({"keys": keys, "cursor": page.cursor}).encode()
+
+        def observe(result: Any) -> Any:
+            code = request.code if not isinstance(result, Failure) else _status_for(result)[0]
+            self.metrics.observe("list", code, self.clock.seconds() - started)
+            return result
+
+        d = self.coordinator.list(raw_prefix, cursor, limit).addCallback(render)
+        return d.addBoth(observe)
+
+
+class RootResource(Resource):
+    """Sends ``/v1/kv/...`` to the hot-path resource and everything else to Klein."""
+
+    isLeaf = True
+
+    def __init__(self, kv: Resource, rest: Resource) -> None:
+        super().__init__()
+        self._kv = kv
+        self._rest = rest
+
+    def render(self, request: server.Request) -> Any:
+        if request.path.startswith(KV_PREFIX):
+            return self._kv.render(request)
+        return self._rest.render(request)
+
+
+class _Discard(io.RawIOBase):
+    """Where the body of a refused request goes."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        return len(data)
+
+
+class DhashmapRequest(server.Request):
+    """A request that refuses bodies over the site's limit before reading them."""
+
+    _refused = False
+    _received = 0
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self.channel.site.max_body_size:
+            self._refuse(length)
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > self.channel.site.max_body_size:
+            self._refuse(self._received)
+            return
+        super().handleContentChunk(data)
+
+    def process(self) -> None:
+        if not self._refused:
+            super().process()
+
+    def _refuse(self, size: int) -> None:
+        """Answer 413 at once and close, so the client does not upload the rest."""
+        self._refused = True
+        self.content = _Discard()
+        # Keep the channel from inviting the body with "100 Continue".
+        self.requestHeaders.removeHeader(b"expect")
+        limit = self.channel.site.max_body_size
+        body = error_body("value_too_large", f"the body is at least {size} bytes; "
+                          f"the limit is {limit}")
+        transport = self.channel.transport
+        transport.write(b"HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\n"
+                        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                        % (len(body), body))
+        transport.loseConnection()
+
+
+class DhashmapSite(server.Site):
+    requestFactory = DhashmapRequest
+    displayTracebacks = False
+
+    def __init__(self, resource: Resource, reactor: IReactorTime, limits: Limits,
+                 idle_timeout: float) -> None:
+        super().__init__(resource, timeout=idle_timeout, reactor=reactor)
+        self.max_body_size = limits.max_value_size
+
+    def log(self, request: server.Request) -> None:
+        """No per-request access log: it costs more than a GET. Metrics count requests."""
+
+
+def build_site(coordinator: Coordinator, metrics: NodeMetrics, clock: IReactorTime,
+               limits: Limits, idle_timeout: float, node_id: str,
+               is_ready: Callable[[], bool]) -> DhashmapSite:
+    kv = KVResource(coordinator, metrics, clock, limits)
+    api = RestAPI(node_id, coordinator, metrics, clock, is_ready)
+    return DhashmapSite(RootResource(kv, api.app.resource()), clock, limits, idle_timeout)

@@ -1,0 +1,1 @@
+"""Coordination: turns client operations into versioned record reads and writes."""

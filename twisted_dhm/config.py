@@ -1,0 +1,262 @@
+"""Configuration: flags > environment > YAML file > defaults, validated once.
+
+Every setting is declared once in ``SETTINGS``; the twistd flags, the
+environment variables, the YAML keys and ``docs/configuration.md`` all come
+from that table, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import yaml
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names it and where it came from."""
+
+
+Parser = Callable[[Any], Any]
+
+
+def _int_range(lo: int, hi: int) -> Parser:
+    def parse(raw: Any) -> int:
+        if isinstance(raw, bool):
+            raise ValueError(f"must be an integer from {lo} to {hi}")
+        try:
+            value = int(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"must be an integer from {lo} to {hi}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"must be an integer from {lo} to {hi}")
+        return value
+
+    return parse
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {None: 1, "b": 1}
+for _i, _u in enumerate("kmgt", start=1):
+    _SIZE_UNITS[_u + "ib"] = 1024**_i
+    _SIZE_UNITS[_u + "b"] = 1000**_i
+
+
+def _size(lo: int, hi: int) -> Parser:
+    def parse(raw: Any) -> int:
+        match = _SIZE.match(str(raw))
+        if not match:
+            raise ValueError("must be a size such as 4096, 64KiB or 8MiB")
+        unit = match.group(2).lower() if match.group(2) else None
+        value = int(match.group(1)) * _SIZE_UNITS[unit]
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi} bytes")
+        return value
+
+    return parse
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration(lo: float, hi: float) -> Parser:
+    def parse(raw: Any) -> float:
+        match = _DURATION.match(str(raw))
+        if not match:
+            raise ValueError("must be a duration such as 30, 30s, 500ms or 5m")
+        value = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo:g}s and {hi:g}s")
+        return value
+
+    return parse
+
+
+def _choice(*choices: str) -> Parser:
+    def parse(raw: Any) -> str:
+        value = str(raw).strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+_NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _node_id(raw: Any) -> str:
+    value = str(raw)
+    if not _NODE_ID.match(value):
+        raise ValueError(
+            "must be 1-64 characters of letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def _host(raw: Any) -> str:
+    value = str(raw).strip()
+    if not value:
+        raise ValueError("must be an IP address or host name")
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not re.match(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$", value):
+            raise ValueError("must be an IP address or host name") from None
+    return value
+
+
+def _path(raw: Any) -> str:
+    value = str(raw)
+    if not value or "\0" in value:
+        raise ValueError("must be a file system path")
+    return value
+
+
+@attrs.frozen
+class Setting:
+    name: str  # attribute of Config, YAML key
+    env: str
+    parse: Parser
+    default: Any  # a value, or a callable taking the partly built settings dict
+    help: str
+    metavar: str = ""
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _default_node_id() -> str:
+    try:
+        return _node_id(socket.gethostname().split(".")[0])
+    except ValueError:
+        return "node1"
+
+
+def _default_data_dir(values: Mapping[str, Any]) -> str:
+    return os.path.join(".", "data", values["node_id"])
+
+
+def _default_advertise(values: Mapping[str, Any]) -> str:
+    bind = values["bind"]
+    return "127.0.0.1" if bind in ("0.0.0.0", "::") else bind
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("node_id", "NODE_ID", _node_id, lambda v: _default_node_id(),
+            "Unique name of this node in the cluster (default: the short host name).", "NAME"),
+    Setting("port", "PORT", _int_range(0, 65535), 8080, "REST API port.", "PORT"),
+    Setting("bind", "BIND", _host, "0.0.0.0", "Address the listeners bind to.", "ADDR"),
+    Setting("advertise", "ADVERTISE", _host, _default_advertise,
+            "Address other nodes and clients use to reach this node "
+            "(default: --bind, or 127.0.0.1 when binding to all interfaces).", "ADDR"),
+    Setting("data_dir", "DATA_DIR", _path, _default_data_dir,
+            "Directory for this node's data (default: ./data/<node-id>).", "DIR"),
+    Setting("storage", "STORAGE", _choice("lmdb", "memory"), "lmdb",
+            "Storage engine: lmdb (durable, on disk) or memory (lost on exit).", "ENGINE"),
+    Setting("log_format", "LOG_FORMAT", _choice("text", "json"), "text",
+            "Log format on standard output: text, or json (one object per line).", "FORMAT"),
+    Setting("discovery", "DISCOVERY_MODE", _choice("static"), "static",
+            "How members find each other. This version: static.", "MODE"),
+    Setting("max_key_size", "MAX_KEY_SIZE", _size(1, 64 * 1024), 4096,
+            "Largest key accepted, in bytes after percent-decoding (413/414 beyond).", "SIZE"),
+    Setting("max_value_size", "MAX_VALUE_SIZE", _size(1, 1 << 30), 8 * 1024 * 1024,
+            "Largest value accepted (413 beyond).", "SIZE"),
+    Setting("http_idle_timeout", "HTTP_IDLE_TIMEOUT", _duration(1, 3600), 60.0,
+            "Close HTTP connections idle (or stalled mid-request) this long.", "DURATION"),
+    Setting("lmdb_map_size", "LMDB_MAP_SIZE", _size(1 << 20, 1 << 40), 16 << 30,
+            "Largest size the LMDB store may grow to (address space, not disk).", "SIZE"),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@attrs.frozen
+class Config:
+    node_id: str
+    port: int
+    bind: str
+    advertise: str
+    data_dir: str
+    storage: str
+    log_format: str
+    discovery: str
+    max_key_size: int
+    max_value_size: int
+    http_idle_timeout: float
+    lmdb_map_size: int
+
+    def rest_endpoint(self) -> str:
+        """The REST listener as a Twisted server endpoint description."""
+        bind = self.bind.replace(":", "\\:")
+        return f"tcp:{self.port}:interface={bind}"
+
+
+def read_yaml(path: str) -> dict[str, Any]:
+    """Read a YAML config file: a mapping of setting names (``node_id`` or ``node-id``)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"--config: cannot read {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config: {path} is not valid YAML: {e}".replace("\n", " ")) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config: {path} must hold a mapping of settings")
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in _BY_NAME:
+            known = ", ".join(s.name for s in SETTINGS)
+            raise ConfigError(f"{path}: unknown setting {key!r} (known: {known})")
+        out[name] = value
+    return out
+
+
+def load_config(
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str],
+    config_file: str | None = None,
+) -> Config:
+    """Resolve every setting from its highest-priority source and validate it.
+
+    ``flags`` maps setting names to values given on the command line (``None``
+    for flags not given).
+    """
+    from_file = read_yaml(config_file) if config_file else {}
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if flags.get(setting.name) is not None:
+            raw, source = flags[setting.name], setting.flag
+        elif environ.get(setting.env, "") != "":
+            raw, source = environ[setting.env], f"${setting.env}"
+        elif setting.name in from_file:
+            raw, source = from_file[setting.name], f"{config_file}: {setting.name}"
+        else:
+            default = setting.default
+            values[setting.name] = default(values) if callable(default) else default
+            continue
+        try:
+            values[setting.name] = setting.parse(raw)
+        except ValueError as e:
+            raise ConfigError(f"{source}: {e}, got {raw!r}") from None
+    return Config(**values)
+
+
+def settings_markdown() -> str:
+    """The settings table for docs/configuration.md."""
+    rows = ["| flag | environment | YAML key | default | meaning |", "|---|---|---|---|---|"]
+    for s in SETTINGS:
+        default = "(derived)" if callable(s.default) else f"`{s.default}`"
+        rows.append(f"| `{s.flag}` | `{s.env}` | `{s.name}` | {default} | {s.help} |")
+    return "\n".join(rows) + "\n"

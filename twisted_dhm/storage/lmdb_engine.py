@@ -1,0 +1,230 @@
+"""The durable engine: LMDB on disk with group commit off the reactor thread.
+
+Reads run on the reactor thread in their own read transaction: LMDB serves
+them from its memory map without locks.  Writes are queued; one commit thread
+takes everything queued so far as one transaction and syncs it.  While that
+commit runs, new writes queue up for the next one, so under load many writes
+share one fsync (group commit) and the reactor never waits for the disk.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import lmdb
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from twisted_dhm.storage.interface import (
+    IStorageEngine,
+    Record,
+    ScanEntry,
+    StorageError,
+    StorageFull,
+    StorageStats,
+    decode_record,
+    encode_record,
+    peek_entry,
+)
+
+RunInThread = Callable[..., Deferred]
+
+_RECORDS_DB = b"records"
+_ABSENT = object()
+
+
+@implementer(IStorageEngine)
+class LMDBEngine:
+    """Records in one LMDB named database under ``path``.
+
+    ``run_in_thread(f, *args)`` runs a commit away from the reactor and returns a
+    Deferred for its result; the default is a one-thread pool.  Tests pass a
+    function that holds commits until they let them finish.
+    """
+
+    log = Logger(namespace="dhashmap.storage")
+
+    def __init__(
+        self,
+        path: str,
+        reactor: IReactorFromThreads | IReactorThreads,
+        map_size: int = 16 << 30,
+        run_in_thread: RunInThread | None = None,
+    ) -> None:
+        self.path = path
+        self._reactor = reactor
+        self._map_size = map_size
+        self._run_in_thread = run_in_thread
+        self._pool: ThreadPool | None = None
+        self._env: lmdb.Environment | None = None
+        self._db = None
+        # key -> newest Record (None: removal) of writes queued or committing
+        self._pending: dict[bytes, Record | None] = {}
+        self._queue: dict[bytes, bytes | None] = {}
+        self._waiters: list[Deferred] = []
+        self._committing: Deferred | None = None
+        self._idle_waiters: list[Deferred] = []
+        self._closing = False
+        self.commits = 0
+        self.writes = 0
+
+    # -- life cycle -----------------------------------------------------------------
+
+    def open(self) -> None:
+        os.makedirs(self.path, exist_ok=True)
+        try:
+            self._env = lmdb.open(
+                self.path,
+                map_size=self._map_size,
+                max_dbs=8,
+                sync=True,
+                metasync=True,
+                readahead=False,
+                max_spare_txns=4,
+            )
+        except lmdb.Error as e:
+            raise StorageError(f"cannot open LMDB store at {self.path}: {e}") from None
+        self._db = self._env.open_db(_RECORDS_DB)
+        if self._run_in_thread is None:
+            self._pool = ThreadPool(minthreads=1, maxthreads=1, name="dhashmap-lmdb-commit")
+            self._pool.start()
+            pool = self._pool
+            self._run_in_thread = lambda f, *a: deferToThreadPool(self._reactor, pool, f, *a)
+
+    def close(self) -> Deferred:
+        """Refuse new writes, let queued ones commit, then close the environment."""
+        self._closing = True
+        if self._committing is None and not self._queue:
+            d = succeed(None)
+        else:
+            d = Deferred()
+            self._idle_waiters.append(d)
+        d.addCallback(lambda _: self._release())
+        return d
+
+    def _release(self) -> None:
+        if self._pool is not None:
+            self._pool.stop()
+            self._pool = None
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+
+    # -- reads ------------------------------------------------------------------------
+
+    def _require_open(self) -> lmdb.Environment:
+        if self._env is None:
+            raise StorageError("the store is not open")
+        return self._env
+
+    def get(self, key: bytes) -> Record | None:
+        env = self._require_open()
+        with env.begin(db=self._db) as txn:
+            raw = txn.get(key)
+        return None if raw is None else decode_record(raw)
+
+    def latest(self, key: bytes) -> Record | None:
+        if key in self._pending:
+            return self._pending[key]
+        return self.get(key)
+
+    def scan(self, prefix: bytes, after: bytes | None, limit: int) -> list[ScanEntry]:
+        env = self._require_open()
+        out: list[ScanEntry] = []
+        with env.begin(db=self._db, buffers=True) as txn:
+            cursor = txn.cursor()
+            start = prefix if after is None or after < prefix else after
+            if not cursor.set_range(start):
+                return out
+            for key, value in cursor:
+                key = bytes(key)
+                if after is not None and key == after:
+                    continue
+                if not key.startswith(prefix) or len(out) >= limit:
+                    break
+                out.append(peek_entry(key, value))
+        return out
+
+    def stats(self) -> StorageStats:
+        env = self._require_open()
+        with env.begin(db=self._db) as txn:
+            st = txn.stat(self._db)
+        info = env.info()
+        page = env.stat()["psize"]
+        return StorageStats(keys=st["entries"], bytes=(info["last_pgno"] + 1) * page)
+
+    # -- writes -----------------------------------------------------------------------
+
+    def write(self, key: bytes, record: Record | None) -> Deferred:
+        if self._env is None or self._closing:
+            return fail(StorageError("the store is closed"))
+        self._pending[key] = record
+        self._queue[key] = None if record is None else encode_record(record)
+        waiter: Deferred = Deferred()
+        self._waiters.append(waiter)
+        self.writes += 1
+        if self._committing is None:
+            self._flush()
+        return waiter
+
+    def _flush(self) -> None:
+        """Hand everything queued so far to the commit thread as one transaction."""
+        batch, self._queue = self._queue, {}
+        waiters, self._waiters = self._waiters, []
+        landed = {key: self._pending.get(key) for key in batch}
+        assert self._run_in_thread is not None
+        self._committing = d = self._run_in_thread(self._commit, batch)
+
+        def finished(result: object) -> None:
+            self._committing = None
+            for key, record in landed.items():
+                # A newer write to the same key may already be queued behind this batch.
+                if self._pending.get(key, _ABSENT) is record:
+                    del self._pending[key]
+            if self._queue:
+                self._flush()
+            elif self._idle_waiters:
+                idle, self._idle_waiters = self._idle_waiters, []
+                for w in idle:
+                    w.callback(None)
+            for w in waiters:
+                if isinstance(result, Failure):
+                    w.errback(result)
+                else:
+                    w.callback(None)
+
+        def failed(failure: Failure) -> Failure:
+            self.log.failure("commit of {n} writes failed", failure, n=len(batch))
+            if not failure.check(StorageError):
+                failure = Failure(StorageError(f"commit failed: {failure.value}"))
+            return failure
+
+        d.addErrback(failed)
+        d.addBoth(finished)
+
+    def _commit(self, batch: dict[bytes, bytes | None]) -> None:
+        """Runs in the commit thread: one transaction, synced on commit."""
+        env = self._env
+        if env is None:
+            raise StorageError("the store was closed during a commit")
+        try:
+            with env.begin(write=True, db=self._db) as txn:
+                for key, value in batch.items():
+                    if value is None:
+                        txn.delete(key)
+                    else:
+                        txn.put(key, value)
+        except lmdb.MapFullError:
+            raise StorageFull(
+                f"the store at {self.path} is full (map size {self._map_size} bytes); "
+                "raise --lmdb-map-size"
+            ) from None
+        except lmdb.Error as e:
+            raise StorageError(f"LMDB commit failed: {e}") from None
+        self.commits += 1

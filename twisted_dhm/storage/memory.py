@@ -1,0 +1,61 @@
+"""An in-memory engine, for caches, tests and the simulator."""
+
+from __future__ import annotations
+
+from sortedcontainers import SortedDict
+from twisted.internet.defer import Deferred, succeed
+from zope.interface import implementer
+
+from twisted_dhm.storage.interface import (
+    IStorageEngine,
+    Record,
+    ScanEntry,
+    StorageStats,
+    encode_record,
+)
+
+
+@implementer(IStorageEngine)
+class MemoryEngine:
+    """Records in a sorted dict; every write is 'durable' at once.
+
+    Values are kept as the Record objects themselves; ``stats().bytes`` counts
+    their encoded size so the number is comparable with the LMDB engine.
+    """
+
+    def __init__(self) -> None:
+        self._data: SortedDict = SortedDict()
+        self._bytes = 0
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> Deferred:
+        return succeed(None)
+
+    def get(self, key: bytes) -> Record | None:
+        return self._data.get(key)
+
+    latest = get
+
+    def write(self, key: bytes, record: Record | None) -> Deferred:
+        old = self._data.pop(key, None)
+        if old is not None:
+            self._bytes -= len(key) + len(encode_record(old))
+        if record is not None:
+            self._data[key] = record
+            self._bytes += len(key) + len(encode_record(record))
+        return succeed(None)
+
+    def scan(self, prefix: bytes, after: bytes | None, limit: int) -> list[ScanEntry]:
+        start = prefix if after is None or after < prefix else after
+        out = []
+        for key in self._data.irange(minimum=start, inclusive=(after is None or after < prefix, True)):
+            if not key.startswith(prefix) or len(out) >= limit:
+                break
+            record = self._data[key]
+            out.append(ScanEntry(key, record.tombstone, record.expires_at))
+        return out
+
+    def stats(self) -> StorageStats:
+        return StorageStats(keys=len(self._data), bytes=self._bytes)

@@ -1,0 +1,218 @@
+"""Record versions: a vector clock for causality plus a hybrid logical clock (HLC) stamp.
+
+The vector clock says whether one version descends from another or whether two
+are concurrent; the HLC stamp orders concurrent versions for last-writer-wins
+with a deterministic tie-break.  Both travel in the HTTP ``ETag`` as an opaque
+token, so ``If-Match`` carries the full causal context back to the server.
+
+HLC stamps are 64-bit integers: milliseconds since the epoch in the high 48
+bits and a logical counter in the low 16 (the encoding CockroachDB and
+MongoDB use), so they compare as plain integers.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import struct
+from collections.abc import Iterable, Mapping
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+
+LOGICAL_BITS = 16
+_U64 = struct.Struct(">Q")
+_ENTRY = struct.Struct(">Q")
+MAX_CLOCK_ENTRIES = 255
+MAX_NODE_ID_BYTES = 255
+
+
+class VersionDecodeError(ValueError):
+    """Bytes that do not hold a well-formed version."""
+
+
+class Ordering:
+    """How two vector clocks relate."""
+
+    EQUAL = "equal"
+    BEFORE = "before"  # self happened before other (other descends from self)
+    AFTER = "after"  # self descends from other
+    CONCURRENT = "concurrent"
+
+
+@attrs.frozen
+class Version:
+    """One version of a record: vector clock entries (sorted by node) and an HLC stamp."""
+
+    clock: tuple[tuple[str, int], ...] = ()
+    hlc: int = 0
+
+    @classmethod
+    def from_mapping(cls, clock: Mapping[str, int], hlc: int) -> Version:
+        return cls(tuple(sorted(clock.items())), hlc)
+
+    def counter(self, node_id: str) -> int:
+        for node, count in self.clock:
+            if node == node_id:
+                return count
+        return 0
+
+    def increment(self, node_id: str, hlc: int) -> Version:
+        """The version a write coordinated by ``node_id`` makes on top of this one."""
+        entries = dict(self.clock)
+        entries[node_id] = entries.get(node_id, 0) + 1
+        return Version.from_mapping(entries, hlc)
+
+    def merge(self, other: Version, hlc: int) -> Version:
+        """The least version that descends from both (entry-wise maximum)."""
+        entries = dict(self.clock)
+        for node, count in other.clock:
+            if count > entries.get(node, 0):
+                entries[node] = count
+        return Version.from_mapping(entries, hlc)
+
+    def compare(self, other: Version) -> str:
+        mine, theirs = dict(self.clock), dict(other.clock)
+        less = greater = False
+        for node in mine.keys() | theirs.keys():
+            a, b = mine.get(node, 0), theirs.get(node, 0)
+            if a < b:
+                less = True
+            elif a > b:
+                greater = True
+        if less and greater:
+            return Ordering.CONCURRENT
+        if less:
+            return Ordering.BEFORE
+        if greater:
+            return Ordering.AFTER
+        return Ordering.EQUAL
+
+    def wins_over(self, other: Version) -> bool:
+        """Whether this version should replace ``other`` when reconciling.
+
+        Causality first; concurrent versions fall back to the higher HLC stamp and
+        then to the encoded bytes, so every replica picks the same winner.
+        """
+        order = self.compare(other)
+        if order == Ordering.AFTER:
+            return True
+        if order == Ordering.BEFORE:
+            return False
+        if self.hlc != other.hlc:
+            return self.hlc > other.hlc
+        return encode_version(self) > encode_version(other)
+
+    def to_token(self) -> str:
+        """The opaque, URL- and header-safe token used as an ETag value."""
+        return base64.urlsafe_b64encode(encode_version(self)).rstrip(b"=").decode("ascii")
+
+    @classmethod
+    def from_token(cls, token: str) -> Version:
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        except (binascii.Error, ValueError) as e:
+            raise VersionDecodeError(f"version token is not base64url: {e}") from None
+        version, used = decode_version(raw)
+        if used != len(raw):
+            raise VersionDecodeError("version token has trailing bytes")
+        return version
+
+
+def encode_version(version: Version) -> bytes:
+    """``hlc:u64 | n:u8 | n × (len:u8 | node-id utf-8 | counter:u64)``."""
+    if len(version.clock) > MAX_CLOCK_ENTRIES:
+        raise ValueError(f"vector clock has more than {MAX_CLOCK_ENTRIES} entries")
+    parts = [_U64.pack(version.hlc), bytes((len(version.clock),))]
+    for node, count in version.clock:
+        raw = node.encode("utf-8")
+        if len(raw) > MAX_NODE_ID_BYTES:
+            raise ValueError(f"node id longer than {MAX_NODE_ID_BYTES} bytes: {node!r}")
+        parts.append(bytes((len(raw),)))
+        parts.append(raw)
+        parts.append(_ENTRY.pack(count))
+    return b"".join(parts)
+
+
+def decode_version(data: bytes, offset: int = 0) -> tuple[Version, int]:
+    """Decode a version at ``offset``; returns it and the offset just past it."""
+    try:
+        (hlc,) = _U64.unpack_from(data, offset)
+        count = data[offset + 8]
+        pos = offset + 9
+        entries = []
+        for _ in range(count):
+            size = data[pos]
+            pos += 1
+            raw = data[pos : pos + size]
+            if len(raw) != size:
+                raise VersionDecodeError("truncated node id in version")
+            pos += size
+            (counter,) = _ENTRY.unpack_from(data, pos)
+            pos += 8
+            entries.append((raw.decode("utf-8"), counter))
+    except (struct.error, IndexError) as e:
+        raise VersionDecodeError(f"truncated version: {e}") from None
+    except UnicodeDecodeError:
+        raise VersionDecodeError("node id in version is not UTF-8") from None
+    nodes = [node for node, _ in entries]
+    if nodes != sorted(set(nodes)):
+        raise VersionDecodeError("vector clock entries are not sorted and unique")
+    return Version(tuple(entries), hlc), pos
+
+
+class HybridLogicalClock:
+    """Monotonic HLC stamps from an injected clock (never the wall clock directly)."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._last = 0
+
+    def physical(self) -> int:
+        return int(self._clock.seconds() * 1000) << LOGICAL_BITS
+
+    def now(self) -> int:
+        """A stamp greater than every stamp this clock has issued or observed."""
+        self._last = max(self._last + 1, self.physical())
+        return self._last
+
+    def observe(self, stamp: int) -> None:
+        """Fold in a stamp seen from elsewhere (a peer, or the store at start-up)."""
+        if stamp > self._last:
+            self._last = stamp
+
+
+def stamp_millis(stamp: int) -> int:
+    return stamp >> LOGICAL_BITS
+
+
+def parse_entity_tags(header: str) -> list[str] | None:
+    """Parse an ``If-Match``/``If-None-Match`` value (RFC 9110 §13.1).
+
+    Returns ``None`` for ``*`` and otherwise the opaque tags; weak tags are kept
+    with their ``W/`` prefix so a strong comparison never matches them.
+    Malformed members are dropped: they can match nothing.
+    """
+    if header.strip() == "*":
+        return None
+    tags = []
+    for part in header.split(","):
+        part = part.strip()
+        if len(part) >= 2 and part[0] == '"' and part[-1] == '"':
+            tags.append(part[1:-1])
+        elif part.startswith('W/"') and part.endswith('"'):
+            tags.append("W/" + part[3:-1])
+    return tags
+
+
+def versions_from_tags(tags: Iterable[str]) -> list[Version]:
+    """The versions named by strong entity tags; weak or undecodable tags match nothing."""
+    out = []
+    for tag in tags:
+        if tag.startswith("W/"):
+            continue
+        try:
+            out.append(Version.from_token(tag))
+        except VersionDecodeError:
+            continue
+    return out
