@@ -1,0 +1,1 @@
+"""Helpers for tests of dhashmap and of its clients."""

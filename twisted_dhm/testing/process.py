@@ -1,0 +1,131 @@
+"""Real dhashmap nodes as child processes, for integration tests.
+
+A ``NodeProcess`` runs ``twistd -n dhashmap`` on a loopback address with a port
+the OS chose free, waits until ``/ready`` answers, and can stop it gracefully
+or with SIGKILL.  Waiting polls in short steps up to a deadline; nothing sleeps
+a fixed time.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STARTUP_DEADLINE = 30.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def twistd_command() -> list[str]:
+    """twistd of the running interpreter's environment."""
+    return [str(Path(sys.executable).with_name("twistd"))]
+
+
+class NodeProcess:
+    def __init__(
+        self,
+        data_dir: Path,
+        node_id: str = "node1",
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        command: list[str] | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.node_id = node_id
+        self.host = host
+        self.port = port or free_port(host)
+        self.extra_args = extra_args
+        self.env = env
+        self.command = command
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.data_dir.parent / f"{node_id}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def args(self) -> list[str]:
+        if self.command is not None:
+            return self.command
+        return [
+            *twistd_command(), "--nodaemon", "--pidfile=", "dhashmap",
+            "--node-id", self.node_id, "--bind", self.host, "--port", str(self.port),
+            "--data-dir", str(self.data_dir), *self.extra_args,
+        ]
+
+    def start(self, wait: bool = True) -> NodeProcess:
+        env = dict(os.environ)
+        for name in ("NODE_ID", "PORT", "BIND", "DATA_DIR", "STORAGE", "LOG_FORMAT", "CONFIG_FILE"):
+            env.pop(name, None)
+        env.update(self.env or {})
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.args(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, deadline: float = STARTUP_DEADLINE) -> None:
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                status, _, _ = self.request("GET", "/ready", timeout=1.0)
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"node not ready after {deadline}s:\n{self.log()}")
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None,
+        headers: dict[str, str] | None = None, timeout: float = 10.0,
+    ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        finally:
+            conn.close()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-5000:]
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to flush or clean up."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM and wait; SIGKILL if it does not exit in time."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
