@@ -110,13 +110,18 @@ class Version:
     @classmethod
     def from_token(cls, token: str) -> Version:
         try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            raw = b64url_decode(token)
         except (binascii.Error, ValueError) as e:
             raise VersionDecodeError(f"version token is not base64url: {e}") from None
         version, used = decode_version(raw)
         if used != len(raw):
             raise VersionDecodeError("version token has trailing bytes")
         return version
+
+
+def b64url_decode(text: str) -> bytes:
+    """Strict unpadded base64url: any character outside the alphabet is an error."""
+    return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
 
 
 def encode_version(version: Version) -> bytes:

@@ -17,12 +17,12 @@ import binascii
 from collections.abc import Sequence
 
 import attrs
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from twisted_dhm.errors import InvalidRequest, PreconditionFailed
+from twisted_dhm.errors import InvalidRequest, KVError, PreconditionFailed
 from twisted_dhm.storage import IStorageEngine, Record
-from twisted_dhm.versions import HybridLogicalClock, Version
+from twisted_dhm.versions import HybridLogicalClock, Version, b64url_decode
 
 ANY = "*"
 """A precondition that matches any existing value (``If-Match: *``)."""
@@ -76,7 +76,7 @@ def encode_cursor(key: bytes) -> str:
 
 def decode_cursor(cursor: str) -> bytes:
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        return b64url_decode(cursor)
     except (binascii.Error, ValueError):
         raise InvalidRequest("cursor is not one this server handed out") from None
 
@@ -112,7 +112,10 @@ class Coordinator:
         """Fires with a WriteResult once the new version is durable."""
         previous = self._engine.latest(key)
         live = self._live(previous)
-        precondition.check(live)
+        try:
+            precondition.check(live)
+        except KVError:
+            return fail()
         version = self._next_version(previous)
         expires_at = 0 if ttl is None else self._now_ms() + max(1, int(ttl * 1000))
         record = Record(value, version, tombstone=False, expires_at=expires_at)
@@ -127,7 +130,10 @@ class Coordinator:
         """
         previous = self._engine.latest(key)
         live = self._live(previous)
-        precondition.check(live)
+        try:
+            precondition.check(live)
+        except KVError:
+            return fail()
         if live is None:
             version = previous.version if previous is not None else Version()
             return succeed(WriteResult(version, created=True))
@@ -143,7 +149,10 @@ class Coordinator:
         run of deleted or expired keys cannot make one request scan the whole
         store; such a page may be short, or empty, with a cursor to go on.
         """
-        after = decode_cursor(cursor) if cursor else None
+        try:
+            after = decode_cursor(cursor) if cursor else None
+        except InvalidRequest:
+            return fail()
         budget = 4 * limit + 100
         entries = self._engine.scan(prefix, after, budget)
         now = self._now_ms()

@@ -77,8 +77,8 @@ class LMDBEngine:
     # -- life cycle -----------------------------------------------------------------
 
     def open(self) -> None:
-        os.makedirs(self.path, exist_ok=True)
         try:
+            os.makedirs(self.path, exist_ok=True)
             self._env = lmdb.open(
                 self.path,
                 map_size=self._map_size,
@@ -88,7 +88,7 @@ class LMDBEngine:
                 readahead=False,
                 max_spare_txns=4,
             )
-        except lmdb.Error as e:
+        except (lmdb.Error, OSError) as e:
             raise StorageError(f"cannot open LMDB store at {self.path}: {e}") from None
         self._db = self._env.open_db(_RECORDS_DB)
         if self._run_in_thread is None:

@@ -1,0 +1,252 @@
+"""The engine contract, run against both engines, and LMDB's group commit."""
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.strategies import keys, records
+from twisted_dhm.storage import Record, StorageError, StorageFull
+from twisted_dhm.storage.interface import CorruptRecord, decode_record, encode_record
+from twisted_dhm.storage.lmdb_engine import LMDBEngine
+from twisted_dhm.storage.memory import MemoryEngine
+from twisted_dhm.versions import Version
+
+
+class HeldCommits:
+    """A stand-in for the commit thread: runs each commit only when told to."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, f, *args):
+        d = Deferred()
+        self.calls.append((f, args, d))
+        return d
+
+    def run_next(self):
+        f, args, d = self.calls.pop(0)
+        try:
+            result = f(*args)
+        except Exception:
+            d.errback(Failure())
+        else:
+            d.callback(result)
+
+    def run_all(self):
+        while self.calls:
+            self.run_next()
+
+
+def rec(value=b"v", n=1, **kw):
+    return Record(value, Version().increment("n1", n), **kw)
+
+
+class EngineContract:
+    """Mixed into a TestCase with ``make_engine()`` and ``settle()``."""
+
+    def setUp(self):
+        self.engine = self.make_engine()
+        self.engine.open()
+
+    def tearDown(self):
+        self.settle()
+        d = self.engine.close()
+        self.settle()
+        self.successResultOf(d)
+
+    def write(self, key, record):
+        d = self.engine.write(key, record)
+        self.settle()
+        return self.successResultOf(d)
+
+    def test_get_missing(self):
+        self.assertIsNone(self.engine.get(b"nope"))
+
+    def test_write_then_get(self):
+        r = rec(b"\x00\xffvalue", expires_at=123)
+        self.write(b"k", r)
+        self.assertEqual(self.engine.get(b"k"), r)
+        self.assertEqual(self.engine.latest(b"k"), r)
+
+    def test_overwrite_and_remove(self):
+        self.write(b"k", rec(b"1"))
+        self.write(b"k", rec(b"2", n=2))
+        self.assertEqual(self.engine.get(b"k").value, b"2")
+        self.write(b"k", None)
+        self.assertIsNone(self.engine.get(b"k"))
+
+    def test_tombstone_is_stored(self):
+        self.write(b"k", rec(b"", tombstone=True))
+        self.assertTrue(self.engine.get(b"k").tombstone)
+
+    def test_scan_prefix_order_and_after(self):
+        for k in [b"b2", b"a", b"b1", b"b10", b"c", b"b"]:
+            self.write(k, rec(k))
+        keys = [e.key for e in self.engine.scan(b"b", None, 100)]
+        self.assertEqual(keys, [b"b", b"b1", b"b10", b"b2"])
+        self.assertEqual([e.key for e in self.engine.scan(b"b", b"b1", 100)], [b"b10", b"b2"])
+        self.assertEqual([e.key for e in self.engine.scan(b"b", None, 2)], [b"b", b"b1"])
+        self.assertEqual([e.key for e in self.engine.scan(b"", b"b2", 100)], [b"c"])
+        self.assertEqual([e.key for e in self.engine.scan(b"b", b"a", 1)], [b"b"])
+        self.assertEqual(self.engine.scan(b"zz", None, 10), [])
+
+    def test_scan_reports_liveness(self):
+        self.write(b"dead", rec(tombstone=True))
+        self.write(b"ttl", rec(expires_at=1000))
+        entries = {e.key: e for e in self.engine.scan(b"", None, 10)}
+        self.assertFalse(entries[b"dead"].is_live(0))
+        self.assertTrue(entries[b"ttl"].is_live(999))
+        self.assertFalse(entries[b"ttl"].is_live(1000))
+
+    def test_stats(self):
+        self.write(b"a", rec(b"x" * 100))
+        self.write(b"b", rec(b"y"))
+        stats = self.engine.stats()
+        self.assertEqual(stats.keys, 2)
+        self.assertGreater(stats.bytes, 100)
+
+    @settings(max_examples=30, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.differing_executors])
+    @given(st.dictionaries(keys, records, max_size=20))
+    def test_model(self, contents):
+        for k, r in contents.items():
+            self.write(b"m/" + k, r)
+        for k, r in contents.items():
+            self.assertEqual(self.engine.get(b"m/" + k), r)
+        scanned = [e.key for e in self.engine.scan(b"m/", None, 1000)]
+        self.assertEqual(scanned, sorted(scanned))
+        self.assertTrue(set(b"m/" + k for k in contents) <= set(scanned))
+        for k in contents:
+            self.write(b"m/" + k, None)
+
+
+class MemoryEngineTests(EngineContract, SynchronousTestCase):
+    def make_engine(self):
+        return MemoryEngine()
+
+    def settle(self):
+        pass
+
+
+class LMDBEngineTests(EngineContract, SynchronousTestCase):
+    def make_engine(self):
+        self.commits = HeldCommits()
+        return LMDBEngine(self.mktemp(), Clock(), map_size=64 << 20, run_in_thread=self.commits)
+
+    def settle(self):
+        self.commits.run_all()
+
+    def test_group_commit(self):
+        """Writes that arrive while a commit runs share the next commit."""
+        first = self.engine.write(b"k0", rec(b"0"))
+        self.assertEqual(len(self.commits.calls), 1)
+        rest = [self.engine.write(b"k%d" % i, rec(b"%d" % i)) for i in range(1, 50)]
+        self.assertEqual(len(self.commits.calls), 1, "later writes wait for the running commit")
+        self.assertNoResult(first)
+        self.commits.run_next()
+        self.successResultOf(first)
+        for d in rest:
+            self.assertNoResult(d)  # not durable yet: not acknowledged
+        self.assertEqual(len(self.commits.calls), 1)
+        self.commits.run_next()
+        for d in rest:
+            self.successResultOf(d)
+        self.assertEqual((self.engine.commits, self.engine.writes), (2, 50))
+
+    def test_unsynced_write_invisible_to_get_but_visible_to_latest(self):
+        r = rec(b"pending")
+        d = self.engine.write(b"k", r)
+        self.assertIsNone(self.engine.get(b"k"))
+        self.assertEqual(self.engine.latest(b"k"), r)
+        self.commits.run_all()
+        self.successResultOf(d)
+        self.assertEqual(self.engine.get(b"k"), r)
+
+    def test_newer_pending_write_survives_older_commit(self):
+        self.engine.write(b"k", rec(b"1"))
+        newer = rec(b"2", n=2)
+        self.engine.write(b"k", newer)
+        self.commits.run_next()  # commits b"1" only
+        self.assertEqual(self.engine.latest(b"k"), newer)
+        self.commits.run_all()
+        self.assertEqual(self.engine.get(b"k"), newer)
+
+    def test_close_waits_for_queued_writes(self):
+        self.engine.write(b"a", rec())
+        self.engine.write(b"b", rec())
+        closed = self.engine.close()
+        self.assertNoResult(closed)
+        self.assertIsInstance(self.failureResultOf(self.engine.write(b"c", rec())).value, StorageError)
+        self.commits.run_all()
+        self.successResultOf(closed)
+        # reopen: both writes are on disk
+        self.engine = LMDBEngine(self.engine.path, Clock(), run_in_thread=self.commits)
+        self.engine.open()
+        self.assertIsNotNone(self.engine.get(b"a"))
+        self.assertIsNotNone(self.engine.get(b"b"))
+
+    def test_full_store_fails_writes_clearly(self):
+        self.engine.close()
+        self.settle()
+        self.engine = LMDBEngine(self.mktemp(), Clock(), map_size=1 << 20, run_in_thread=self.commits)
+        self.engine.open()
+        d = self.engine.write(b"big", rec(b"x" * (2 << 20)))
+        self.commits.run_all()
+        failure = self.failureResultOf(d)
+        self.assertIsInstance(failure.value, StorageFull)
+        self.assertIn("--lmdb-map-size", str(failure.value))
+        self.assertIsNone(self.engine.latest(b"big"), "a failed write is not left pending")
+        # the engine still works afterwards
+        self.write(b"small", rec(b"x"))
+        self.assertEqual(self.engine.get(b"small").value, b"x")
+        self.flushLoggedErrors(StorageFull)
+
+    def test_open_failure_is_a_storage_error(self):
+        path = self.mktemp()
+        open(path, "w").close()  # a file where a directory should be
+        engine = LMDBEngine(path, Clock(), run_in_thread=self.commits)
+        with self.assertRaises(StorageError) as ctx:
+            engine.open()
+        self.assertIn(path, str(ctx.exception))
+
+
+class RealThreadCommitTests(SynchronousTestCase):
+    """The default commit thread, driven by a real reactor-less callFromThread."""
+
+    def test_commit_thread(self):
+        import threading
+
+        calls = []
+        done = threading.Event()
+
+        class Reactor:
+            def callFromThread(self, f, *a, **kw):
+                calls.append((f, a, kw))
+                done.set()
+
+        engine = LMDBEngine(self.mktemp(), Reactor(), map_size=8 << 20)
+        engine.open()
+        try:
+            d = engine.write(b"k", rec(b"threaded"))
+            self.assertTrue(done.wait(10), "the commit thread finished")
+            for f, a, kw in calls:
+                f(*a, **kw)
+            self.successResultOf(d)
+            self.assertEqual(engine.get(b"k").value, b"threaded")
+        finally:
+            maybeDeferred(engine.close)
+
+
+class CodecTests(SynchronousTestCase):
+    @given(records)
+    def test_round_trip(self, r):
+        self.assertEqual(decode_record(encode_record(r)), r)
+
+    @given(st.binary(max_size=40))
+    def test_garbage(self, raw):
+        try:
+            decode_record(raw)
+        except CorruptRecord:
+            pass

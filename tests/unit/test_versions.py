@@ -1,0 +1,116 @@
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.strategies import versions
+from twisted_dhm.versions import (
+    HybridLogicalClock,
+    Ordering,
+    Version,
+    VersionDecodeError,
+    decode_version,
+    encode_version,
+    parse_entity_tags,
+    stamp_millis,
+    versions_from_tags,
+)
+
+
+class VersionEncodingTests(SynchronousTestCase):
+    @given(versions)
+    def test_round_trip(self, version):
+        raw = encode_version(version)
+        self.assertEqual(decode_version(raw), (version, len(raw)))
+        self.assertEqual(Version.from_token(version.to_token()), version)
+
+    @given(st.binary(max_size=64))
+    def test_garbage_raises_decode_error_only(self, raw):
+        try:
+            Version.from_token(raw.decode("latin-1"))
+        except VersionDecodeError:
+            pass
+
+    def test_truncated(self):
+        raw = encode_version(Version.from_mapping({"a": 1, "b": 2}, 7))
+        for cut in range(len(raw)):
+            with self.assertRaises(VersionDecodeError):
+                decode_version(raw[:cut])
+
+    def test_unsorted_entries_rejected(self):
+        raw = bytearray(encode_version(Version((("a", 1), ("b", 1)), 0)))
+        i = raw.index(b"a")
+        raw[i] = ord("c")  # now ("c", 1), ("b", 1): out of order
+        with self.assertRaises(VersionDecodeError):
+            decode_version(bytes(raw))
+
+
+class VectorClockTests(SynchronousTestCase):
+    def test_increment_descends(self):
+        v1 = Version().increment("n1", 10)
+        v2 = v1.increment("n1", 11)
+        self.assertEqual(v2.counter("n1"), 2)
+        self.assertEqual(v2.compare(v1), Ordering.AFTER)
+        self.assertEqual(v1.compare(v2), Ordering.BEFORE)
+        self.assertTrue(v2.wins_over(v1))
+        self.assertFalse(v1.wins_over(v2))
+
+    def test_concurrent_resolved_by_hlc_then_bytes(self):
+        base = Version().increment("n1", 1)
+        a = base.increment("n2", 50)
+        b = base.increment("n3", 40)
+        self.assertEqual(a.compare(b), Ordering.CONCURRENT)
+        self.assertTrue(a.wins_over(b))
+        self.assertFalse(b.wins_over(a))
+        c = base.increment("n3", 50)
+        self.assertNotEqual(a.wins_over(c), c.wins_over(a))
+
+    @given(versions, versions)
+    def test_exactly_one_winner_unless_equal(self, a, b):
+        if a == b:
+            self.assertFalse(a.wins_over(b))
+        else:
+            self.assertNotEqual(a.wins_over(b), b.wins_over(a))
+
+    @given(versions, versions)
+    def test_merge_descends_from_both(self, a, b):
+        m = a.merge(b, 0)
+        self.assertIn(m.compare(a), (Ordering.AFTER, Ordering.EQUAL))
+        self.assertIn(m.compare(b), (Ordering.AFTER, Ordering.EQUAL))
+
+
+class HLCTests(SynchronousTestCase):
+    def test_monotonic_even_when_clock_stands_still_or_goes_back(self):
+        clock = Clock()
+        clock.advance(1000)
+        hlc = HybridLogicalClock(clock)
+        stamps = [hlc.now() for _ in range(5)]
+        clock.advance(-10)  # the physical clock steps back
+        stamps += [hlc.now() for _ in range(5)]
+        self.assertEqual(stamps, sorted(set(stamps)))
+        self.assertEqual(stamp_millis(stamps[0]), 1_000_000)
+
+    def test_follows_physical_time(self):
+        clock = Clock()
+        hlc = HybridLogicalClock(clock)
+        hlc.now()
+        clock.advance(2.5)
+        self.assertEqual(stamp_millis(hlc.now()), 2500)
+
+    def test_observe_moves_past_remote(self):
+        clock = Clock()
+        hlc = HybridLogicalClock(clock)
+        remote = (5000 << 16) + 3
+        hlc.observe(remote)
+        self.assertGreater(hlc.now(), remote)
+
+
+class EntityTagTests(SynchronousTestCase):
+    def test_parse(self):
+        self.assertIsNone(parse_entity_tags(" * "))
+        self.assertEqual(parse_entity_tags('"a", W/"b", junk, "c"'), ["a", "W/b", "c"])
+
+    def test_weak_and_bad_tags_match_nothing(self):
+        v = Version().increment("n1", 1)
+        token = v.to_token()
+        self.assertEqual(versions_from_tags([token, "W/" + token, "!!"]), [v])
