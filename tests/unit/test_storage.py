@@ -108,7 +108,10 @@ class EngineContract:
         self.assertEqual(stats.keys, 2)
         self.assertGreater(stats.bytes, 100)
 
-    @settings(max_examples=30, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.differing_executors])
+    @settings(
+        max_examples=30,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.differing_executors],
+    )
     @given(st.dictionaries(keys, records, max_size=20))
     def test_model(self, contents):
         for k, r in contents.items():

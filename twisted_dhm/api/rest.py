@@ -23,7 +23,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import server
+from twisted.web import http, server
 from twisted.web.resource import Resource
 from werkzeug.exceptions import HTTPException
 
@@ -383,9 +383,9 @@ class DhashmapRequest(server.Request):
             return
         super().handleContentChunk(data)
 
-    def process(self) -> None:
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if not self._refused:
-            super().process()
+            super().requestReceived(command, path, version)
 
     def _refuse(self, size: int) -> None:
         """Answer 413 at once and close, so the client does not upload the rest."""
@@ -394,16 +394,27 @@ class DhashmapRequest(server.Request):
         # Keep the channel from inviting the body with "100 Continue".
         self.requestHeaders.removeHeader(b"expect")
         limit = self.channel.site.max_body_size
-        body = error_body("value_too_large", f"the body is at least {size} bytes; "
-                          f"the limit is {limit}")
-        transport = self.channel.transport
-        transport.write(b"HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\n"
-                        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                        % (len(body), body))
-        transport.loseConnection()
+        _raw_error(self.channel.transport, b"413 Payload Too Large", error_body(
+            "value_too_large", f"the body is at least {size} bytes; the limit is {limit}"))
+
+
+def _raw_error(transport: Any, status: bytes, body: bytes) -> None:
+    """Answer outside the request machinery, then close the connection."""
+    transport.write(b"HTTP/1.1 %s\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (status, len(body), body))
+    transport.loseConnection()
+
+
+class DhashmapChannel(http.HTTPChannel):
+    """HTTP/1.1 channel that answers an over-long request line with 414, not silence."""
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        _raw_error(self.transport, b"414 URI Too Long", error_body(
+            "key_too_long", f"the request line is over {self.MAX_LENGTH} bytes"))
 
 
 class DhashmapSite(server.Site):
+    protocol = DhashmapChannel
     requestFactory = DhashmapRequest
     displayTracebacks = False
 

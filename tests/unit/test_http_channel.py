@@ -1,0 +1,96 @@
+"""Hostile HTTP clients against the real Site and channel, over StringTransport."""
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_dhm.api.metrics import NodeMetrics
+from twisted_dhm.api.rest import Limits, build_site
+from twisted_dhm.cluster.coordinator import Coordinator
+from twisted_dhm.storage.memory import MemoryEngine
+
+
+class ChannelTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.engine = MemoryEngine()
+        coordinator = Coordinator("n1", self.engine, self.clock)
+        self.site = build_site(
+            coordinator, NodeMetrics(self.engine, process=False), self.clock,
+            Limits(max_key_size=64, max_value_size=1000), 30, "n1", lambda: True,
+        )
+
+    def connect(self):
+        protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 12345))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_declared_oversized_body_refused_before_upload(self):
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            b"PUT /v1/kv/k HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000000\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        response = transport.value()
+        self.assertTrue(response.startswith(b"HTTP/1.1 413 "), response)
+        self.assertNotIn(b"100 Continue", response)
+        self.assertIn(b'"value_too_large"', response)
+        self.assertTrue(transport.disconnecting)
+        protocol.dataReceived(b"x" * 5000)  # what the client had in flight is ignored
+        self.assertIsNone(self.engine.get(b"k"))
+
+    def test_chunked_body_over_limit_refused(self):
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"PUT /v1/kv/k HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(3):
+            protocol.dataReceived(b"190\r\n" + b"y" * 400 + b"\r\n")  # 3 x 400 bytes > 1000
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 "))
+        self.assertTrue(transport.disconnecting)
+        protocol.dataReceived(b"0\r\n\r\n")
+        self.assertIsNone(self.engine.get(b"k"))
+
+    def test_body_at_limit_accepted(self):
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            b"PUT /v1/kv/k HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"z" * 1000
+        )
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 201 "), transport.value())
+        self.assertEqual(self.engine.get(b"k").value, b"z" * 1000)
+
+    def test_slow_client_is_cut_off_and_others_still_served(self):
+        slow, slow_transport = self.connect()
+        slow.dataReceived(b"PUT /v1/kv/k HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+        fast, fast_transport = self.connect()
+        fast.dataReceived(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(fast_transport.value().startswith(b"HTTP/1.1 200 "))
+        self.clock.advance(29)
+        slow.dataReceived(b"c")  # a trickle resets the idle timer, as in any server ...
+        self.clock.advance(29)
+        self.assertFalse(slow_transport.disconnecting)
+        self.clock.advance(2)  # ... but a stall of the idle timeout ends the connection
+        self.assertTrue(slow_transport.disconnecting or slow_transport.disconnected)
+        self.assertIsNone(self.engine.get(b"k"))
+
+    def test_garbage_request_line(self):
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"\x00\xff\xfe garbage\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "), transport.value())
+        self.assertTrue(transport.disconnecting)
+
+    def test_huge_request_line(self):
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET /v1/kv/" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 414 "), transport.value())
+        self.assertTrue(transport.disconnecting)
+
+    def test_pipelined_requests(self):
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            b"PUT /v1/kv/a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n1"
+            b"GET /v1/kv/a HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        out = transport.value()
+        self.assertEqual(out.count(b"HTTP/1.1 "), 2, out)
+        self.assertTrue(out.endswith(b"\r\n\r\n1"), out)
