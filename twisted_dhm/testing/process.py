@@ -41,6 +41,7 @@ class NodeProcess:
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         command: list[str] | None = None,
+        log_path: Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.node_id = node_id
@@ -50,7 +51,7 @@ class NodeProcess:
         self.env = env
         self.command = command
         self.proc: subprocess.Popen | None = None
-        self.log_path = self.data_dir.parent / f"{node_id}.log"
+        self.log_path = Path(log_path) if log_path else self.data_dir.parent / f"{node_id}.log"
 
     @property
     def url(self) -> str:
