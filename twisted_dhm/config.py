@@ -260,3 +260,7 @@ def settings_markdown() -> str:
         default = "(derived)" if callable(s.default) else f"`{s.default}`"
         rows.append(f"| `{s.flag}` | `{s.env}` | `{s.name}` | {default} | {s.help} |")
     return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(settings_markdown(), end="")

@@ -129,3 +129,11 @@ class SingleDashTests(SynchronousTestCase):
             translate_args(["-node-id", "node1", "-port=8080", "--bind", "x", "-c", "f.yaml", "-"]),
             ["--node-id", "node1", "--port=8080", "--bind", "x", "-c", "f.yaml", "-"],
         )
+
+
+class DocsTests(SynchronousTestCase):
+    def test_configuration_doc_is_current(self):
+        from pathlib import Path
+
+        doc = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+        self.assertIn(settings_markdown(), doc, "regenerate the table: python -m twisted_dhm.config")
