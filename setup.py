@@ -22,6 +22,7 @@ setup(
         "PyYAML>=6.0,<7",
         "sortedcontainers>=2.4,<3",
         "zope.interface>=6",
+        "xxhash>=3.4,<5",
     ],
     extras_require={
         "test": [
