@@ -1,0 +1,66 @@
+"""Python client for dhashmap.
+
+``Client`` is synchronous (urllib3); ``TwistedClient`` returns Deferreds (treq)
+and needs the ``twisted`` extra: ``pip install 'dhashmap-client[twisted]'``.
+It is imported lazily so that the sync client works without Twisted installed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from dhashmap_client._protocol import Entry, Page, Value
+from dhashmap_client.errors import (
+    ConnectionError,
+    DhashmapError,
+    InvalidRequest,
+    KeyTooLong,
+    NotFound,
+    PreconditionFailed,
+    ServerError,
+    StorageFull,
+    Timeout,
+    TransportError,
+    Unavailable,
+    ValueTooLarge,
+)
+from dhashmap_client.sync import Client
+
+if TYPE_CHECKING:
+    from dhashmap_client.twisted_client import TwistedClient
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Client",
+    "TwistedClient",
+    "Value",
+    "Entry",
+    "Page",
+    "DhashmapError",
+    "NotFound",
+    "PreconditionFailed",
+    "InvalidRequest",
+    "KeyTooLong",
+    "ValueTooLarge",
+    "Unavailable",
+    "StorageFull",
+    "ServerError",
+    "TransportError",
+    "ConnectionError",
+    "Timeout",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TwistedClient":
+        try:
+            from dhashmap_client.twisted_client import TwistedClient
+        except ModuleNotFoundError as e:
+            if (e.name or "").split(".")[0] not in ("treq", "twisted"):
+                raise
+            raise ImportError(
+                "TwistedClient needs treq and Twisted: pip install 'dhashmap-client[twisted]'"
+            ) from e
+        return TwistedClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
