@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 NODE_ID ?= node1
 PORT    ?= 8080
 
-.PHONY: run test lint clean bench
+.PHONY: run test lint clean bench proto
 
 $(STAMP): setup.py clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ lint: $(STAMP)
 ## bench: REST benchmark beside etcd's JSON gateway (needs wrk and etcd-server)
 bench: $(STAMP)
 	bench/rest_vs_etcd.sh
+
+## proto: regenerate the protobuf code from proto/ (pinned generator: the [proto] extra)
+proto: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[proto]'
+	$(BIN)/python -m grpc_tools.protoc -Iproto/dhashmap/v1 --python_out=twisted_dhm/peer \
+		--pyi_out=twisted_dhm/peer proto/dhashmap/v1/peer.proto
 
 clean:
 	rm -rf $(VENV) data build dist *.egg-info clients/python/*.egg-info twisted/plugins/dropin.cache

@@ -23,8 +23,11 @@ setup(
         "sortedcontainers>=2.4,<3",
         "zope.interface>=6",
         "xxhash>=3.4,<5",
+        "protobuf>=7.35.1,<8",
     ],
     extras_require={
+        # The generator behind `make proto`; pinned so the generated code is reproducible.
+        "proto": ["grpcio-tools==1.85.1"],
         "test": [
             "pytest>=8,<10",
             "hypothesis>=6.100,<7",

@@ -29,5 +29,16 @@ class PreconditionFailed(KVError):
     code = "precondition_failed"
 
 
+class NotFound(KVError):
+    code = "not_found"
+
+
 class Unavailable(KVError):
+    """Too few replicas answered.  ``acks`` did, ``required`` had to."""
+
     code = "unavailable"
+
+    def __init__(self, message: str, acks: int = 0, required: int = 0) -> None:
+        super().__init__(message)
+        self.acks = acks
+        self.required = required

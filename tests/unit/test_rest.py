@@ -61,6 +61,7 @@ class KeyValueTests(RestTestCase):
         self.assertNotEqual(r.headers.getRawHeaders("etag"), [tag])
         r, _ = self.request("DELETE", self.kv(b"k"))
         self.assertEqual(r.code, 204)
+        self.assertTrue(r.headers.getRawHeaders("etag"), "the tombstone's version")
         r, body = self.request("GET", self.kv(b"k"))
         self.assertError(r, body, 404, "not_found")
 
@@ -222,7 +223,7 @@ class OperationalEndpointTests(RestTestCase):
 
     def test_unknown_path_is_json_404(self):
         r, body = self.request("GET", "/nothing/here")
-        self.assertError(r, body, 404, "not_found")
+        self.assertError(r, body, 404, "no_route")
 
     def test_wrong_method_on_klein_route(self):
         r, body = self.request("DELETE", "/health")

@@ -231,7 +231,9 @@ class KVResource(Resource):
 
     def _delete(self, request: server.Request, key: bytes) -> Deferred:
         d = self._coordinator.delete(key, precondition_from(request))
-        return d.addCallback(lambda r: finish(request, 204))
+        # The tombstone's version, so a client can tell which delete it made.
+        return d.addCallback(
+            lambda r: finish(request, 204, etag_value=None if r.created else etag(r.version)))
 
 
 def _openapi_document() -> bytes:
@@ -257,6 +259,11 @@ class RestAPI:
         if error.code == 405:
             allowed = getattr(error, "valid_methods", None) or []
             request.setHeader(b"allow", ", ".join(allowed).encode())
+        if error.code == 404:
+            # Not "not_found": that means "no value for this key", and a client with a wrong
+            # base URL must not mistake its mistake for a missing key.
+            where = f"{request.method.decode('latin-1')} {request.path.decode('latin-1')}"
+            return error_body("no_route", f"no such endpoint: {where}")
         name = (error.name or "error").lower().replace(" ", "_")
         return error_body(name, error.description or error.name)
 

@@ -1,0 +1,269 @@
+"""One native-protocol connection: handshake, pipelined requests, answers by id.
+
+The same class serves both ends.  Each side sends ``Hello`` first; a peer whose
+protocol version or cluster name differs gets an ``Error`` frame and the
+connection closes.  After that, either side may send requests; each carries an
+id, and the answer repeats it, so many requests share one connection and
+answers may come back in any order.
+
+Incoming requests go to a handler that the composition root supplies
+(``handler(session, frame) -> Deferred[Frame]``); this module knows nothing of
+replication or storage.  Anything malformed (an undecodable frame, a frame over
+``MAX_LENGTH``, a request before ``Hello``) is logged and closes that
+connection, never the node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from google.protobuf.message import DecodeError
+from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.python.failure import Failure
+
+from twisted_dhm.errors import KVError
+from twisted_dhm.peer import peer_pb2 as pb
+from twisted_dhm.peer.errors import PeerError, error_for_failure, error_frame
+from twisted_dhm.storage import StorageError
+
+PROTOCOL_VERSION = 1
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+
+REQUEST_BODIES = frozenset({"ping", "replica_get", "replica_put", "get", "put", "delete"})
+RESPONSE_BODIES = frozenset({
+    "pong", "replica_get_result", "replica_put_result", "get_result", "put_result", "delete_result", "error",
+})
+
+log = Logger(namespace="dhashmap.peer")
+
+
+class RequestTimeout(Exception):
+    """No answer within the request's timeout."""
+
+
+class HandshakeFailed(Exception):
+    """The other side is not a compatible member of this cluster."""
+
+
+@attrs.frozen
+class LocalIdentity:
+    """What this end says about itself in its Hello."""
+
+    cluster: str
+    node_id: str
+    role: int = pb.ROLE_PEER
+    host: str = ""
+    peer_port: int = 0
+    rest_port: int = 0
+    weight: int = 1
+    software_version: str = ""
+
+    def hello(self) -> pb.Hello:
+        msg = pb.Hello(
+            protocol_version=PROTOCOL_VERSION, cluster=self.cluster, node_id=self.node_id,
+            role=self.role, weight=self.weight, software_version=self.software_version,
+        )
+        msg.addresses.host = self.host
+        msg.addresses.peer_port = self.peer_port
+        msg.addresses.rest_port = self.rest_port
+        return msg
+
+
+Handler = Callable[["PeerProtocol", pb.Frame], Deferred]
+
+
+class PeerProtocol(Int32StringReceiver):
+    """One connection.  ``ready`` fires with the other side's Hello."""
+
+    def __init__(self, identity: LocalIdentity, clock: IReactorTime, handler: Handler | None,
+                 max_frame: int = DEFAULT_MAX_FRAME, request_timeout: float = 5.0) -> None:
+        self.identity = identity
+        self.clock = clock
+        self.handler = handler
+        self.MAX_LENGTH = max_frame
+        self.request_timeout = request_timeout
+        self.remote: pb.Hello | None = None
+        self.ready: Deferred = Deferred()
+        self.closed: Deferred = Deferred()
+        self._next_id = 1
+        self._pending: dict[int, tuple[Deferred, IDelayedCall]] = {}
+        self._lost = False
+
+    # -- connection ------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        frame = pb.Frame(id=0)
+        frame.hello.CopyFrom(self.identity.hello())
+        self._send(frame)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._lost = True
+        pending, self._pending = self._pending, {}
+        for d, timer in pending.values():
+            if timer.active():
+                timer.cancel()
+            d.errback(ConnectionLost(f"connection to {self.describe()} lost"))
+        if not self.ready.called:
+            self.ready.errback(ConnectionLost(f"connection to {self.describe()} lost before Hello"))
+        self.closed.callback(None)
+
+    def describe(self) -> str:
+        peer = self.transport.getPeer() if self.transport is not None else None
+        who = self.remote.node_id if self.remote is not None and self.remote.node_id else ""
+        where = f"{peer.host}:{peer.port}" if peer is not None and hasattr(peer, "host") else "?"
+        return f"{who}@{where}" if who else where
+
+    def close(self, code: int, message: str) -> None:
+        """Tell the other side why, then hang up."""
+        log.warn("closing native connection {peer}: {message}", peer=self.describe(), message=message)
+        self._send(error_frame(code, message))
+        self.transport.loseConnection()
+        if not self.ready.called:
+            self.ready.errback(HandshakeFailed(message))
+            self.ready.addErrback(lambda _: None)
+
+    def lengthLimitExceeded(self, length: int) -> None:
+        self.close(pb.ERROR_CODE_TOO_LARGE, f"frame of {length} bytes is over the limit of {self.MAX_LENGTH}")
+
+    # -- frames in ---------------------------------------------------------------------
+
+    def stringReceived(self, data: bytes) -> None:
+        if self._lost:
+            return
+        frame = pb.Frame()
+        try:
+            frame.ParseFromString(data)
+        except (DecodeError, RuntimeWarning, ValueError) as e:
+            self.close(pb.ERROR_CODE_BAD_FRAME, f"undecodable frame: {e}")
+            return
+        body = frame.WhichOneof("body")
+        if self.remote is None:
+            self._handshake(frame, body)
+        elif body in RESPONSE_BODIES and frame.id != 0:
+            self._answer_received(frame, body)
+        elif body == "error":
+            log.warn("{peer} reports: {code} {message}", peer=self.describe(),
+                     code=pb.ErrorCode.Name(frame.error.code), message=frame.error.message)
+        elif body in REQUEST_BODIES:
+            self._request_received(frame, body)
+        else:
+            self.close(pb.ERROR_CODE_BAD_FRAME, f"unexpected frame {body!r}")
+
+    def _handshake(self, frame: pb.Frame, body: str | None) -> None:
+        if body == "error":
+            message = f"{pb.ErrorCode.Name(frame.error.code)}: {frame.error.message}"
+            self.transport.loseConnection()
+            self.ready.errback(HandshakeFailed(message))
+            return
+        if body != "hello":
+            self.close(pb.ERROR_CODE_BAD_FRAME, f"expected Hello, got {body!r}")
+            return
+        hello = frame.hello
+        if hello.protocol_version != PROTOCOL_VERSION:
+            self.close(pb.ERROR_CODE_VERSION_MISMATCH,
+                       f"protocol version {hello.protocol_version} is not supported; this node speaks "
+                       f"{PROTOCOL_VERSION}")
+            return
+        if hello.cluster != self.identity.cluster:
+            self.close(pb.ERROR_CODE_CLUSTER_MISMATCH,
+                       f"cluster {hello.cluster!r} is not this node's cluster {self.identity.cluster!r}")
+            return
+        if hello.role == pb.ROLE_PEER and not hello.node_id:
+            self.close(pb.ERROR_CODE_BAD_FRAME, "a peer's Hello must name its node")
+            return
+        self.remote = hello
+        self.ready.callback(hello)
+
+    def _answer_received(self, frame: pb.Frame, body: str) -> None:
+        entry = self._pending.pop(frame.id, None)
+        if entry is None:
+            return  # an answer after its request timed out
+        d, timer = entry
+        if timer.active():
+            timer.cancel()
+        if body == "error":
+            d.errback(PeerError(frame.error))
+        else:
+            d.callback(frame)
+
+    def _request_received(self, frame: pb.Frame, body: str) -> None:
+        request_id = frame.id
+        if body == "ping":
+            pong = pb.Frame(id=request_id)
+            pong.pong.sent_at_ms = frame.ping.sent_at_ms
+            pong.pong.node_id = self.identity.node_id
+            self._send(pong)
+            return
+        if self.handler is None:
+            self._send(error_frame(pb.ERROR_CODE_INVALID_REQUEST, f"{body} is not served here", request_id))
+            return
+        d = maybeDeferred(self.handler, self, frame)
+
+        def reply(answer: pb.Frame) -> None:
+            answer.id = request_id
+            self._send(answer)
+
+        def failed(failure: Failure) -> None:
+            if not failure.check(KVError, StorageError):
+                log.failure("handling {body} from {peer} failed", failure, body=body, peer=self.describe())
+            self._send(error_for_failure(failure, request_id))
+
+        d.addCallbacks(reply, failed)
+
+    # -- frames out --------------------------------------------------------------------
+
+    def _send(self, frame: pb.Frame) -> None:
+        if not self._lost and self.transport is not None:
+            self.sendString(frame.SerializeToString())
+
+    def request(self, frame: pb.Frame, timeout: float | None = None) -> Deferred:
+        """Send a request frame; fires with the answer frame or fails with PeerError/RequestTimeout."""
+        if self._lost:
+            return fail(ConnectionLost(f"connection to {self.describe()} is closed"))
+        request_id = self._next_id
+        self._next_id += 1
+        frame.id = request_id
+        d: Deferred = Deferred()
+        timer = self.clock.callLater(
+            self.request_timeout if timeout is None else timeout, self._timed_out, request_id
+        )
+        self._pending[request_id] = (d, timer)
+        self._send(frame)
+        return d
+
+    def _timed_out(self, request_id: int) -> None:
+        entry = self._pending.pop(request_id, None)
+        if entry is not None:
+            entry[0].errback(RequestTimeout(f"no answer from {self.describe()} in time"))
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+
+class PeerFactory(Factory):
+    """Builds PeerProtocols that share one identity, clock and handler."""
+
+    def __init__(self, identity: LocalIdentity, clock: IReactorTime, handler: Handler | None,
+                 max_frame: int = DEFAULT_MAX_FRAME, request_timeout: float = 5.0,
+                 on_connection: Callable[[PeerProtocol], Any] | None = None) -> None:
+        self.identity = identity
+        self.clock = clock
+        self.handler = handler
+        self.max_frame = max_frame
+        self.request_timeout = request_timeout
+        self.on_connection = on_connection
+
+    def buildProtocol(self, addr: Any) -> PeerProtocol:
+        protocol = PeerProtocol(self.identity, self.clock, self.handler, self.max_frame, self.request_timeout)
+        protocol.factory = self
+        if self.on_connection is not None:
+            self.on_connection(protocol)
+        return protocol
