@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 from google.protobuf.message import DecodeError
-from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
@@ -80,7 +80,7 @@ Handler = Callable[["PeerProtocol", pb.Frame], Deferred]
 
 
 class PeerProtocol(Int32StringReceiver):
-    """One connection.  ``ready`` fires with the other side's Hello."""
+    """One connection; ``when_ready()`` fires with the other side's Hello."""
 
     def __init__(self, identity: LocalIdentity, clock: IReactorTime, handler: Handler | None,
                  max_frame: int = DEFAULT_MAX_FRAME, request_timeout: float = 5.0) -> None:
@@ -90,8 +90,9 @@ class PeerProtocol(Int32StringReceiver):
         self.MAX_LENGTH = max_frame
         self.request_timeout = request_timeout
         self.remote: pb.Hello | None = None
-        self.ready: Deferred = Deferred()
-        self.closed: Deferred = Deferred()
+        self._handshake_result: pb.Hello | Failure | None = None
+        self._ready_waiters: list[Deferred] = []
+        self._closed_waiters: list[Deferred] = []
         self._next_id = 1
         self._pending: dict[int, tuple[Deferred, IDelayedCall]] = {}
         self._lost = False
@@ -110,9 +111,37 @@ class PeerProtocol(Int32StringReceiver):
             if timer.active():
                 timer.cancel()
             d.errback(ConnectionLost(f"connection to {self.describe()} lost"))
-        if not self.ready.called:
-            self.ready.errback(ConnectionLost(f"connection to {self.describe()} lost before Hello"))
-        self.closed.callback(None)
+        self._handshake_done(Failure(ConnectionLost(f"connection to {self.describe()} lost before Hello")))
+        closed, self._closed_waiters = self._closed_waiters, []
+        for d in closed:
+            d.callback(None)
+
+    def when_ready(self) -> Deferred:
+        """Fires with the other side's Hello, or fails if the handshake does not complete."""
+        if self._handshake_result is not None:
+            return succeed(self._handshake_result) if isinstance(self._handshake_result, pb.Hello) \
+                else fail(self._handshake_result)
+        d: Deferred = Deferred()
+        self._ready_waiters.append(d)
+        return d
+
+    def when_closed(self) -> Deferred:
+        if self._lost:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._closed_waiters.append(d)
+        return d
+
+    def _handshake_done(self, result: pb.Hello | Failure) -> None:
+        if self._handshake_result is not None:
+            return
+        self._handshake_result = result
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
 
     def describe(self) -> str:
         peer = self.transport.getPeer() if self.transport is not None else None
@@ -125,9 +154,7 @@ class PeerProtocol(Int32StringReceiver):
         log.warn("closing native connection {peer}: {message}", peer=self.describe(), message=message)
         self._send(error_frame(code, message))
         self.transport.loseConnection()
-        if not self.ready.called:
-            self.ready.errback(HandshakeFailed(message))
-            self.ready.addErrback(lambda _: None)
+        self._handshake_done(Failure(HandshakeFailed(message)))
 
     def lengthLimitExceeded(self, length: int) -> None:
         self.close(pb.ERROR_CODE_TOO_LARGE, f"frame of {length} bytes is over the limit of {self.MAX_LENGTH}")
@@ -160,7 +187,7 @@ class PeerProtocol(Int32StringReceiver):
         if body == "error":
             message = f"{pb.ErrorCode.Name(frame.error.code)}: {frame.error.message}"
             self.transport.loseConnection()
-            self.ready.errback(HandshakeFailed(message))
+            self._handshake_done(Failure(HandshakeFailed(message)))
             return
         if body != "hello":
             self.close(pb.ERROR_CODE_BAD_FRAME, f"expected Hello, got {body!r}")
@@ -179,7 +206,7 @@ class PeerProtocol(Int32StringReceiver):
             self.close(pb.ERROR_CODE_BAD_FRAME, "a peer's Hello must name its node")
             return
         self.remote = hello
-        self.ready.callback(hello)
+        self._handshake_done(hello)
 
     def _answer_received(self, frame: pb.Frame, body: str) -> None:
         entry = self._pending.pop(frame.id, None)

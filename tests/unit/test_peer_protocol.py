@@ -1,0 +1,267 @@
+"""The native protocol over StringTransport with an injected clock."""
+
+import struct
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionLost
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_dhm.errors import PreconditionFailed
+from twisted_dhm.peer import peer_pb2 as pb
+from twisted_dhm.peer.protocol import (
+    PROTOCOL_VERSION,
+    HandshakeFailed,
+    LocalIdentity,
+    PeerError,
+    PeerProtocol,
+    RequestTimeout,
+)
+
+ME = LocalIdentity(cluster="c1", node_id="me", host="127.0.0.1", peer_port=7000)
+
+
+def framed(frame: pb.Frame) -> bytes:
+    data = frame.SerializeToString()
+    return struct.pack(">I", len(data)) + data
+
+
+def hello(cluster="c1", node_id="them", version=PROTOCOL_VERSION, role=pb.ROLE_PEER) -> pb.Frame:
+    f = pb.Frame(id=0)
+    f.hello.protocol_version = version
+    f.hello.cluster = cluster
+    f.hello.node_id = node_id
+    f.hello.role = role
+    return f
+
+
+def frames_in(data: bytes) -> list[pb.Frame]:
+    out = []
+    while data:
+        (n,) = struct.unpack(">I", data[:4])
+        f = pb.Frame()
+        f.ParseFromString(data[4 : 4 + n])
+        out.append(f)
+        data = data[4 + n :]
+    return out
+
+
+class ProtocolTestCase(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.handled = []
+        self.answers = {}
+
+    def handler(self, session, frame):
+        self.handled.append(frame)
+        return self.answers.get(
+            frame.WhichOneof("body"), succeed(pb.Frame(replica_put_result=pb.ReplicaPutResult(stored=1)))
+        )
+
+    def connect(self, max_frame=1 << 20):
+        p = PeerProtocol(ME, self.clock, self.handler, max_frame=max_frame, request_timeout=2.0)
+        t = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 5555))
+        p.makeConnection(t)
+        return p, t
+
+    def sent(self, t):
+        out = frames_in(t.value())
+        t.clear()
+        return out
+
+
+class HandshakeTests(ProtocolTestCase):
+    def test_hello_sent_first_and_accepted(self):
+        p, t = self.connect()
+        [first] = self.sent(t)
+        self.assertEqual(first.WhichOneof("body"), "hello")
+        self.assertEqual(
+            (first.hello.cluster, first.hello.node_id, first.hello.addresses.peer_port), ("c1", "me", 7000)
+        )
+        self.assertNoResult(p.when_ready())
+        p.dataReceived(framed(hello()))
+        self.assertEqual(self.successResultOf(p.when_ready()).node_id, "them")
+
+    def test_cluster_mismatch_closes_with_error(self):
+        p, t = self.connect()
+        self.sent(t)
+        p.dataReceived(framed(hello(cluster="other")))
+        [err] = self.sent(t)
+        self.assertEqual(err.error.code, pb.ERROR_CODE_CLUSTER_MISMATCH)
+        self.assertIn("other", err.error.message)
+        self.assertTrue(t.disconnecting)
+        self.failureResultOf(p.when_ready(), HandshakeFailed)
+
+    def test_version_mismatch_closes_with_error(self):
+        p, t = self.connect()
+        self.sent(t)
+        p.dataReceived(framed(hello(version=99)))
+        [err] = self.sent(t)
+        self.assertEqual(err.error.code, pb.ERROR_CODE_VERSION_MISMATCH)
+        self.assertTrue(t.disconnecting)
+
+    def test_request_before_hello_closes(self):
+        p, t = self.connect()
+        self.sent(t)
+        p.dataReceived(framed(pb.Frame(id=1, replica_get=pb.ReplicaGet(keys=[b"k"]))))
+        [err] = self.sent(t)
+        self.assertEqual(err.error.code, pb.ERROR_CODE_BAD_FRAME)
+        self.assertEqual(self.handled, [])
+
+    def test_peer_without_node_id_refused(self):
+        p, t = self.connect()
+        p.dataReceived(framed(hello(node_id="")))
+        self.failureResultOf(p.when_ready(), HandshakeFailed)
+
+    def test_client_role_needs_no_node_id(self):
+        p, t = self.connect()
+        p.dataReceived(framed(hello(node_id="", role=pb.ROLE_CLIENT)))
+        self.assertEqual(self.successResultOf(p.when_ready()).role, pb.ROLE_CLIENT)
+
+    def test_error_instead_of_hello_fails_ready(self):
+        p, t = self.connect()
+        f = pb.Frame(id=0)
+        f.error.code = pb.ERROR_CODE_CLUSTER_MISMATCH
+        f.error.message = "not ours"
+        p.dataReceived(framed(f))
+        failure = self.failureResultOf(p.when_ready(), HandshakeFailed)
+        self.assertIn("not ours", str(failure.value))
+
+
+class RequestTests(ProtocolTestCase):
+    def ready(self):
+        p, t = self.connect()
+        p.dataReceived(framed(hello()))
+        self.sent(t)
+        return p, t
+
+    def test_answers_out_of_order(self):
+        p, t = self.ready()
+        d1 = p.request(pb.Frame(replica_get=pb.ReplicaGet(keys=[b"a"])))
+        d2 = p.request(pb.Frame(replica_get=pb.ReplicaGet(keys=[b"b"])))
+        r1, r2 = self.sent(t)
+        self.assertNotEqual(r1.id, r2.id)
+        self.assertEqual(p.in_flight, 2)
+        p.dataReceived(framed(pb.Frame(id=r2.id, replica_put_result=pb.ReplicaPutResult(stored=2))))
+        self.assertEqual(self.successResultOf(d2).replica_put_result.stored, 2)
+        self.assertNoResult(d1)
+        p.dataReceived(framed(pb.Frame(id=r1.id, replica_put_result=pb.ReplicaPutResult(stored=1))))
+        self.assertEqual(self.successResultOf(d1).replica_put_result.stored, 1)
+
+    def test_error_answer(self):
+        p, t = self.ready()
+        d = p.request(pb.Frame(replica_get=pb.ReplicaGet(keys=[b"a"])))
+        [req] = self.sent(t)
+        f = pb.Frame(id=req.id)
+        f.error.code = pb.ERROR_CODE_UNAVAILABLE
+        f.error.acks, f.error.required = 1, 2
+        p.dataReceived(framed(f))
+        err = self.failureResultOf(d, PeerError).value
+        self.assertEqual((err.code, err.acks, err.required), (pb.ERROR_CODE_UNAVAILABLE, 1, 2))
+
+    def test_timeout_on_injected_clock_and_late_answer_ignored(self):
+        p, t = self.ready()
+        d = p.request(pb.Frame(replica_get=pb.ReplicaGet(keys=[b"a"])))
+        [req] = self.sent(t)
+        self.clock.advance(1.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.2)
+        self.failureResultOf(d, RequestTimeout)
+        p.dataReceived(framed(pb.Frame(id=req.id, pong=pb.Pong())))  # late: ignored
+        self.assertEqual(p.in_flight, 0)
+        self.assertFalse(t.disconnecting)
+
+    def test_connection_lost_fails_pending(self):
+        p, t = self.ready()
+        d = p.request(pb.Frame(replica_get=pb.ReplicaGet(keys=[b"a"])))
+        p.connectionLost(None)
+        self.failureResultOf(d, ConnectionLost)
+        self.failureResultOf(p.request(pb.Frame(ping=pb.Ping())), ConnectionLost)
+        self.assertEqual(self.clock.getDelayedCalls(), [], "timers cancelled")
+
+    def test_serves_requests_through_handler(self):
+        p, t = self.ready()
+        p.dataReceived(framed(pb.Frame(id=41, replica_put=pb.ReplicaPut())))
+        [answer] = self.sent(t)
+        self.assertEqual((answer.id, answer.replica_put_result.stored), (41, 1))
+        self.assertEqual(len(self.handled), 1)
+
+    def test_slow_handler_answers_later_and_in_any_order(self):
+        slow = Deferred()
+        self.answers["replica_get"] = slow
+        p, t = self.ready()
+        p.dataReceived(framed(pb.Frame(id=1, replica_get=pb.ReplicaGet())))
+        p.dataReceived(framed(pb.Frame(id=2, replica_put=pb.ReplicaPut())))
+        [second] = self.sent(t)
+        self.assertEqual(second.id, 2)
+        slow.callback(pb.Frame(replica_get_result=pb.ReplicaGetResult()))
+        [first] = self.sent(t)
+        self.assertEqual(first.id, 1)
+
+    def test_handler_errors_become_error_frames(self):
+        from twisted.internet.defer import fail
+
+        self.answers["replica_put"] = fail(PreconditionFailed("nope"))
+        p, t = self.ready()
+        p.dataReceived(framed(pb.Frame(id=5, replica_put=pb.ReplicaPut())))
+        [answer] = self.sent(t)
+        self.assertEqual((answer.id, answer.error.code), (5, pb.ERROR_CODE_PRECONDITION_FAILED))
+        self.assertFalse(t.disconnecting)
+
+    def test_ping_answered_without_handler(self):
+        p, t = self.ready()
+        p.dataReceived(framed(pb.Frame(id=3, ping=pb.Ping(sent_at_ms=77))))
+        [pong] = self.sent(t)
+        self.assertEqual((pong.id, pong.pong.sent_at_ms, pong.pong.node_id), (3, 77, "me"))
+        self.assertEqual(self.handled, [])
+
+
+class HostileInputTests(ProtocolTestCase):
+    def test_frame_over_limit_closes(self):
+        p, t = self.connect(max_frame=100)
+        p.dataReceived(struct.pack(">I", 101))
+        self.assertTrue(t.disconnecting)
+        self.assertIn(
+            pb.ERROR_CODE_TOO_LARGE, [f.error.code for f in frames_in(t.value()) if f.HasField("error")]
+        )
+
+    def test_undecodable_frame_closes(self):
+        p, t = self.connect()
+        p.dataReceived(framed(hello()))
+        t.clear()
+        p.dataReceived(struct.pack(">I", 3) + b"\xff\xff\xff")
+        self.assertTrue(t.disconnecting)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=300))
+    def test_arbitrary_bytes_never_raise(self, data):
+        p, t = self.connect(max_frame=4096)
+        p.dataReceived(data)  # must not raise, whatever the bytes
+        p.dataReceived(framed(hello()) + data)
+        if t.disconnecting:
+            self.assertEqual(self.handled, [])
+
+    @settings(max_examples=20, deadline=None)
+    @given(st.lists(st.binary(max_size=50), min_size=1, max_size=5))
+    def test_frames_split_at_every_offset(self, keys):
+        stream = framed(hello()) + b"".join(
+            framed(pb.Frame(id=i + 1, replica_put=pb.ReplicaPut(hint_for=k.hex())))
+            for i, k in enumerate(keys)
+        )
+        for cut in range(len(stream) + 1):
+            self.handled = []
+            p, t = self.connect()
+            p.dataReceived(stream[:cut])
+            p.dataReceived(stream[cut:])
+            self.assertEqual([f.replica_put.hint_for for f in self.handled], [k.hex() for k in keys])
+
+    def test_one_byte_at_a_time(self):
+        p, t = self.connect()
+        stream = framed(hello()) + framed(pb.Frame(id=9, replica_put=pb.ReplicaPut(hint_for="x")))
+        for i in range(len(stream)):
+            p.dataReceived(stream[i : i + 1])
+        self.assertEqual([f.id for f in self.handled], [9])
