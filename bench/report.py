@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Turn a results directory of raw wrk outputs into Markdown tables.
+
+    python3 bench/report.py bench/results/<stamp>
+
+Files are named ``r<round>-<system>-<op>.txt`` (wrk --latency output); a
+``r<round>-dhashmap-put.commits`` file holds "writes commits" deltas of that run.
+Exits 3 if any run had non-2xx responses or socket errors: such a run is not a result.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import sys
+from pathlib import Path
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+ORDER = [("dhashmap", "put"), ("etcd", "put"), ("dhashmap", "get"), ("etcd", "get")]
+LABEL = {("dhashmap", "put"): "PUT /v1/kv/{key}", ("dhashmap", "get"): "GET /v1/kv/{key}",
+         ("etcd", "put"): "POST /v3/kv/put", ("etcd", "get"): "POST /v3/kv/range"}
+
+
+def ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not m:
+        raise ValueError(f"unknown latency {text!r}")
+    return float(m.group(1)) * UNITS[m.group(2)]
+
+
+def parse(path: Path) -> dict:
+    out = path.read_text()
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    total = re.search(r"^\s+(\d+) requests in", out, re.M)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if not (rps and p50 and p99 and total):
+        raise ValueError(f"{path}: not a complete wrk --latency output")
+    sock_n = [int(x) for x in sock.groups()] if sock else [0, 0, 0, 0]
+    return {
+        "rps": float(rps.group(1)), "p50": ms(p50.group(1)), "p99": ms(p99.group(1)),
+        "requests": int(total.group(1)), "non2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket": sock_n,
+    }
+
+
+def errors_text(r: dict) -> str:
+    parts = []
+    if r["non2xx"]:
+        parts.append(f"{r['non2xx']} non-2xx")
+    names = ("connect", "read", "write", "timeout")
+    parts += [f"{n} {k}" for k, n in zip(names, r["socket"]) if n]
+    return ", ".join(parts) if parts else "0"
+
+
+def main() -> int:
+    d = Path(sys.argv[1])
+    runs: dict[tuple[str, str], list[tuple[int, dict]]] = {}
+    for f in sorted(d.glob("r*-*-*.txt")):
+        m = re.fullmatch(r"r(\d+)-(\w+)-(\w+)\.txt", f.name)
+        if not m:
+            continue
+        runs.setdefault((m.group(2), m.group(3)), []).append((int(m.group(1)), parse(f)))
+    bad = False
+
+    print("Per run (wrk -t2 -c50 -d10s, random key of 100,000, 100-byte values):\n")
+    print("| round | system | operation | requests/s | p50 (ms) | p99 (ms) | errors |")
+    print("|---|---|---|---:|---:|---:|---|")
+    rounds = sorted({r for v in runs.values() for r, _ in v})
+    for rnd in rounds:
+        for key in ORDER:
+            for r_, res in runs.get(key, []):
+                if r_ == rnd:
+                    bad |= errors_text(res) != "0"
+                    print(f"| {rnd} | {key[0]} | {LABEL[key]} | {res['rps']:,.0f} | "
+                          f"{res['p50']:.2f} | {res['p99']:.2f} | {errors_text(res)} |")
+
+    print("\nSummary (median of the rounds; requests/s range in brackets):\n")
+    print("| system | operation | requests/s | p50 (ms) | p99 (ms) | errors |")
+    print("|---|---|---:|---:|---:|---|")
+    for key in ORDER:
+        rs = [res for _, res in runs.get(key, [])]
+        if not rs:
+            continue
+        rps = [x["rps"] for x in rs]
+        errs = sum(x["non2xx"] + sum(x["socket"]) for x in rs)
+        print(f"| {key[0]} | {LABEL[key]} | {statistics.median(rps):,.0f} "
+              f"({min(rps):,.0f}–{max(rps):,.0f}) | {statistics.median(x['p50'] for x in rs):.2f} | "
+              f"{statistics.median(x['p99'] for x in rs):.2f} | {errs} |")
+
+    batches = []
+    for f in sorted(d.glob("r*-dhashmap-put.commits")):
+        writes, commits = (int(x) for x in f.read_text().split())
+        batches.append((f.name.split("-")[0], writes, commits))
+    if batches:
+        print("\ndhashmap LMDB group commit during the PUT runs (writes / commits = batch size):\n")
+        for rnd, writes, commits in batches:
+            size = writes / commits if commits else float("nan")
+            print(f"- {rnd}: {writes:,} writes in {commits:,} commits = {size:.1f} writes per commit")
+
+    if bad:
+        print("\nWARNING: some runs had non-2xx responses or socket errors; "
+              "their numbers are not results (see the raw output).")
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
