@@ -51,7 +51,7 @@ def errors_text(r: dict) -> str:
     if r["non2xx"]:
         parts.append(f"{r['non2xx']} non-2xx")
     names = ("connect", "read", "write", "timeout")
-    parts += [f"{n} {k}" for k, n in zip(names, r["socket"]) if n]
+    parts += [f"{n} {k}" for k, n in zip(names, r["socket"], strict=True) if n]
     return ", ".join(parts) if parts else "0"
 
 
