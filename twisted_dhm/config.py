@@ -113,6 +113,42 @@ def _host(raw: Any) -> str:
     return value
 
 
+def _seed_list(raw: Any) -> tuple[tuple[str, int], ...]:
+    items = raw if isinstance(raw, list | tuple) else str(raw).split(",")
+    seeds = []
+    for item in items:
+        item = str(item).strip()
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"each seed must be host:port, like 127.0.0.1:7000 (not {item!r})")
+        host = host.strip("[]")
+        seeds.append((_host(host), _int_range(1, 65535)(port)))
+    return tuple(seeds)
+
+
+def _bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    value = str(raw).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+_CLUSTER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _cluster_name(raw: Any) -> str:
+    value = str(raw)
+    if not _CLUSTER.match(value):
+        raise ValueError("must be 1-64 characters of letters, digits, '.', '_' or '-'")
+    return value
+
+
 def _path(raw: Any) -> str:
     value = str(raw)
     if not value or "\0" in value:
@@ -165,7 +201,33 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_format", "LOG_FORMAT", _choice("text", "json"), "text",
             "Log format on standard output: text, or json (one object per line).", "FORMAT"),
     Setting("discovery", "DISCOVERY_MODE", _choice("static"), "static",
-            "How members find each other. This version: static.", "MODE"),
+            "How members find each other. This version: static (the --seed-nodes list).", "MODE"),
+    Setting("cluster", "CLUSTER_NAME", _cluster_name, "dhashmap",
+            "Cluster name; nodes of other clusters are refused at the handshake.", "NAME"),
+    Setting("peer_port", "PEER_PORT", _int_range(0, 65535), 7000,
+            "Native protocol port (replication between nodes, fast clients).", "PORT"),
+    Setting("seed_nodes", "SEED_NODES", _seed_list, (),
+            "Comma-separated host:peer-port of other members (listing this node too is fine).",
+            "HOST:PORT,..."),
+    Setting("replicas", "REPLICAS", _int_range(1, 9), 3,
+            "N: how many nodes hold each key. The same on every node.", "N"),
+    Setting("partitions", "PARTITIONS", _int_range(1, 65536), 1024,
+            "Q: fixed partitions of the key space. The same on every node, for the cluster's life.", "Q"),
+    Setting("weight", "WEIGHT", _int_range(1, 100), 1,
+            "This node's share of partitions relative to others (ring weight).", "W"),
+    Setting("sloppy_quorum", "SLOPPY_QUORUM", _bool, True,
+            "Let the next healthy nodes take writes for down replicas, with hints "
+            "(false: refuse writes that the preference list cannot take).", "BOOL"),
+    Setting("request_timeout", "REQUEST_TIMEOUT", _duration(0.01, 600), 2.0,
+            "How long a coordinator waits for one replica's answer.", "DURATION"),
+    Setting("health_interval", "HEALTH_INTERVAL", _duration(0.01, 600), 1.0,
+            "How often each member is pinged over the native protocol.", "DURATION"),
+    Setting("health_timeout", "HEALTH_TIMEOUT", _duration(0.01, 600), 1.0,
+            "How long a ping may take before it counts as missed.", "DURATION"),
+    Setting("health_threshold", "HEALTH_THRESHOLD", _int_range(1, 100), 3,
+            "Missed pings in a row after which a member is dead (fewer: suspect).", "N"),
+    Setting("handoff_interval", "HANDOFF_INTERVAL", _duration(0.01, 3600), 1.0,
+            "How often hinted writes are offered to their home nodes.", "DURATION"),
     Setting("max_key_size", "MAX_KEY_SIZE", _size(1, 64 * 1024), 4096,
             "Largest key accepted, in bytes after percent-decoding (413/414 beyond).", "SIZE"),
     Setting("max_value_size", "MAX_VALUE_SIZE", _size(1, 1 << 30), 8 * 1024 * 1024,
@@ -189,6 +251,18 @@ class Config:
     storage: str
     log_format: str
     discovery: str
+    cluster: str
+    peer_port: int
+    seed_nodes: tuple[tuple[str, int], ...]
+    replicas: int
+    partitions: int
+    weight: int
+    sloppy_quorum: bool
+    request_timeout: float
+    health_interval: float
+    health_timeout: float
+    health_threshold: int
+    handoff_interval: float
     max_key_size: int
     max_value_size: int
     http_idle_timeout: float
@@ -253,11 +327,19 @@ def load_config(
     return Config(**values)
 
 
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value == ():
+        return "none"
+    return str(value)
+
+
 def settings_markdown() -> str:
     """The settings table for docs/configuration.md."""
     rows = ["| flag | environment | YAML key | default | meaning |", "|---|---|---|---|---|"]
     for s in SETTINGS:
-        default = "(derived)" if callable(s.default) else f"`{s.default}`"
+        default = "(derived)" if callable(s.default) else f"`{_show(s.default)}`"
         rows.append(f"| `{s.flag}` | `{s.env}` | `{s.name}` | {default} | {s.help} |")
     return "\n".join(rows) + "\n"
 

@@ -1,51 +1,74 @@
 """The composition root: builds one node's services from injected parts.
 
-Everything that touches the outside world is handed in: the reactor (clock,
-threads, listening), the random source and the storage engine.  The daemon
-passes the real ones; tests pass ``task.Clock``, a seeded ``Random`` and the
-memory engine.
+Everything that touches the outside world is handed in: the reactor (clock and
+threads), the network (every socket), the random source and the storage
+engines.  The daemon passes the real ones; tests and the simulator pass
+``task.Clock``, a ``MemoryNetwork``, a seeded ``Random`` and memory engines.
 """
 
 from __future__ import annotations
 
+import os
 import random
-from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
+from twisted_dhm import __version__
 from twisted_dhm.api.metrics import NodeMetrics
 from twisted_dhm.api.rest import Limits, build_site
 from twisted_dhm.cluster.coordinator import Coordinator
+from twisted_dhm.cluster.handler import PeerHandler
+from twisted_dhm.cluster.handoff import HintedHandoff
+from twisted_dhm.cluster.replica import LocalReplica
+from twisted_dhm.cluster.replicas import Replicas
+from twisted_dhm.cluster.routing import Routing
 from twisted_dhm.config import Config
+from twisted_dhm.membership import ALIVE, Member, MembershipView
+from twisted_dhm.membership.static import StaticMembership
+from twisted_dhm.network import INetwork, TCPNetwork
+from twisted_dhm.peer import peer_pb2 as pb
+from twisted_dhm.peer.pool import PeerPool
+from twisted_dhm.peer.protocol import LocalIdentity, PeerFactory, PeerProtocol
 from twisted_dhm.storage import IStorageEngine, StorageError
 from twisted_dhm.storage.lmdb_engine import LMDBEngine
 from twisted_dhm.storage.memory import MemoryEngine
+from twisted_dhm.versions import HybridLogicalClock
 
 log = Logger(namespace="dhashmap.node")
 
+# Room for the largest value plus the frame's own fields.
+FRAME_OVERHEAD = 1024 * 1024
 
-def make_engine(config: Config, reactor: Any) -> IStorageEngine:
+
+def make_engines(config: Config, reactor: Any) -> tuple[IStorageEngine, IStorageEngine]:
+    """The record store and the hint store."""
     if config.storage == "memory":
-        return MemoryEngine()
-    return LMDBEngine(config.data_dir, reactor, map_size=config.lmdb_map_size)
+        return MemoryEngine(), MemoryEngine()
+    return (
+        LMDBEngine(config.data_dir, reactor, map_size=config.lmdb_map_size),
+        LMDBEngine(os.path.join(config.data_dir, "hints"), reactor, map_size=config.lmdb_map_size),
+    )
 
 
 class StoreService(Service):
-    """Opens the engine on start; on stop, lets queued writes land, then closes it."""
+    """Opens the engines on start; on stop, lets queued writes land, then closes them."""
 
     name = "store"
 
-    def __init__(self, engine: IStorageEngine) -> None:
-        self.engine = engine
+    def __init__(self, *engines: IStorageEngine) -> None:
+        self.engines = engines
 
     def startService(self) -> None:
         try:
-            self.engine.open()
+            for engine in self.engines:
+                engine.open()
         except StorageError as e:
             # A clear line, not a traceback: this is the operator's to fix.
             raise SystemExit(f"dhashmap: cannot start: {e}") from None
@@ -53,48 +76,129 @@ class StoreService(Service):
 
     def stopService(self) -> Deferred:
         super().stopService()
-        return self.engine.close()
+        return gatherResults([engine.close() for engine in self.engines], consumeErrors=True)
+
+
+class ListenService(Service):
+    """Listens on the injected network while running."""
+
+    def __init__(self, name: str, network: INetwork, host: str, port: int, factory: Factory,
+                 on_stop: Any = None) -> None:
+        self.name = name
+        self.network = network
+        self.host = host
+        self.port = port
+        self.factory = factory
+        self.on_stop = on_stop
+        self.listening: IListeningPort | None = None
+
+    def startService(self) -> None:
+        self.listening = self.network.listen(self.host, self.port, self.factory)
+        super().startService()
+
+    def stopService(self) -> Deferred | None:
+        super().stopService()
+        if self.on_stop is not None:
+            self.on_stop()
+        if self.listening is not None:
+            port, self.listening = self.listening, None
+            return port.stopListening()
+        return None
 
 
 class DhashmapNode(MultiService):
-    """One node: ``store`` then ``rest``; later issues add their children here."""
+    """One node: ``store``, ``peer``, ``membership``, ``handoff``, ``rest`` (started in that order)."""
 
     def __init__(
         self,
         config: Config,
         reactor: Any,
         rng: random.Random,
-        engine: IStorageEngine | None = None,
-        listen: Callable[[str], Any] | None = None,
+        network: INetwork | None = None,
+        engines: tuple[IStorageEngine, IStorageEngine] | None = None,
+        listen_rest: Any = None,
     ) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
         self.rng = rng
-        self.engine = engine if engine is not None else make_engine(config, reactor)
-        listen = listen or (lambda description: serverFromString(reactor, description))
+        self.network = network if network is not None else TCPNetwork(reactor)
+        self.engine, self.hints = engines if engines is not None else make_engines(config, reactor)
+        self.hlc = HybridLogicalClock(reactor)
 
-        self.store = StoreService(self.engine)
+        local = Member(config.node_id, config.advertise, config.peer_port, config.port, ALIVE, config.weight,
+                       __version__)
+        self.view = MembershipView(local)
+        self.routing = Routing(self.view, config.partitions, config.replicas)
+        self.replica = LocalReplica(self.engine, self.hints, self.hlc)
+        identity = LocalIdentity(
+            cluster=config.cluster, node_id=config.node_id, role=pb.ROLE_PEER, host=config.advertise,
+            peer_port=config.peer_port, rest_port=config.port, weight=config.weight,
+            software_version=__version__, partitions=config.partitions,
+        )
+        max_frame = config.max_value_size + config.max_key_size + FRAME_OVERHEAD
+        self.pool = PeerPool(
+            self.network, reactor, rng, identity, address_of=self._address_of,
+            connect_timeout=config.request_timeout, request_timeout=config.request_timeout, max_frame=max_frame,
+        )
+        self.replicas = Replicas(config.node_id, self.replica, self.pool)
+        self.coordinator = Coordinator(config.node_id, self.replicas, self.routing, reactor, self.hlc,
+                                       config.sloppy_quorum)
+        handler = PeerHandler(self.replica, self.coordinator, config.max_key_size, config.max_value_size)
+        self.pool.handler = handler
+
+        self.store = StoreService(self.engine, self.hints)
         self.store.setServiceParent(self)
 
-        self.coordinator = Coordinator(config.node_id, self.engine, reactor)
-        self.metrics = NodeMetrics(self.engine)
+        peer_factory = PeerFactory(identity, reactor, handler, max_frame, config.request_timeout,
+                                   on_connection=self._inbound)
+        self.peer = ListenService("peer", self.network, config.bind, config.peer_port, peer_factory,
+                                  on_stop=self.pool.close)
+        self.peer.setServiceParent(self)
+
+        self.membership = StaticMembership(
+            self.view, self.pool, reactor, config.seed_nodes, config.health_interval, config.health_timeout,
+            config.health_threshold,
+        )
+        self.membership.setServiceParent(self)
+
+        self.handoff = HintedHandoff(self.replica, self.view, self.replicas, reactor, config.handoff_interval)
+        self.handoff.setServiceParent(self)
+
+        self.metrics = NodeMetrics(self.engine, cluster=self)
         limits = Limits(config.max_key_size, config.max_value_size)
         self.site = build_site(
             self.coordinator, self.metrics, reactor, limits, config.http_idle_timeout,
-            config.node_id, is_ready=self.is_ready,
+            config.node_id, is_ready=self.is_ready, cluster=self,
         )
-        self.rest = StreamServerEndpointService(listen(config.rest_endpoint()), self.site)
-        self.rest.setName("rest")
+        if listen_rest is None:
+            self.rest: Service = StreamServerEndpointService(
+                serverFromString(reactor, config.rest_endpoint()), self.site)
+            self.rest.setName("rest")
+        else:
+            self.rest = ListenService("rest", self.network, config.bind, config.port, self.site)
         self.rest.setServiceParent(self)
+
+    def _address_of(self, node_id: str) -> tuple[str, int] | None:
+        member = self.view.get(node_id)
+        return None if member is None else (member.host, member.peer_port)
+
+    def _inbound(self, protocol: PeerProtocol) -> None:
+        def hello(msg: pb.Hello) -> None:
+            peer = protocol.transport.getPeer()
+            self.membership.introduce(msg, getattr(peer, "host", ""))
+
+        protocol.when_ready().addCallbacks(hello, lambda _: None)
 
     def is_ready(self) -> bool:
         return self.running and self.store.running
 
     def startService(self) -> None:
         log.info(
-            "node {node_id} starting: REST on {endpoint}, storage {storage} at {data_dir}",
-            node_id=self.config.node_id, endpoint=self.config.rest_endpoint(),
-            storage=self.config.storage, data_dir=self.config.data_dir,
+            "node {node_id} starting: REST on {endpoint}, native protocol on {bind}:{peer_port}, "
+            "storage {storage} at {data_dir}, seeds {seeds}",
+            node_id=self.config.node_id, endpoint=self.config.rest_endpoint(), bind=self.config.bind,
+            peer_port=self.config.peer_port, storage=self.config.storage, data_dir=self.config.data_dir,
+            seeds=",".join(f"{h}:{p}" for h, p in self.config.seed_nodes) or "none",
         )
         super().startService()

@@ -17,7 +17,9 @@ from twisted_dhm.config import SETTINGS, Config, ConfigError, load_config
 
 
 def _flag_help(setting) -> str:  # type: ignore[no-untyped-def]
-    default = "derived" if callable(setting.default) else setting.default
+    from twisted_dhm.config import _show
+
+    default = "derived" if callable(setting.default) else _show(setting.default)
     return f"{setting.help} [env {setting.env}; default {default}]"
 
 

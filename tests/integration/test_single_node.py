@@ -197,7 +197,7 @@ def test_dhashmap_server_accepts_single_dash_flags(tmp_path):
     port = free_port()
     server = str(Path(sys.executable).with_name("dhashmap-server"))
     node = NodeProcess(tmp_path / "d", port=port, command=[
-        server, "-node-id", "single", "-port", str(port), "-bind", "127.0.0.1",
+        server, "-node-id", "single", "-port", str(port), "-bind", "127.0.0.1", "-peer-port", str(free_port()),
         "-data-dir", str(tmp_path / "d"),
     ])
     try:
@@ -212,7 +212,7 @@ def test_environment_and_json_logs(tmp_path):
     port = free_port()
     node = NodeProcess(tmp_path / "d", port=port, command=[
         str(Path(sys.executable).with_name("twistd")), "-n", "--pidfile=", "dhashmap",
-    ], env={"NODE_ID": "envnode", "PORT": str(port), "BIND": "127.0.0.1",
+    ], env={"NODE_ID": "envnode", "PORT": str(port), "BIND": "127.0.0.1", "PEER_PORT": str(free_port()),
             "DATA_DIR": str(tmp_path / "d"), "STORAGE": "memory", "LOG_FORMAT": "json"})
     try:
         node.start()

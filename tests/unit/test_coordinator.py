@@ -1,9 +1,10 @@
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_dhm.cluster.coordinator import ANY, Coordinator, Precondition, decode_cursor, encode_cursor
+from twisted_dhm.cluster.coordinator import ANY, Precondition, decode_cursor, encode_cursor
 from twisted_dhm.errors import InvalidRequest, PreconditionFailed
 from twisted_dhm.storage.memory import MemoryEngine
+from twisted_dhm.testing.stack import single_node_coordinator
 from twisted_dhm.versions import Ordering
 
 
@@ -12,7 +13,7 @@ class CoordinatorTests(SynchronousTestCase):
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.engine = MemoryEngine()
-        self.c = Coordinator("n1", self.engine, self.clock)
+        self.c = single_node_coordinator(self.engine, self.clock)
 
     def put(self, key, value, **kw):
         return self.successResultOf(self.c.put(key, value, **kw))
@@ -41,10 +42,12 @@ class CoordinatorTests(SynchronousTestCase):
         self.assertTrue(again.created)
         self.assertEqual(again.version.compare(stored.version), Ordering.AFTER)
 
-    def test_delete_missing_writes_nothing(self):
+    def test_delete_missing_still_writes_a_tombstone(self):
+        """In a cluster another replica may hold a value this node has not seen: the tombstone beats it."""
         result = self.successResultOf(self.c.delete(b"nope"))
-        self.assertTrue(result.created)
-        self.assertIsNone(self.engine.get(b"nope"))
+        self.assertTrue(result.created, "nothing live was here")
+        self.assertTrue(self.engine.get(b"nope").tombstone)
+        self.assertIsNone(self.get(b"nope"))
 
     def test_ttl_expiry(self):
         self.put(b"k", b"v", ttl=10)
@@ -79,7 +82,7 @@ class CoordinatorTests(SynchronousTestCase):
         commits = HeldCommits()
         engine = LMDBEngine(self.mktemp(), self.clock, map_size=8 << 20, run_in_thread=commits)
         engine.open()
-        c = Coordinator("n1", engine, self.clock)
+        c = single_node_coordinator(engine, self.clock)
         d0 = c.put(b"k", b"0")
         commits.run_all()
         v0 = self.successResultOf(d0).version

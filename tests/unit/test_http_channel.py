@@ -7,15 +7,15 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_dhm.api.metrics import NodeMetrics
 from twisted_dhm.api.rest import Limits, build_site
-from twisted_dhm.cluster.coordinator import Coordinator
 from twisted_dhm.storage.memory import MemoryEngine
+from twisted_dhm.testing.stack import single_node_coordinator
 
 
 class ChannelTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
         self.engine = MemoryEngine()
-        coordinator = Coordinator("n1", self.engine, self.clock)
+        coordinator = single_node_coordinator(self.engine, self.clock)
         self.site = build_site(
             coordinator, NodeMetrics(self.engine, process=False), self.clock,
             Limits(max_key_size=64, max_value_size=1000), 30, "n1", lambda: True,

@@ -12,8 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_dhm.api.metrics import NodeMetrics
 from twisted_dhm.api.rest import Limits, build_site
-from twisted_dhm.cluster.coordinator import Coordinator
 from twisted_dhm.storage.memory import MemoryEngine
+from twisted_dhm.testing.stack import single_node_coordinator
 
 
 class RestTestCase(SynchronousTestCase):
@@ -24,7 +24,7 @@ class RestTestCase(SynchronousTestCase):
         self.clock.advance(1_700_000_000)
         self.engine = MemoryEngine()
         self.ready = True
-        coordinator = Coordinator("n1", self.engine, self.clock)
+        coordinator = single_node_coordinator(self.engine, self.clock)
         self.metrics = NodeMetrics(self.engine, process=False)
         site = build_site(coordinator, self.metrics, self.clock, self.limits, 60, "n1", lambda: self.ready)
         self.treq = StubTreq(site.resource)

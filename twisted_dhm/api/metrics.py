@@ -7,12 +7,14 @@ simulator run many nodes in one process.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from twisted_dhm.membership import STATES
 from twisted_dhm.storage import IStorageEngine
 
 OPERATIONS = ("get", "put", "delete", "list")
@@ -50,8 +52,37 @@ class _StorageCollector(Collector):
             )
 
 
+class _ClusterCollector(Collector):
+    """Membership, hints and repair, read from the node when scraped."""
+
+    def __init__(self, node: Any) -> None:
+        self._node = node
+
+    def collect(self) -> Iterator:
+        node = self._node
+        members = GaugeMetricFamily("dhashmap_members", "Members of the cluster by state, as this node sees them.",
+                                    labels=("state",))
+        counts = dict.fromkeys(STATES, 0)
+        for member in node.view.members():
+            counts[member.state] += 1
+        for state, count in counts.items():
+            members.add_metric((state,), count)
+        yield members
+        yield GaugeMetricFamily("dhashmap_partitions_owned", "Partitions whose preference list holds this node.",
+                                len(node.routing.table.owned_by(node.view.local_id)))
+        try:
+            queued = node.handoff.queued()
+        except Exception:
+            queued = 0
+        yield GaugeMetricFamily("dhashmap_hints_queued", "Writes held here for nodes that were down.", queued)
+        yield CounterMetricFamily("dhashmap_hints_delivered", "Hinted writes handed to their home nodes.",
+                                  node.handoff.delivered)
+        yield CounterMetricFamily("dhashmap_read_repairs", "Replicas updated by read repair.",
+                                  node.coordinator.read_repairs)
+
+
 class NodeMetrics:
-    def __init__(self, engine: IStorageEngine, process: bool = True) -> None:
+    def __init__(self, engine: IStorageEngine, process: bool = True, cluster: Any = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "dhashmap_requests",
@@ -67,6 +98,8 @@ class NodeMetrics:
             registry=self.registry,
         )
         self.registry.register(_StorageCollector(engine))
+        if cluster is not None:
+            self.registry.register(_ClusterCollector(cluster))
         if process:
             ProcessCollector(registry=self.registry)
         # Label children looked up once: .labels() costs more than .observe().

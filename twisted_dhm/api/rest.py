@@ -28,8 +28,8 @@ from twisted.web.resource import Resource
 from werkzeug.exceptions import HTTPException
 
 from twisted_dhm.api.metrics import NodeMetrics
-from twisted_dhm.cluster.coordinator import ANY, NO_CONDITION, Coordinator, Page, Precondition
-from twisted_dhm.errors import InvalidRequest, KeyTooLong, KVError, PreconditionFailed, ValueTooLarge
+from twisted_dhm.cluster.coordinator import ANY, NO_CONDITION, Coordinator, Page, Precondition, parse_level
+from twisted_dhm.errors import InvalidRequest, KeyTooLong, KVError, PreconditionFailed, Unavailable, ValueTooLarge
 from twisted_dhm.storage import Record, StorageError, StorageFull
 from twisted_dhm.versions import parse_entity_tags, versions_from_tags
 
@@ -49,6 +49,7 @@ _STATUS_OF_ERROR: dict[type, int] = {
     KeyTooLong: 414,
     ValueTooLarge: 413,
     PreconditionFailed: 412,
+    Unavailable: 503,
 }
 
 
@@ -132,6 +133,22 @@ def ttl_from(request: server.Request) -> float | None:
     return float(ttl)
 
 
+def level_from(request: server.Request, name: bytes) -> str | int | None:
+    raw = _single_arg(request, name)
+    return None if raw is None else parse_level(raw.decode("latin-1"), name.decode())
+
+
+def sloppy_from(request: server.Request) -> bool | None:
+    raw = _single_arg(request, b"sloppy")
+    if raw is None:
+        return None
+    if raw in (b"true", b"1"):
+        return True
+    if raw in (b"false", b"0"):
+        return False
+    raise InvalidRequest("sloppy must be true or false")
+
+
 def _status_for(failure: Failure) -> tuple[int, str, str]:
     error = failure.value
     if isinstance(error, KVError):
@@ -200,9 +217,12 @@ class KVResource(Resource):
 
     def _failed(self, failure: Failure, request: server.Request) -> None:
         code, name, message = _status_for(failure)
-        if code >= 500:
+        extra = {}
+        if isinstance(failure.value, Unavailable):
+            extra = {"acks": failure.value.acks, "required": failure.value.required}
+        elif code >= 500:
             log.failure("{method} {uri} failed", failure, method=request.method, uri=request.uri)
-        finish(request, code, error_body(name, message), JSON_TYPE)
+        finish(request, code, error_body(name, message, **extra), JSON_TYPE)
 
     def _get(self, request: server.Request, key: bytes) -> Deferred:
         condition = _match(_header(request, b"if-none-match"))
@@ -217,7 +237,7 @@ class KVResource(Resource):
                 return
             finish(request, 200, record.value, OCTET_STREAM, tag)
 
-        return self._coordinator.get(key).addCallback(answer)
+        return self._coordinator.get(key, level_from(request, b"r")).addCallback(answer)
 
     def _put(self, request: server.Request, key: bytes) -> Deferred:
         ttl = ttl_from(request)
@@ -225,12 +245,14 @@ class KVResource(Resource):
         if len(value) > self._limits.max_value_size:
             raise ValueTooLarge(
                 f"the value is {len(value)} bytes; the limit is {self._limits.max_value_size}")
-        d = self._coordinator.put(key, value, ttl, precondition_from(request))
+        d = self._coordinator.put(key, value, ttl, precondition_from(request), level_from(request, b"w"),
+                                  sloppy_from(request))
         return d.addCallback(
             lambda r: finish(request, 201 if r.created else 204, etag_value=etag(r.version)))
 
     def _delete(self, request: server.Request, key: bytes) -> Deferred:
-        d = self._coordinator.delete(key, precondition_from(request))
+        d = self._coordinator.delete(key, precondition_from(request), level_from(request, b"w"),
+                                     sloppy_from(request))
         # The tombstone's version, so a client can tell which delete it made.
         return d.addCallback(
             lambda r: finish(request, 204, etag_value=None if r.created else etag(r.version)))
@@ -303,6 +325,25 @@ class RestAPI:
     def openapi(self, request: server.Request) -> bytes:
         request.setHeader(b"content-type", JSON_TYPE)
         return _openapi_document()
+
+    @app.route("/v1/cluster/members", methods=["GET"])
+    def members(self, request: server.Request) -> bytes:
+        request.setHeader(b"content-type", JSON_TYPE)
+        view = self.coordinator.routing.view
+        return json.dumps({"node": self.node_id, "members": [m.to_json() for m in view.members()]}).encode()
+
+    @app.route("/v1/cluster/ring", methods=["GET"])
+    def ring(self, request: server.Request) -> bytes:
+        request.setHeader(b"content-type", JSON_TYPE)
+        routing = self.coordinator.routing
+        table = routing.table
+        return json.dumps({
+            "partitions": table.partitions,
+            "replicas": table.replicas,
+            "hash": "xxh64",
+            "nodes": sorted(table.nodes),
+            "table": [{"partition": p, "owners": list(owners)} for p, owners in table.as_dict().items()],
+        }).encode()
 
     @app.route("/v1/kv", methods=["GET"])
     def list_keys(self, request: server.Request) -> Deferred:
@@ -436,7 +477,7 @@ class DhashmapSite(server.Site):
 
 def build_site(coordinator: Coordinator, metrics: NodeMetrics, clock: IReactorTime,
                limits: Limits, idle_timeout: float, node_id: str,
-               is_ready: Callable[[], bool]) -> DhashmapSite:
+               is_ready: Callable[[], bool], cluster: Any = None) -> DhashmapSite:
     kv = KVResource(coordinator, metrics, clock, limits)
     api = RestAPI(node_id, coordinator, metrics, clock, is_ready)
     return DhashmapSite(RootResource(kv, api.app.resource()), clock, limits, idle_timeout)

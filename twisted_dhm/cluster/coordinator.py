@@ -1,33 +1,46 @@
-"""The coordinator: every client operation on a key goes through here.
+"""The coordinator: any node takes any client operation and runs it on the key's replicas.
 
-It reads the newest local version, checks the caller's preconditions, makes the
-next version (vector clock entry for this node + a fresh HLC stamp) and writes
-it durably before answering.  Later the same interface fans out to replicas.
-
-Check-and-write is atomic without locks: the check and the enqueue of the new
-version run in one reactor turn, and ``engine.latest`` already sees writes that
-are queued but not yet durable.  Two racing ``If-Match`` writes with the same
-tag therefore see each other, and the second one fails.
+* **Reads** go to every reachable node of the key's preference list and are
+  answered after ``r`` of them reply; the newest version wins (vector clock,
+  then HLC).  When all have replied, the ones that returned something older or
+  nothing get the winner (read repair), after the client has its answer.
+* **Writes** get a new version and go to the preference list; a node that is
+  down is stood in for by the next healthy node on the ring, which keeps the
+  write as a hint (sloppy quorum) unless the request asks for strict quorum.
+  The answer comes after ``w`` durable acknowledgements.
+* **Versions.**  An unconditional write through a node that holds the key
+  builds on that node's newest version: one round trip, and concurrent writes
+  resolve last-writer-wins by HLC, as in Cassandra.  A conditional write
+  (``If-Match``/``If-None-Match``), or one through a node that does not hold the
+  key, first reads a quorum and builds on everything it saw, so the precondition
+  is checked against the quorum's newest version.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import attrs
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from twisted_dhm.errors import InvalidRequest, KVError, PreconditionFailed
-from twisted_dhm.storage import IStorageEngine, Record
+from twisted_dhm.cluster.replicas import ReplicaClient
+from twisted_dhm.cluster.routing import Routing, WritePlan
+from twisted_dhm.errors import InvalidRequest, KVError, PreconditionFailed, Unavailable
+from twisted_dhm.storage import Record, ScanEntry
 from twisted_dhm.versions import HybridLogicalClock, Version, b64url_decode
+
+log = Logger(namespace="dhashmap.coordinator")
 
 ANY = "*"
 """A precondition that matches any existing value (``If-Match: *``)."""
 
 Match = None | str | Sequence[Version]
+LEVELS = ("one", "quorum", "all")
 
 
 @attrs.frozen
@@ -81,14 +94,103 @@ def decode_cursor(cursor: str) -> bytes:
         raise InvalidRequest("cursor is not one this server handed out") from None
 
 
-class Coordinator:
-    """Get, put, delete and list for one node's store."""
+def parse_level(raw: str | None, name: str) -> str | int | None:
+    """``one``, ``quorum``, ``all`` or a positive count; ``None`` for the default (quorum)."""
+    if raw is None or raw == "":
+        return None
+    if raw in LEVELS:
+        return raw
+    try:
+        count = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be one, quorum, all or a number of replicas") from None
+    if count < 1:
+        raise InvalidRequest(f"{name} must be at least 1")
+    return count
 
-    def __init__(self, node_id: str, engine: IStorageEngine, clock: IReactorTime) -> None:
+
+def required(level: str | int | None, n: int, name: str) -> int:
+    if level is None or level == "quorum":
+        return n // 2 + 1
+    if level == "one":
+        return 1
+    if level == "all":
+        return n
+    assert isinstance(level, int)
+    if level > n:
+        raise InvalidRequest(f"{name}={level}, but the key has {n} replicas")
+    return level
+
+
+def newest(records: Iterable[Record | None]) -> Record | None:
+    best: Record | None = None
+    for record in records:
+        if record is not None and (best is None or record.version.wins_over(best.version)):
+            best = record
+    return best
+
+
+class _Gather:
+    """Answers from several replicas: ``quorum`` fires after ``need`` successes (or fails
+    with Unavailable once that cannot happen); ``done`` fires when every one is in."""
+
+    def __init__(self, total: int, need: int, what: str) -> None:
+        self.total = total
+        self.need = need
+        self.what = what
+        self.answers: dict[str, object] = {}
+        self.errors: dict[str, Failure] = {}
+        self.quorum: Deferred = Deferred()
+        self.done: Deferred = Deferred()
+        if total == 0:
+            self._check()
+
+    def add(self, node: str, d: Deferred) -> None:
+        d.addCallbacks(self._ok, self._failed, callbackArgs=(node,), errbackArgs=(node,))
+
+    def _ok(self, result: object, node: str) -> None:
+        self.answers[node] = result
+        self._check()
+
+    def _failed(self, failure: Failure, node: str) -> None:
+        self.errors[node] = failure
+        if not failure.check(KVError):
+            log.debug("{what} on {node} failed: {error}", what=self.what, node=node, error=failure.value)
+        self._check()
+
+    def _check(self) -> None:
+        if not self.quorum.called:
+            if len(self.answers) >= self.need:
+                self.quorum.callback(dict(self.answers))
+            elif self.total - len(self.errors) < self.need:
+                self.quorum.errback(self._unavailable())
+        if len(self.answers) + len(self.errors) == self.total and not self.done.called:
+            self.done.callback(self.answers)
+
+    def _unavailable(self) -> Failure:
+        for failure in self.errors.values():
+            if failure.check(PreconditionFailed, InvalidRequest):
+                return failure
+        acks = len(self.answers)
+        reasons = "; ".join(f"{node}: {f.getErrorMessage()}" for node, f in sorted(self.errors.items()))
+        message = f"{self.what}: {acks} of {self.need} required replicas answered"
+        if reasons:
+            message += f" ({reasons})"
+        return Failure(Unavailable(message, acks=acks, required=self.need))
+
+
+class Coordinator:
+    """Get, put, delete and list on the cluster, from any node."""
+
+    def __init__(self, node_id: str, replicas: ReplicaClient, routing: Routing, clock: IReactorTime,
+                 hlc: HybridLogicalClock, sloppy_quorum: bool = True) -> None:
         self.node_id = node_id
-        self._engine = engine
+        self.replicas = replicas
+        self.routing = routing
         self._clock = clock
-        self._hlc = HybridLogicalClock(clock)
+        self._hlc = hlc
+        self.sloppy_quorum = sloppy_quorum
+        self.read_repairs = 0
 
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
@@ -98,77 +200,137 @@ class Coordinator:
             return None
         return record
 
-    def get(self, key: bytes) -> Deferred:
-        """Fires with the live record for ``key``, or ``None``."""
-        return succeed(self._live(self._engine.get(key)))
+    # -- reads -------------------------------------------------------------------------------
 
-    def put(
-        self,
-        key: bytes,
-        value: bytes,
-        ttl: float | None = None,
-        precondition: Precondition = NO_CONDITION,
-    ) -> Deferred:
-        """Fires with a WriteResult once the new version is durable."""
-        previous = self._engine.latest(key)
-        live = self._live(previous)
+    def get(self, key: bytes, r: str | int | None = None) -> Deferred:
+        """Fires with the live record for ``key`` or ``None``."""
+        return self._read(key, r).addCallback(lambda found: self._live(found[0]))
+
+    def _read(self, key: bytes, r: str | int | None, for_write: bool = False) -> Deferred:
+        """Fires with (newest record or None, all versions seen) once ``r`` replicas answered."""
+        n, nodes = self.routing.read_targets(key)
         try:
-            precondition.check(live)
+            need = required(r, n, "r")
         except KVError:
             return fail()
-        version = self._next_version(previous)
-        expires_at = 0 if ttl is None else self._now_ms() + max(1, int(ttl * 1000))
-        record = Record(value, version, tombstone=False, expires_at=expires_at)
-        result = WriteResult(version, created=live is None)
-        return self._engine.write(key, record).addCallback(lambda _: result)
+        gather = _Gather(len(nodes), need, "read")
+        for node in nodes:
+            gather.add(node, self.replicas.read(node, [key], for_write).addCallback(lambda records: records[0]))
+        gather.done.addCallback(lambda answers: self._repair(key, answers))
+        return gather.quorum.addCallback(
+            lambda answers: (newest(answers.values()), [rec.version for rec in answers.values() if rec])
+        )
 
-    def delete(self, key: bytes, precondition: Precondition = NO_CONDITION) -> Deferred:
-        """Writes a tombstone over a live value; fires with a WriteResult.
+    def _repair(self, key: bytes, answers: dict[str, Record | None]) -> None:
+        winner = newest(answers.values())
+        if winner is None:
+            return
+        for node, record in answers.items():
+            if record is None or record.version != winner.version:
+                self.read_repairs += 1
+                self.replicas.write(node, [(key, winner)]).addErrback(
+                    lambda f, node=node: log.info("read repair of {node} failed: {e}", node=node,
+                                                  e=f.getErrorMessage()))
 
-        Deleting a key that is not there succeeds and writes nothing (``created``
-        is then True, meaning "was already absent").
-        """
-        previous = self._engine.latest(key)
-        live = self._live(previous)
+    # -- writes ------------------------------------------------------------------------------
+
+    def put(self, key: bytes, value: bytes, ttl: float | None = None,
+            precondition: Precondition = NO_CONDITION, w: str | int | None = None,
+            sloppy: bool | None = None) -> Deferred:
+        """Fires with a WriteResult once ``w`` replicas have the new version on disk."""
+
+        def make(version: Version) -> Record:
+            expires_at = 0 if ttl is None else self._now_ms() + max(1, int(ttl * 1000))
+            return Record(value, version, tombstone=False, expires_at=expires_at)
+
+        return self._write(key, make, precondition, w, sloppy)
+
+    def delete(self, key: bytes, precondition: Precondition = NO_CONDITION, w: str | int | None = None,
+               sloppy: bool | None = None) -> Deferred:
+        """Writes a tombstone; fires with a WriteResult (``created``: nothing live was there)."""
+        return self._write(key, lambda version: Record(b"", version, tombstone=True), precondition, w, sloppy)
+
+    def _write(self, key: bytes, make, precondition: Precondition, w, sloppy) -> Deferred:  # type: ignore[no-untyped-def]
+        plan = self.routing.write_plan(key, self.sloppy_quorum if sloppy is None else sloppy)
         try:
-            precondition.check(live)
+            need = required(w, plan.n, "w")
         except KVError:
             return fail()
-        if live is None:
-            version = previous.version if previous is not None else Version()
-            return succeed(WriteResult(version, created=True))
-        version = self._next_version(previous)
-        result = WriteResult(version, created=False)
-        tombstone = Record(b"", version, tombstone=True)
-        return self._engine.write(key, tombstone).addCallback(lambda _: result)
+        if len(plan.targets) < need:
+            return fail(Unavailable(
+                f"write: only {len(plan.targets)} replicas can take it, w={need}", acks=0, required=need))
+
+        def replicate(base: tuple[Record | None, list[Version]]) -> Deferred:
+            previous, seen = base
+            live = self._live(previous)
+            precondition.check(live)
+            record = make(self._next_version(seen))
+            result = WriteResult(record.version, created=live is None)
+            return self._replicate(key, record, plan, need).addCallback(lambda _: result)
+
+        return self._base(key, plan, precondition).addCallback(replicate)
+
+    def _base(self, key: bytes, plan: WritePlan, precondition: Precondition) -> Deferred:
+        """What the new version builds on: the local replica's newest, or a quorum's."""
+        if precondition == NO_CONDITION and self.node_id in plan.preference:
+            return self.replicas.read(self.node_id, [key], True).addCallback(
+                lambda records: (records[0], [records[0].version] if records[0] else []))
+        return self._read(key, "quorum", for_write=True)
+
+    def _next_version(self, seen: list[Version]) -> Version:
+        base = Version()
+        for version in seen:
+            self._hlc.observe(version.hlc)
+            base = base.merge(version, 0)
+        return base.increment(self.node_id, self._hlc.now())
+
+    def _replicate(self, key: bytes, record: Record, plan: WritePlan, need: int) -> Deferred:
+        gather = _Gather(len(plan.targets), need, "write")
+        for node, hint_for in plan.targets:
+            gather.add(node, self.replicas.write(node, [(key, record)], hint_for))
+        return gather.quorum
+
+    # -- listing -----------------------------------------------------------------------------
 
     def list(self, prefix: bytes, cursor: str | None, limit: int) -> Deferred:
-        """One page of live keys with ``prefix`` in byte order.
+        """One page of live keys with ``prefix`` in byte order, merged from every member.
 
-        At most ``4 * limit + 100`` stored entries are examined per page, so a long
-        run of deleted or expired keys cannot make one request scan the whole
-        store; such a page may be short, or empty, with a cursor to go on.
+        Each member is asked for at most ``4 * limit + 100`` stored entries, so a long
+        run of deleted or expired keys cannot make one request scan a whole store; a
+        page may then be short, or empty, with a cursor to go on.
         """
         try:
             after = decode_cursor(cursor) if cursor else None
         except InvalidRequest:
             return fail()
         budget = 4 * limit + 100
-        entries = self._engine.scan(prefix, after, budget)
+        nodes = [m.id for m in self.routing.view.members() if m.routable]
+        gather = _Gather(len(nodes), 1, "list")
+        for node in nodes:
+            gather.add(node, self.replicas.scan(node, prefix, after, budget))
+        return gather.done.addCallback(self._page, limit, budget, len(nodes))
+
+    def _page(self, answers: dict[str, list[ScanEntry]], limit: int, budget: int, asked: int) -> Page:
+        if not answers and asked:
+            raise Unavailable("list: no member answered", acks=0, required=1)
+        best: dict[bytes, ScanEntry] = {}
+        horizon: bytes | None = None
+        for entries in answers.values():
+            for entry in entries:
+                seen = best.get(entry.key)
+                if seen is None or entry.hlc > seen.hlc:
+                    best[entry.key] = entry
+            if len(entries) >= budget:  # this member has more: nothing past its last key is complete
+                last = entries[-1].key
+                horizon = last if horizon is None or last < horizon else horizon
         now = self._now_ms()
         keys: list[bytes] = []
-        for entry in entries:
-            if not entry.is_live(now):
+        for key in sorted(best):
+            if horizon is not None and key > horizon:
+                break
+            if not best[key].is_live(now):
                 continue
             if len(keys) == limit:
-                return succeed(Page(keys, encode_cursor(keys[-1])))
-            keys.append(entry.key)
-        if len(entries) < budget:
-            return succeed(Page(keys, None))
-        return succeed(Page(keys, encode_cursor(entries[-1].key)))
-
-    def _next_version(self, previous: Record | None) -> Version:
-        if previous is None:
-            return Version().increment(self.node_id, self._hlc.now())
-        self._hlc.observe(previous.version.hlc)
-        return previous.version.increment(self.node_id, self._hlc.now())
+                return Page(keys, encode_cursor(keys[-1]))
+            keys.append(key)
+        return Page(keys, None if horizon is None else encode_cursor(horizon))

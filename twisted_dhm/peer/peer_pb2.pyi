@@ -27,6 +27,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_STORAGE: _ClassVar[ErrorCode]
     ERROR_CODE_INTERNAL: _ClassVar[ErrorCode]
     ERROR_CODE_TOO_LARGE: _ClassVar[ErrorCode]
+    ERROR_CODE_PARTITIONS_MISMATCH: _ClassVar[ErrorCode]
 ROLE_UNSPECIFIED: Role
 ROLE_PEER: Role
 ROLE_CLIENT: Role
@@ -42,6 +43,7 @@ ERROR_CODE_TIMEOUT: ErrorCode
 ERROR_CODE_STORAGE: ErrorCode
 ERROR_CODE_INTERNAL: ErrorCode
 ERROR_CODE_TOO_LARGE: ErrorCode
+ERROR_CODE_PARTITIONS_MISMATCH: ErrorCode
 
 class ClockEntry(_message.Message):
     __slots__ = ("node", "counter")
@@ -96,7 +98,7 @@ class Addresses(_message.Message):
     def __init__(self, host: _Optional[str] = ..., peer_port: _Optional[int] = ..., rest_port: _Optional[int] = ..., grpc_port: _Optional[int] = ..., gossip_port: _Optional[int] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("protocol_version", "cluster", "node_id", "role", "addresses", "weight", "software_version")
+    __slots__ = ("protocol_version", "cluster", "node_id", "role", "addresses", "weight", "software_version", "partitions")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +106,7 @@ class Hello(_message.Message):
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     cluster: str
     node_id: str
@@ -111,7 +114,8 @@ class Hello(_message.Message):
     addresses: Addresses
     weight: int
     software_version: str
-    def __init__(self, protocol_version: _Optional[int] = ..., cluster: _Optional[str] = ..., node_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., addresses: _Optional[_Union[Addresses, _Mapping]] = ..., weight: _Optional[int] = ..., software_version: _Optional[str] = ...) -> None: ...
+    partitions: int
+    def __init__(self, protocol_version: _Optional[int] = ..., cluster: _Optional[str] = ..., node_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., addresses: _Optional[_Union[Addresses, _Mapping]] = ..., weight: _Optional[int] = ..., software_version: _Optional[str] = ..., partitions: _Optional[int] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "acks", "required")
@@ -140,10 +144,12 @@ class Pong(_message.Message):
     def __init__(self, sent_at_ms: _Optional[int] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class ReplicaGet(_message.Message):
-    __slots__ = ("keys",)
+    __slots__ = ("keys", "include_pending")
     KEYS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_PENDING_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    include_pending: bool
+    def __init__(self, keys: _Optional[_Iterable[bytes]] = ..., include_pending: _Optional[bool] = ...) -> None: ...
 
 class ReplicaGetResult(_message.Message):
     __slots__ = ("records",)
@@ -164,6 +170,36 @@ class ReplicaPutResult(_message.Message):
     STORED_FIELD_NUMBER: _ClassVar[int]
     stored: int
     def __init__(self, stored: _Optional[int] = ...) -> None: ...
+
+class ReplicaScan(_message.Message):
+    __slots__ = ("prefix", "after", "has_after", "limit")
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    HAS_AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    prefix: bytes
+    after: bytes
+    has_after: bool
+    limit: int
+    def __init__(self, prefix: _Optional[bytes] = ..., after: _Optional[bytes] = ..., has_after: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ScanEntry(_message.Message):
+    __slots__ = ("key", "tombstone", "expires_at", "hlc")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    TOMBSTONE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    HLC_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    tombstone: bool
+    expires_at: int
+    hlc: int
+    def __init__(self, key: _Optional[bytes] = ..., tombstone: _Optional[bool] = ..., expires_at: _Optional[int] = ..., hlc: _Optional[int] = ...) -> None: ...
+
+class ReplicaScanResult(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[ScanEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[ScanEntry, _Mapping]]] = ...) -> None: ...
 
 class Consistency(_message.Message):
     __slots__ = ("level", "count")
@@ -240,7 +276,7 @@ class DeleteResult(_message.Message):
     def __init__(self) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("id", "hello", "error", "ping", "pong", "replica_get", "replica_get_result", "replica_put", "replica_put_result", "get", "get_result", "put", "put_result", "delete", "delete_result")
+    __slots__ = ("id", "hello", "error", "ping", "pong", "replica_get", "replica_get_result", "replica_put", "replica_put_result", "replica_scan", "replica_scan_result", "get", "get_result", "put", "put_result", "delete", "delete_result")
     ID_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
@@ -250,6 +286,8 @@ class Frame(_message.Message):
     REPLICA_GET_RESULT_FIELD_NUMBER: _ClassVar[int]
     REPLICA_PUT_FIELD_NUMBER: _ClassVar[int]
     REPLICA_PUT_RESULT_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_SCAN_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_SCAN_RESULT_FIELD_NUMBER: _ClassVar[int]
     GET_FIELD_NUMBER: _ClassVar[int]
     GET_RESULT_FIELD_NUMBER: _ClassVar[int]
     PUT_FIELD_NUMBER: _ClassVar[int]
@@ -265,10 +303,12 @@ class Frame(_message.Message):
     replica_get_result: ReplicaGetResult
     replica_put: ReplicaPut
     replica_put_result: ReplicaPutResult
+    replica_scan: ReplicaScan
+    replica_scan_result: ReplicaScanResult
     get: Get
     get_result: GetResult
     put: Put
     put_result: PutResult
     delete: Delete
     delete_result: DeleteResult
-    def __init__(self, id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., replica_get: _Optional[_Union[ReplicaGet, _Mapping]] = ..., replica_get_result: _Optional[_Union[ReplicaGetResult, _Mapping]] = ..., replica_put: _Optional[_Union[ReplicaPut, _Mapping]] = ..., replica_put_result: _Optional[_Union[ReplicaPutResult, _Mapping]] = ..., get: _Optional[_Union[Get, _Mapping]] = ..., get_result: _Optional[_Union[GetResult, _Mapping]] = ..., put: _Optional[_Union[Put, _Mapping]] = ..., put_result: _Optional[_Union[PutResult, _Mapping]] = ..., delete: _Optional[_Union[Delete, _Mapping]] = ..., delete_result: _Optional[_Union[DeleteResult, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., replica_get: _Optional[_Union[ReplicaGet, _Mapping]] = ..., replica_get_result: _Optional[_Union[ReplicaGetResult, _Mapping]] = ..., replica_put: _Optional[_Union[ReplicaPut, _Mapping]] = ..., replica_put_result: _Optional[_Union[ReplicaPutResult, _Mapping]] = ..., replica_scan: _Optional[_Union[ReplicaScan, _Mapping]] = ..., replica_scan_result: _Optional[_Union[ReplicaScanResult, _Mapping]] = ..., get: _Optional[_Union[Get, _Mapping]] = ..., get_result: _Optional[_Union[GetResult, _Mapping]] = ..., put: _Optional[_Union[Put, _Mapping]] = ..., put_result: _Optional[_Union[PutResult, _Mapping]] = ..., delete: _Optional[_Union[Delete, _Mapping]] = ..., delete_result: _Optional[_Union[DeleteResult, _Mapping]] = ...) -> None: ...

@@ -36,9 +36,10 @@ from twisted_dhm.storage import StorageError
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 
-REQUEST_BODIES = frozenset({"ping", "replica_get", "replica_put", "get", "put", "delete"})
+REQUEST_BODIES = frozenset({"ping", "replica_get", "replica_put", "replica_scan", "get", "put", "delete"})
 RESPONSE_BODIES = frozenset({
-    "pong", "replica_get_result", "replica_put_result", "get_result", "put_result", "delete_result", "error",
+    "pong", "replica_get_result", "replica_put_result", "replica_scan_result", "get_result", "put_result",
+    "delete_result", "error",
 })
 
 log = Logger(namespace="dhashmap.peer")
@@ -64,11 +65,13 @@ class LocalIdentity:
     rest_port: int = 0
     weight: int = 1
     software_version: str = ""
+    partitions: int = 0
 
     def hello(self) -> pb.Hello:
         msg = pb.Hello(
             protocol_version=PROTOCOL_VERSION, cluster=self.cluster, node_id=self.node_id,
             role=self.role, weight=self.weight, software_version=self.software_version,
+            partitions=self.partitions,
         )
         msg.addresses.host = self.host
         msg.addresses.peer_port = self.peer_port
@@ -201,6 +204,11 @@ class PeerProtocol(Int32StringReceiver):
         if hello.cluster != self.identity.cluster:
             self.close(pb.ERROR_CODE_CLUSTER_MISMATCH,
                        f"cluster {hello.cluster!r} is not this node's cluster {self.identity.cluster!r}")
+            return
+        if (hello.role == pb.ROLE_PEER and self.identity.role == pb.ROLE_PEER
+                and hello.partitions != self.identity.partitions):
+            self.close(pb.ERROR_CODE_PARTITIONS_MISMATCH,
+                       f"partition count {hello.partitions} differs from this node's {self.identity.partitions}")
             return
         if hello.role == pb.ROLE_PEER and not hello.node_id:
             self.close(pb.ERROR_CODE_BAD_FRAME, "a peer's Hello must name its node")

@@ -13,6 +13,7 @@ from twisted_dhm.versions import Version, VersionDecodeError, decode_version, en
 FORMAT_V1 = 1
 FLAG_TOMBSTONE = 0x01
 _HEADER = struct.Struct(">BBQ")  # format, flags, expires_at (ms since epoch, 0 = never)
+_PEEK = struct.Struct(">BBQQ")  # the header and the version's HLC, which follows it
 
 
 class StorageError(Exception):
@@ -52,6 +53,7 @@ class ScanEntry:
     key: bytes
     tombstone: bool
     expires_at: int
+    hlc: int = 0  # of the record's version: enough to pick between replicas' answers
 
     def is_live(self, now_ms: int) -> bool:
         return not self.tombstone and (self.expires_at == 0 or now_ms < self.expires_at)
@@ -89,14 +91,14 @@ def decode_record(data: bytes) -> Record:
 
 
 def peek_entry(key: bytes, data: bytes) -> ScanEntry:
-    """Read only the fixed header of an encoded record."""
+    """Read only the fixed header (and the HLC after it) of an encoded record."""
     try:
-        fmt, flags, expires_at = _HEADER.unpack_from(data, 0)
+        fmt, flags, expires_at, hlc = _PEEK.unpack_from(data, 0)
     except struct.error:
         raise CorruptRecord(f"record of {len(data)} bytes is shorter than its header") from None
     if fmt != FORMAT_V1:
         raise CorruptRecord(f"unknown record format {fmt}")
-    return ScanEntry(key, bool(flags & FLAG_TOMBSTONE), expires_at)
+    return ScanEntry(key, bool(flags & FLAG_TOMBSTONE), expires_at, hlc)
 
 
 class IStorageEngine(Interface):

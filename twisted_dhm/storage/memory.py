@@ -54,7 +54,7 @@ class MemoryEngine:
             if not key.startswith(prefix) or len(out) >= limit:
                 break
             record = self._data[key]
-            out.append(ScanEntry(key, record.tombstone, record.expires_at))
+            out.append(ScanEntry(key, record.tombstone, record.expires_at, record.version.hlc))
         return out
 
     def stats(self) -> StorageStats:

@@ -38,6 +38,7 @@ class NodeProcess:
         node_id: str = "node1",
         host: str = "127.0.0.1",
         port: int | None = None,
+        peer_port: int | None = None,
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         command: list[str] | None = None,
@@ -47,6 +48,7 @@ class NodeProcess:
         self.node_id = node_id
         self.host = host
         self.port = port or free_port(host)
+        self.peer_port = peer_port or free_port(host)
         self.extra_args = extra_args
         self.env = env
         self.command = command
@@ -63,12 +65,15 @@ class NodeProcess:
         return [
             *twistd_command(), "--nodaemon", "--pidfile=", "dhashmap",
             "--node-id", self.node_id, "--bind", self.host, "--port", str(self.port),
+            "--peer-port", str(self.peer_port),
             "--data-dir", str(self.data_dir), *self.extra_args,
         ]
 
     def start(self, wait: bool = True) -> NodeProcess:
         env = dict(os.environ)
-        for name in ("NODE_ID", "PORT", "BIND", "DATA_DIR", "STORAGE", "LOG_FORMAT", "CONFIG_FILE"):
+        from twisted_dhm.config import SETTINGS
+
+        for name in [s.env for s in SETTINGS] + ["CONFIG_FILE"]:
             env.pop(name, None)
         env.update(self.env or {})
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

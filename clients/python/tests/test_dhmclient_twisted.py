@@ -36,8 +36,8 @@ from zope.interface import implementer
 
 from twisted_dhm.api.metrics import NodeMetrics
 from twisted_dhm.api.rest import Limits, build_site
-from twisted_dhm.cluster.coordinator import Coordinator
 from twisted_dhm.storage.memory import MemoryEngine
+from twisted_dhm.testing.stack import single_node_coordinator
 
 URL = "http://node.test:8080"
 MAX_KEY = 64
@@ -50,7 +50,7 @@ class StubNodeTests(SynchronousTestCase):
         self.clock.advance(1_700_000_000)  # a realistic epoch for the node's HLC
         self.ready = True
         engine = MemoryEngine()
-        coordinator = Coordinator("stub", engine, self.clock)
+        coordinator = single_node_coordinator(engine, self.clock, node_id="stub")
         site = build_site(coordinator, NodeMetrics(engine, process=False), self.clock,
                           Limits(max_key_size=MAX_KEY, max_value_size=MAX_VALUE), 60.0, "stub",
                           is_ready=lambda: self.ready)

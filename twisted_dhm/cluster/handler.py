@@ -1,0 +1,131 @@
+"""Requests that arrive over the native protocol, for the replica or the coordinator."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, succeed
+
+from twisted_dhm.cluster.coordinator import ANY, NO_CONDITION, Coordinator, Precondition
+from twisted_dhm.cluster.replica import LocalReplica
+from twisted_dhm.errors import InvalidRequest, KVError
+from twisted_dhm.peer import peer_pb2 as pb
+from twisted_dhm.peer.codec import FrameError, key_records_from_pb, key_records_to_pb
+from twisted_dhm.versions import Version, VersionDecodeError
+
+MAX_BATCH = 10000
+_LEVELS = {pb.Consistency.LEVEL_ONE: "one", pb.Consistency.LEVEL_QUORUM: "quorum", pb.Consistency.LEVEL_ALL: "all"}
+
+
+def _level(msg: pb.Consistency) -> str | int | None:
+    if msg.count:
+        return msg.count
+    return _LEVELS.get(msg.level)
+
+
+def _version_token(token: str) -> tuple[Version, ...]:
+    try:
+        return (Version.from_token(token),)
+    except VersionDecodeError:
+        return ()
+
+
+class PeerHandler:
+    """``handler(session, frame)`` for PeerProtocol: one method per request body."""
+
+    def __init__(self, replica: LocalReplica, coordinator: Coordinator, max_key_size: int,
+                 max_value_size: int) -> None:
+        self.replica = replica
+        self.coordinator = coordinator
+        self.max_key_size = max_key_size
+        self.max_value_size = max_value_size
+
+    def __call__(self, session: object, frame: pb.Frame) -> Deferred:
+        body = frame.WhichOneof("body")
+        method = getattr(self, "_" + str(body), None)
+        if method is None:
+            raise InvalidRequest(f"{body} is not a request this node serves")
+        try:
+            return method(getattr(frame, body))
+        except (FrameError, VersionDecodeError) as e:
+            raise InvalidRequest(str(e)) from None
+
+    def _check_key(self, key: bytes) -> None:
+        if not key or len(key) > self.max_key_size:
+            raise InvalidRequest(f"key must be 1 to {self.max_key_size} bytes")
+
+    # -- replica operations ------------------------------------------------------------------
+
+    def _replica_get(self, msg: pb.ReplicaGet) -> Deferred:
+        if len(msg.keys) > MAX_BATCH:
+            raise InvalidRequest(f"at most {MAX_BATCH} keys per request")
+        answer = pb.Frame()
+        key_records_to_pb(list(zip(msg.keys, self.replica.read(msg.keys, msg.include_pending), strict=True)),
+                          answer.replica_get_result.records)
+        return succeed(answer)
+
+    def _replica_put(self, msg: pb.ReplicaPut) -> Deferred:
+        if len(msg.records) > MAX_BATCH:
+            raise InvalidRequest(f"at most {MAX_BATCH} records per request")
+        items = []
+        for key, record in key_records_from_pb(msg.records):
+            self._check_key(key)
+            if record is None:
+                raise InvalidRequest("a replica write needs a record for every key")
+            items.append((key, record))
+
+        def answer(stored: int) -> pb.Frame:
+            return pb.Frame(replica_put_result=pb.ReplicaPutResult(stored=stored))
+
+        return self.replica.apply(items, msg.hint_for).addCallback(answer)
+
+    def _replica_scan(self, msg: pb.ReplicaScan) -> Deferred:
+        limit = min(max(msg.limit, 1), 4 * MAX_BATCH)
+        entries = self.replica.scan(msg.prefix, msg.after if msg.has_after else None, limit)
+        answer = pb.Frame()
+        for entry in entries:
+            e = answer.replica_scan_result.entries.add()
+            e.key, e.tombstone, e.expires_at, e.hlc = entry.key, entry.tombstone, entry.expires_at, entry.hlc
+        return succeed(answer)
+
+    # -- client operations (fast clients) ----------------------------------------------------
+
+    def _get(self, msg: pb.Get) -> Deferred:
+        self._check_key(msg.key)
+
+        def answer(record) -> pb.Frame:  # type: ignore[no-untyped-def]
+            frame = pb.Frame()
+            frame.get_result.found = record is not None
+            if record is not None:
+                frame.get_result.value = record.value
+                frame.get_result.version = record.version.to_token()
+            return frame
+
+        return self.coordinator.get(msg.key, _level(msg.r)).addCallback(answer)
+
+    def _precondition(self, if_match: str, if_none_match: bool) -> Precondition:
+        if not if_match and not if_none_match:
+            return NO_CONDITION
+        return Precondition(
+            if_match=(ANY if if_match == "*" else _version_token(if_match)) if if_match else None,
+            if_none_match=ANY if if_none_match else None,
+        )
+
+    def _put(self, msg: pb.Put) -> Deferred:
+        self._check_key(msg.key)
+        if len(msg.value) > self.max_value_size:
+            raise InvalidRequest(f"value is over {self.max_value_size} bytes")
+        ttl = float(msg.ttl_seconds) if msg.ttl_seconds else None
+        d = self.coordinator.put(msg.key, msg.value, ttl, self._precondition(msg.if_match, msg.if_none_match),
+                                 _level(msg.w))
+
+        def answer(result) -> pb.Frame:  # type: ignore[no-untyped-def]
+            return pb.Frame(put_result=pb.PutResult(version=result.version.to_token(), created=result.created))
+
+        return d.addCallback(answer)
+
+    def _delete(self, msg: pb.Delete) -> Deferred:
+        self._check_key(msg.key)
+        d = self.coordinator.delete(msg.key, self._precondition(msg.if_match, False), _level(msg.w))
+        return d.addCallback(lambda _: pb.Frame(delete_result=pb.DeleteResult()))
+
+
+__all__ = ["PeerHandler", "KVError"]

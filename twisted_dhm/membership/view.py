@@ -1,0 +1,93 @@
+"""The member view every membership source feeds and the rest of the node reads.
+
+States are the same words for every source: ``alive``, ``suspect`` (missed a
+check, still routed to), ``dead`` (routed around; writes go to fallbacks with
+hints) and ``left`` (gone for good; out of the partition table).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+
+ALIVE, SUSPECT, DEAD, LEFT = "alive", "suspect", "dead", "left"
+STATES = (ALIVE, SUSPECT, DEAD, LEFT)
+
+
+@attrs.frozen
+class Member:
+    id: str
+    host: str
+    peer_port: int
+    rest_port: int = 0
+    state: str = ALIVE
+    weight: int = 1
+    software_version: str = ""
+    incarnation: int = 0  # bumped on every change of state or address
+
+    @property
+    def routable(self) -> bool:
+        return self.state in (ALIVE, SUSPECT)
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "state": self.state,
+            "addresses": {"host": self.host, "peer": self.peer_port, "rest": self.rest_port},
+            "weight": self.weight,
+            "version": self.software_version,
+            "incarnation": self.incarnation,
+        }
+
+
+Listener = Callable[["MembershipView", Member, Member | None], None]
+
+
+class MembershipView:
+    """Members by id, and listeners told of every change."""
+
+    def __init__(self, local: Member) -> None:
+        self.local_id = local.id
+        self._members: dict[str, Member] = {local.id: local}
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def members(self) -> list[Member]:
+        return sorted(self._members.values(), key=lambda m: m.id)
+
+    def get(self, member_id: str) -> Member | None:
+        return self._members.get(member_id)
+
+    @property
+    def local(self) -> Member:
+        return self._members[self.local_id]
+
+    def ring_weights(self) -> dict[str, int]:
+        """Members that hold partitions: everyone not ``left``."""
+        return {m.id: m.weight for m in self._members.values() if m.state != LEFT}
+
+    def is_routable(self, member_id: str) -> bool:
+        member = self._members.get(member_id)
+        return member is not None and member.routable
+
+    def upsert(self, member: Member) -> Member:
+        """Add or update a member; listeners hear of real changes only."""
+        old = self._members.get(member.id)
+        if old is not None:
+            same = attrs.evolve(member, incarnation=old.incarnation) == old
+            if same:
+                return old
+            member = attrs.evolve(member, incarnation=old.incarnation + 1)
+        self._members[member.id] = member
+        for listener in list(self._listeners):
+            listener(self, member, old)
+        return member
+
+    def set_state(self, member_id: str, state: str) -> Member | None:
+        member = self._members.get(member_id)
+        if member is None or member.state == state:
+            return member
+        return self.upsert(attrs.evolve(member, state=state))
