@@ -1,0 +1,180 @@
+"""Clusters of real nodes on a MemoryNetwork and one task.Clock, with injected faults."""
+
+import json
+
+from treq.testing import StubTreq
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_dhm.errors import Unavailable
+from twisted_dhm.testing.simulation import SimCluster
+
+
+class ClusterTestCase(SynchronousTestCase):
+    size = 3
+
+    def setUp(self):
+        self.sim = SimCluster(self.size, seed=1)
+        self.sim.run(3)
+
+    def put(self, host, key, value, **kw):
+        return self.sim.result(self.sim.nodes[host].coordinator.put(key, value, **kw))
+
+    def get(self, host, key, **kw):
+        return self.sim.result(self.sim.nodes[host].coordinator.get(key, **kw))
+
+
+class FormationTests(ClusterTestCase):
+    def test_every_node_sees_every_member_alive_and_the_same_ring(self):
+        for node in self.sim.nodes.values():
+            self.assertEqual({(m.id, m.state) for m in node.view.members()},
+                             {(h, "alive") for h in self.sim.hosts})
+        tables = {tuple(n.routing.table.as_dict().items()) for n in self.sim.nodes.values()}
+        self.assertEqual(len(tables), 1)
+
+    def test_other_cluster_or_partition_count_is_refused(self):
+        self.sim.start("stranger", cluster="other")
+        self.sim.start("misfit", partitions="128")
+        self.sim.run(5)
+        for host in ("node1", "node2", "node3"):
+            ids = {m.id for m in self.sim.nodes[host].view.members()}
+            self.assertNotIn("stranger", ids)
+            self.assertNotIn("misfit", ids)
+        self.flushLoggedErrors()
+
+
+class ReplicationTests(ClusterTestCase):
+    def test_write_through_any_node_read_through_any_other(self):
+        for i in range(60):
+            writer = self.sim.hosts[i % 3]
+            self.put(writer, b"k%d" % i, b"v%d" % i)
+        for i in range(60):
+            for reader in self.sim.hosts:
+                self.assertEqual(self.get(reader, b"k%d" % i).value, b"v%d" % i)
+        self.sim.run(2)
+        for i in range(60):
+            self.assertEqual(self.sim.holders(b"k%d" % i), set(self.sim.hosts))
+
+    def test_concurrent_writers_end_with_one_winner_everywhere(self):
+        nodes = self.sim.nodes
+        ds = [nodes[h].coordinator.put(b"hot", h.encode()) for h in self.sim.hosts for _ in range(3)]
+        for d in ds:
+            self.sim.result(d)
+        self.sim.run(2)
+        versions = {engine.get(b"hot").version for engine, _ in self.sim.disks.values()}
+        self.assertEqual(len(versions), 1, versions)
+        values = {self.get(h, b"hot").value for h in self.sim.hosts}
+        self.assertEqual(len(values), 1)
+
+    def test_if_match_is_checked_cluster_wide(self):
+        from twisted_dhm.cluster.coordinator import Precondition
+        from twisted_dhm.errors import PreconditionFailed
+
+        v1 = self.put("node1", b"cas", b"1").version
+        self.put("node2", b"cas", b"2", precondition=Precondition(if_match=(v1,)))
+        with self.assertRaises(PreconditionFailed):
+            self.put("node3", b"cas", b"3", precondition=Precondition(if_match=(v1,)))
+        self.assertEqual(self.get("node1", b"cas").value, b"2")
+
+    def test_listing_merges_every_member(self):
+        for i in range(30):
+            self.put(self.sim.hosts[i % 3], b"list/%02d" % i, b"x")
+        self.sim.result(self.sim.nodes["node2"].coordinator.delete(b"list/07"))
+        page = self.sim.result(self.sim.nodes["node3"].coordinator.list(b"list/", None, 100))
+        self.assertEqual(page.keys, [b"list/%02d" % i for i in range(30) if i != 7])
+
+
+class FailureTests(ClusterTestCase):
+    def test_one_of_three_crashed_quorum_still_works(self):
+        self.put("node1", b"before", b"1")
+        self.sim.crash("node3")
+        for i in range(20):
+            self.put("node1", b"during%d" % i, b"v")
+            self.assertEqual(self.get("node2", b"during%d" % i).value, b"v")
+        self.assertEqual(self.get("node2", b"before").value, b"1")
+        self.sim.run(3)
+        self.assertEqual(self.sim.nodes["node1"].view.get("node3").state, "dead")
+        with self.assertRaises(Unavailable) as ctx:
+            self.put("node1", b"all", b"v", w="all")
+        self.assertEqual((ctx.exception.acks, ctx.exception.required), (0, 3))
+
+    def test_two_of_three_crashed_quorum_write_fails_with_counts(self):
+        self.sim.crash("node2")
+        self.sim.crash("node3")
+        with self.assertRaises(Unavailable) as ctx:
+            self.put("node1", b"k", b"v")
+        self.assertEqual((ctx.exception.acks, ctx.exception.required), (1, 2))
+        # Not rolled back: the one replica that acknowledged keeps it (as in Dynamo and Cassandra).
+        self.assertEqual(self.sim.disks["node1"][0].get(b"k").value, b"v")
+        self.assertEqual(self.get("node1", b"k", r="one").value, b"v")
+        self.assertFalse(self.put("node1", b"k", b"v2", w="one").created)
+
+    def test_rest_reports_503_with_acks(self):
+        self.sim.crash("node2")
+        self.sim.crash("node3")
+        self.sim.run(3)
+        treq = StubTreq(self.sim.nodes["node1"].site.resource)
+        d = treq.put("http://node1/v1/kv/k?w=quorum", data=b"v")
+        treq.flush()
+        response = self.sim.result(d)
+        self.assertEqual(response.code, 503)
+        body = json.loads(self.sim.result(response.content()))
+        self.assertEqual(body["error"]["code"], "unavailable")
+        self.assertEqual(body["error"]["required"], 2)
+
+    def test_read_repair_updates_a_stale_replica(self):
+        self.sim.network.isolate("node3")
+        self.sim.run(0.1)
+        self.put("node1", b"rr", b"new")
+        self.assertIsNone(self.sim.disks["node3"][0].get(b"rr"))
+        self.sim.network.rejoin("node3")
+        self.sim.run(3)
+        self.assertEqual(self.get("node1", b"rr", r="all").value, b"new")
+        self.sim.run(1)
+        self.assertEqual(self.sim.disks["node3"][0].get(b"rr").value, b"new")
+        self.assertGreaterEqual(self.sim.nodes["node1"].coordinator.read_repairs, 1)
+
+
+class HintedHandoffTests(ClusterTestCase):
+    size = 5
+
+    def test_fallback_holds_hints_and_hands_them_over(self):
+        sim = self.sim
+        sim.crash("node5")
+        sim.run(3)
+        self.assertEqual(sim.nodes["node1"].view.get("node5").state, "dead")
+        keys = [b"h%d" % i for i in range(200)]
+        for key in keys:
+            self.put("node1", key, b"v", w="all")  # all = N acks: only possible with fallbacks
+        theirs = [k for k in keys if "node5" in sim.nodes["node1"].routing.preference(k)]
+        self.assertTrue(theirs)
+        queued = sum(n.handoff.queued() for n in sim.nodes.values())
+        self.assertEqual(queued, len(theirs))
+        for key in theirs:
+            self.assertIsNone(sim.disks["node5"][0].get(key))
+        sim.start("node5")
+        sim.run(6)
+        for key in theirs:
+            self.assertEqual(sim.disks["node5"][0].get(key).value, b"v")
+        self.assertEqual(sum(n.handoff.queued() for n in sim.nodes.values()), 0)
+        for key in keys:
+            self.assertEqual(sim.holders(key), set(sim.nodes["node1"].routing.preference(key)))
+
+    def test_strict_quorum_refuses_instead_of_hinting(self):
+        sim = self.sim
+        sim.crash("node5")
+        sim.run(3)
+        key = next(b"s%d" % i for i in range(1000)
+                   if "node5" in sim.nodes["node1"].routing.preference(b"s%d" % i))
+        with self.assertRaises(Unavailable):
+            self.put("node1", key, b"v", w="all", sloppy=False)
+        self.put("node1", key, b"v", w="quorum", sloppy=False)
+        self.assertEqual(sum(n.handoff.queued() for n in sim.nodes.values()), 0)
+
+    def test_each_key_on_exactly_n_nodes(self):
+        for i in range(100):
+            self.put(self.sim.hosts[i % 5], b"n%d" % i, b"v")
+        self.sim.run(2)
+        for i in range(100):
+            holders = self.sim.holders(b"n%d" % i)
+            self.assertEqual(len(holders), 3)
+            self.assertEqual(holders, set(self.sim.nodes["node2"].routing.preference(b"n%d" % i)))
