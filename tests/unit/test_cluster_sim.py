@@ -97,6 +97,23 @@ class FailureTests(ClusterTestCase):
             self.put("node1", b"all", b"v", w="all")
         self.assertEqual((ctx.exception.acks, ctx.exception.required), (0, 3))
 
+    def test_returning_node_gets_the_writes_it_missed(self):
+        """Three nodes, N=3: no spare node to stand in, so the coordinator keeps the hints,
+        both before the failure detector has noticed (the write to node3 fails) and after."""
+        self.sim.crash("node3")
+        for i in range(25):
+            self.put("node1", b"missed%d" % i, b"v")
+        self.sim.run(3)
+        self.assertEqual(self.sim.nodes["node1"].view.get("node3").state, "dead")
+        for i in range(25, 50):
+            self.put("node1", b"missed%d" % i, b"v")
+        self.assertEqual(self.sim.nodes["node1"].handoff.queued(), 50)
+        self.sim.start("node3")
+        self.sim.run(5)
+        for i in range(50):
+            self.assertEqual(self.sim.disks["node3"][0].get(b"missed%d" % i).value, b"v")
+        self.assertEqual(self.sim.nodes["node1"].handoff.queued(), 0)
+
     def test_two_of_three_crashed_quorum_write_fails_with_counts(self):
         self.sim.crash("node2")
         self.sim.crash("node3")
@@ -122,6 +139,8 @@ class FailureTests(ClusterTestCase):
         self.assertEqual(body["error"]["required"], 2)
 
     def test_read_repair_updates_a_stale_replica(self):
+        for node in self.sim.nodes.values():
+            node.handoff.stopService()  # so hints do not get there first
         self.sim.network.isolate("node3")
         self.sim.run(0.1)
         self.put("node1", b"rr", b"new")

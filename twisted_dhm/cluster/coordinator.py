@@ -287,8 +287,22 @@ class Coordinator:
     def _replicate(self, key: bytes, record: Record, plan: WritePlan, need: int) -> Deferred:
         gather = _Gather(len(plan.targets), need, "write")
         for node, hint_for in plan.targets:
-            gather.add(node, self.replicas.write(node, [(key, record)], hint_for))
+            d = self.replicas.write(node, [(key, record)], hint_for)
+            if not hint_for and node != self.node_id:
+                d.addErrback(self._hint_on_failure, key, record, node)
+            gather.add(node, d)
+        for orphan in plan.orphans:
+            self.replicas.write(self.node_id, [(key, record)], orphan).addErrback(
+                lambda f, orphan=orphan: log.warn("could not keep a hint for {node}: {e}", node=orphan,
+                                                  e=f.getErrorMessage()))
         return gather.quorum
+
+    def _hint_on_failure(self, failure: Failure, key: bytes, record: Record, node: str) -> Failure:
+        """A replica that did not answer (down before the failure detector noticed) gets a hint."""
+        if not failure.check(KVError):
+            self.replicas.write(self.node_id, [(key, record)], node).addErrback(
+                lambda f: log.warn("could not keep a hint for {node}: {e}", node=node, e=f.getErrorMessage()))
+        return failure
 
     # -- listing -----------------------------------------------------------------------------
 
