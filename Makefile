@@ -4,8 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-NODE_ID ?= node1
-PORT    ?= 8080
+NODES ?= 3
 
 .PHONY: run test lint clean bench proto
 
@@ -15,9 +14,9 @@ $(STAMP): setup.py clients/python/pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]' -e clients/python
 	touch $(STAMP)
 
-## run: set up and start a node in the foreground on its defaults (REST on :8080, data in ./data/)
+## run: set up and start a local cluster in the foreground (REST on :8080-8082, data in ./data/)
 run: $(STAMP)
-	$(BIN)/twistd --nodaemon --pidfile= dhashmap --node-id $(NODE_ID) --port $(PORT)
+	$(BIN)/python -m twisted_dhm.devcluster --nodes $(NODES)
 
 ## test: set up and run the whole suite (lint, unit, integration, client)
 test: $(STAMP)

@@ -131,8 +131,9 @@ def newest(records: Iterable[Record | None]) -> Record | None:
 
 
 class _Gather:
-    """Answers from several replicas: ``quorum`` fires after ``need`` successes (or fails
-    with Unavailable once that cannot happen); ``done`` fires when every one is in."""
+    """Answers from several replicas: ``quorum`` fires after ``need`` successes, or fails with
+    Unavailable when every replica has answered and too few succeeded (each replica's wait is
+    bounded by the request timeout); ``done`` fires when every one is in."""
 
     def __init__(self, total: int, need: int, what: str) -> None:
         self.total = total
@@ -159,12 +160,14 @@ class _Gather:
         self._check()
 
     def _check(self) -> None:
+        complete = len(self.answers) + len(self.errors) == self.total
         if not self.quorum.called:
             if len(self.answers) >= self.need:
                 self.quorum.callback(dict(self.answers))
-            elif self.total - len(self.errors) < self.need:
+            elif complete:
+                # Only once every replica has answered: the error must say exactly how many acked.
                 self.quorum.errback(self._unavailable())
-        if len(self.answers) + len(self.errors) == self.total and not self.done.called:
+        if complete and not self.done.called:
             self.done.callback(self.answers)
 
     def _unavailable(self) -> Failure:

@@ -33,6 +33,8 @@ class PeerUnreachable(ConnectionError):
 
 
 class _OneShotFactory(Factory):
+    noisy = False  # one per outbound connection: "Starting factory" lines would drown the log
+
     def __init__(self, build: Callable[[], PeerProtocol]) -> None:
         self._build = build
 

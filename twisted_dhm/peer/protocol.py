@@ -286,6 +286,8 @@ class PeerProtocol(Int32StringReceiver):
 class PeerFactory(Factory):
     """Builds PeerProtocols that share one identity, clock and handler."""
 
+    noisy = False
+
     def __init__(self, identity: LocalIdentity, clock: IReactorTime, handler: Handler | None,
                  max_frame: int = DEFAULT_MAX_FRAME, request_timeout: float = 5.0,
                  on_connection: Callable[[PeerProtocol], Any] | None = None) -> None:
