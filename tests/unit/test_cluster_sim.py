@@ -178,6 +178,22 @@ class HintedHandoffTests(ClusterTestCase):
         for key in keys:
             self.assertEqual(sim.holders(key), set(sim.nodes["node1"].routing.preference(key)))
 
+    def test_large_hints_go_home_in_batches_that_fit_a_frame(self):
+        sim = self.sim
+        sim.crash("node5")
+        sim.run(3)
+        keys = [k for k in (b"big%d" % i for i in range(400))
+                if "node5" in sim.nodes["node1"].routing.preference(k)][:12]
+        value = b"x" * (1024 * 1024)
+        for key in keys:
+            self.put("node1", key, value)
+        for node in sim.nodes.values():
+            node.handoff.batch_bytes = 3 * 1024 * 1024
+        sim.start("node5")
+        sim.run(10)
+        for key in keys:
+            self.assertEqual(sim.disks["node5"][0].get(key).value, value)
+
     def test_strict_quorum_refuses_instead_of_hinting(self):
         sim = self.sim
         sim.crash("node5")

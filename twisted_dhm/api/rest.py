@@ -435,6 +435,26 @@ class DhashmapRequest(server.Request):
         if not self._refused:
             super().requestReceived(command, path, version)
 
+    def process(self) -> None:
+        """``server.Request.process``, with a short cut for the key-value hot path.
+
+        ``/v1/kv/{key}`` skips resource traversal and the per-segment unquoting of
+        the path (the key resource reads the raw URI anyway), and the ``Date``
+        header is formatted once per second rather than per request.
+        """
+        site = self.site = self.channel.site
+        if not self.path.startswith(KV_PREFIX) or site.kv_resource is None:
+            super().process()
+            return
+        self.setHeader(b"server", server.version)
+        self.setHeader(b"date", site.http_date())
+        self.prepath = []
+        self.postpath = []
+        try:
+            self.render(site.kv_resource)
+        except BaseException:
+            self.processingFailed(Failure())
+
     def _refuse(self, size: int) -> None:
         """Answer 413 at once and close, so the client does not upload the rest."""
         self._refused = True
@@ -456,6 +476,14 @@ def _raw_error(transport: Any, status: bytes, body: bytes) -> None:
 class DhashmapChannel(http.HTTPChannel):
     """HTTP/1.1 channel that answers an over-long request line with 414, not silence."""
 
+    _host = None
+
+    def getHost(self) -> Any:
+        # Every request asks; the answer is a getsockname() system call that cannot change.
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
+
     def lineLengthExceeded(self, line: bytes) -> None:
         _raw_error(self.transport, b"414 URI Too Long", error_body(
             "key_too_long", f"the request line is over {self.MAX_LENGTH} bytes"))
@@ -467,9 +495,20 @@ class DhashmapSite(server.Site):
     displayTracebacks = False
 
     def __init__(self, resource: Resource, reactor: IReactorTime, limits: Limits,
-                 idle_timeout: float) -> None:
+                 idle_timeout: float, kv_resource: Resource | None = None) -> None:
         super().__init__(resource, timeout=idle_timeout, reactor=reactor)
         self.max_body_size = limits.max_value_size
+        self.kv_resource = kv_resource
+        self._date_second = -1
+        self._date = b""
+
+    def http_date(self) -> bytes:
+        """The ``Date`` header value, formatted at most once per second of the injected clock."""
+        now = int(self.reactor.seconds())
+        if now != self._date_second:
+            self._date_second = now
+            self._date = http.datetimeToString(now)
+        return self._date
 
     def log(self, request: server.Request) -> None:
         """No per-request access log: it costs more than a GET. Metrics count requests."""
@@ -480,4 +519,4 @@ def build_site(coordinator: Coordinator, metrics: NodeMetrics, clock: IReactorTi
                is_ready: Callable[[], bool], cluster: Any = None) -> DhashmapSite:
     kv = KVResource(coordinator, metrics, clock, limits)
     api = RestAPI(node_id, coordinator, metrics, clock, is_ready)
-    return DhashmapSite(RootResource(kv, api.app.resource()), clock, limits, idle_timeout)
+    return DhashmapSite(RootResource(kv, api.app.resource()), clock, limits, idle_timeout, kv_resource=kv)

@@ -216,6 +216,9 @@ class Coordinator:
             need = required(r, n, "r")
         except KVError:
             return fail()
+        if len(nodes) == 1 and need == 1:  # a single replica: nothing to gather or repair
+            return self.replicas.read(nodes[0], [key], for_write).addCallback(
+                lambda records: (records[0], [records[0].version] if records[0] else []))
         gather = _Gather(len(nodes), need, "read")
         for node in nodes:
             gather.add(node, self.replicas.read(node, [key], for_write).addCallback(lambda records: records[0]))
@@ -288,6 +291,8 @@ class Coordinator:
         return base.increment(self.node_id, self._hlc.now())
 
     def _replicate(self, key: bytes, record: Record, plan: WritePlan, need: int) -> Deferred:
+        if len(plan.targets) == 1 and need == 1 and not plan.orphans and plan.targets[0][0] == self.node_id:
+            return self.replicas.write(self.node_id, [(key, record)], plan.targets[0][1])  # a single replica
         gather = _Gather(len(plan.targets), need, "write")
         for node, hint_for in plan.targets:
             d = self.replicas.write(node, [(key, record)], hint_for)

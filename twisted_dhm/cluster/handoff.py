@@ -27,12 +27,14 @@ class HintedHandoff(Service):
     name = "handoff"
 
     def __init__(self, replica: LocalReplica, view: MembershipView, replicas: ReplicaClient,
-                 clock: IReactorTime, interval: float = 1.0, batch: int = 500) -> None:
+                 clock: IReactorTime, interval: float = 1.0, batch: int = 500,
+                 batch_bytes: int = 4 * 1024 * 1024) -> None:
         self.replica = replica
         self.view = view
         self.replicas = replicas
         self.interval = interval
         self.batch = batch
+        self.batch_bytes = batch_bytes  # keeps a batch inside one native-protocol frame
         self.delivered = 0
         self._busy: set[str] = set()
         self._loop = LoopingCall(self.run_once)
@@ -73,11 +75,15 @@ class HintedHandoff(Service):
         hints = self.replica.hints
         prefix = target.encode() + HINT_SEPARATOR
         entries = hints.scan(prefix, None, self.batch)
-        batch = []
+        batch, size = [], 0
         for entry in entries:
             record = hints.get(entry.key)
-            if record is not None:
-                batch.append((entry.key, record))
+            if record is None:
+                continue
+            if batch and size + len(entry.key) + len(record.value) > self.batch_bytes:
+                break  # the rest go next round; a single record always fits a frame
+            batch.append((entry.key, record))
+            size += len(entry.key) + len(record.value)
         if not batch:
             return succeed(None)
         self._busy.add(target)
