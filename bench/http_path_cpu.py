@@ -2,9 +2,11 @@
 
 Drives the real Site (same resource, coordinator and LMDB engine as the daemon) through
 20 persistent HTTP/1.1 connections over StringTransports, one request on each and then one
-group commit, as under load (a connection handles its requests one at a time).  Prints microseconds of CPU per request on the reactor thread and in commits (which run
-on their own thread in the daemon), and with --profile the top functions.  Throughput on real sockets is bench/rest_vs_etcd.sh's job;
-this isolates the Python work so a change to it can be measured on a busy machine.
+group commit, as under load (a connection handles its requests one at a time).  Prints
+microseconds of CPU per request on the reactor thread and in commits (which run on their
+own thread in the daemon), and with --profile the top functions.  Throughput on real
+sockets is bench/rest_vs_etcd.sh's job; this isolates the Python work, so a change to it
+can be measured even on a busy machine.
 
     .venv/bin/python bench/http_path_cpu.py [--requests 20000] [--profile]
 """
