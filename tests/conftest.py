@@ -1,4 +1,10 @@
 import pytest
+from hypothesis import settings
+
+# No deadlines (a timing assertion, flaky on a loaded machine) and the same examples on
+# every run, so a failure in CI reproduces locally.
+settings.register_profile("dhashmap", deadline=None, derandomize=True, database=None)
+settings.load_profile("dhashmap")
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, succeed
+import re
+
+from twisted.internet.defer import Deferred, fail, succeed
 
 from twisted_dhm.cluster.coordinator import ANY, NO_CONDITION, Coordinator, Precondition
 from twisted_dhm.cluster.replica import LocalReplica
@@ -12,6 +14,7 @@ from twisted_dhm.peer.codec import FrameError, key_records_from_pb, key_records_
 from twisted_dhm.versions import Version, VersionDecodeError
 
 MAX_BATCH = 10000
+NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _LEVELS = {pb.Consistency.LEVEL_ONE: "one", pb.Consistency.LEVEL_QUORUM: "quorum", pb.Consistency.LEVEL_ALL: "all"}
 
 
@@ -39,14 +42,17 @@ class PeerHandler:
         self.max_value_size = max_value_size
 
     def __call__(self, session: object, frame: pb.Frame) -> Deferred:
+        """Always a Deferred: a bad request is a failed one, answered with an Error frame."""
         body = frame.WhichOneof("body")
         method = getattr(self, "_" + str(body), None)
         if method is None:
-            raise InvalidRequest(f"{body} is not a request this node serves")
+            return fail(InvalidRequest(f"{body} is not a request this node serves"))
         try:
             return method(getattr(frame, body))
         except (FrameError, VersionDecodeError) as e:
-            raise InvalidRequest(str(e)) from None
+            return fail(InvalidRequest(str(e)))
+        except KVError:
+            return fail()
 
     def _check_key(self, key: bytes) -> None:
         if not key or len(key) > self.max_key_size:
@@ -65,6 +71,8 @@ class PeerHandler:
     def _replica_put(self, msg: pb.ReplicaPut) -> Deferred:
         if len(msg.records) > MAX_BATCH:
             raise InvalidRequest(f"at most {MAX_BATCH} records per request")
+        if msg.hint_for and not NODE_ID.match(msg.hint_for):
+            raise InvalidRequest("hint_for must be a node id")
         items = []
         for key, record in key_records_from_pb(msg.records):
             self._check_key(key)
@@ -127,5 +135,3 @@ class PeerHandler:
         d = self.coordinator.delete(msg.key, self._precondition(msg.if_match, False), _level(msg.w))
         return d.addCallback(lambda _: pb.Frame(delete_result=pb.DeleteResult()))
 
-
-__all__ = ["PeerHandler", "KVError"]

@@ -1,0 +1,79 @@
+"""Replica and client requests as they arrive over the native protocol."""
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_dhm.cluster.handler import PeerHandler
+from twisted_dhm.errors import InvalidRequest
+from twisted_dhm.peer import peer_pb2 as pb
+from twisted_dhm.peer.codec import record_to_pb
+from twisted_dhm.storage import Record
+from twisted_dhm.storage.memory import MemoryEngine
+from twisted_dhm.testing.stack import single_node_coordinator
+from twisted_dhm.versions import Version
+
+
+class HandlerTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+        self.engine, self.hints = MemoryEngine(), MemoryEngine()
+        self.coordinator = single_node_coordinator(self.engine, self.clock, hints=self.hints)
+        self.handler = PeerHandler(self.coordinator.replicas.local, self.coordinator, 64, 1024)
+
+    def call(self, frame):
+        return self.successResultOf(self.handler(None, frame))
+
+    def replica_put(self, key, record, hint_for=""):
+        frame = pb.Frame()
+        kr = frame.replica_put.records.add()
+        kr.key, kr.found = key, True
+        record_to_pb(record, kr.record)
+        frame.replica_put.hint_for = hint_for
+        return frame
+
+    def test_replica_put_keeps_only_winning_versions(self):
+        newer = Record(b"new", Version().increment("a", 20))
+        older = Record(b"old", Version(), False)
+        self.assertEqual(self.call(self.replica_put(b"k", newer)).replica_put_result.stored, 1)
+        self.assertEqual(self.call(self.replica_put(b"k", older)).replica_put_result.stored, 0)
+        self.assertEqual(self.engine.get(b"k").value, b"new")
+
+    def test_hints_go_to_the_hint_store(self):
+        record = Record(b"v", Version().increment("a", 1))
+        self.call(self.replica_put(b"k", record, hint_for="node9"))
+        self.assertIsNone(self.engine.get(b"k"))
+        self.assertEqual(self.hints.get(b"node9\x00k").value, b"v")
+
+    def test_bad_hint_target_refused(self):
+        record = Record(b"v", Version().increment("a", 1))
+        for bad in ("x\x00y", "../etc", "a" * 65):
+            self.failureResultOf(self.handler(None, self.replica_put(b"k", record, hint_for=bad)), InvalidRequest)
+
+    def test_bad_vector_clock_refused(self):
+        frame = self.replica_put(b"k", Record(b"v", Version((("b", 1), ("a", 1)), 1)))
+        self.failureResultOf(self.handler(None, frame), InvalidRequest)
+
+    def test_replica_get_and_scan(self):
+        self.call(self.replica_put(b"p/1", Record(b"1", Version().increment("a", 5))))
+        answer = self.call(pb.Frame(replica_get=pb.ReplicaGet(keys=[b"p/1", b"nope"])))
+        found = [(r.key, r.found, r.record.value) for r in answer.replica_get_result.records]
+        self.assertEqual(found, [(b"p/1", True, b"1"), (b"nope", False, b"")])
+        scan = self.call(pb.Frame(replica_scan=pb.ReplicaScan(prefix=b"p/", limit=10)))
+        self.assertEqual([(e.key, e.hlc) for e in scan.replica_scan_result.entries], [(b"p/1", 5)])
+
+    def test_client_put_get_delete(self):
+        put = self.call(pb.Frame(put=pb.Put(key=b"c", value=b"v", ttl_seconds=10)))
+        self.assertTrue(put.put_result.created)
+        got = self.call(pb.Frame(get=pb.Get(key=b"c")))
+        self.assertEqual((got.get_result.found, got.get_result.value, got.get_result.version),
+                         (True, b"v", put.put_result.version))
+        self.failureResultOf(
+            self.handler(None, pb.Frame(put=pb.Put(key=b"c", value=b"x", if_match="stale"))))
+        self.call(pb.Frame(delete=pb.Delete(key=b"c", if_match=put.put_result.version)))
+        self.assertFalse(self.call(pb.Frame(get=pb.Get(key=b"c"))).get_result.found)
+
+    def test_client_limits(self):
+        self.failureResultOf(self.handler(None, pb.Frame(get=pb.Get(key=b""))), InvalidRequest)
+        self.failureResultOf(self.handler(None, pb.Frame(get=pb.Get(key=b"k" * 65))), InvalidRequest)
+        self.failureResultOf(self.handler(None, pb.Frame(put=pb.Put(key=b"k", value=b"v" * 1025))), InvalidRequest)
