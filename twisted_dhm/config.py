@@ -228,6 +228,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Missed pings in a row after which a member is dead (fewer: suspect).", "N"),
     Setting("handoff_interval", "HANDOFF_INTERVAL", _duration(0.01, 3600), 1.0,
             "How often hinted writes are offered to their home nodes.", "DURATION"),
+    Setting("tombstone_grace", "TOMBSTONE_GRACE", _duration(1, 365 * 86400), 86400.0,
+            "How long deletes (and expired values) stay on disk before they are purged; longer than "
+            "any node stays down.", "DURATION"),
     Setting("max_key_size", "MAX_KEY_SIZE", _size(1, 64 * 1024), 4096,
             "Largest key accepted, in bytes after percent-decoding (413/414 beyond).", "SIZE"),
     Setting("max_value_size", "MAX_VALUE_SIZE", _size(1, 1 << 30), 8 * 1024 * 1024,
@@ -263,6 +266,7 @@ class Config:
     health_timeout: float
     health_threshold: int
     handoff_interval: float
+    tombstone_grace: float
     max_key_size: int
     max_value_size: int
     http_idle_timeout: float

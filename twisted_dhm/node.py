@@ -26,6 +26,7 @@ from twisted_dhm.api.rest import Limits, build_site
 from twisted_dhm.cluster.coordinator import Coordinator
 from twisted_dhm.cluster.handler import PeerHandler
 from twisted_dhm.cluster.handoff import HintedHandoff
+from twisted_dhm.cluster.reaper import Reaper
 from twisted_dhm.cluster.replica import LocalReplica
 from twisted_dhm.cluster.replicas import Replicas
 from twisted_dhm.cluster.routing import Routing
@@ -107,7 +108,7 @@ class ListenService(Service):
 
 
 class DhashmapNode(MultiService):
-    """One node: ``store``, ``peer``, ``membership``, ``handoff``, ``rest`` (started in that order)."""
+    """One node: ``store``, ``peer``, ``membership``, ``handoff``, ``reaper``, ``rest`` (started in that order)."""
 
     def __init__(
         self,
@@ -164,6 +165,9 @@ class DhashmapNode(MultiService):
 
         self.handoff = HintedHandoff(self.replica, self.view, self.replicas, reactor, config.handoff_interval)
         self.handoff.setServiceParent(self)
+
+        self.reaper = Reaper(self.engine, reactor, grace=config.tombstone_grace)
+        self.reaper.setServiceParent(self)
 
         self.metrics = NodeMetrics(self.engine, cluster=self)
         limits = Limits(config.max_key_size, config.max_value_size)

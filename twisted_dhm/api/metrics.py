@@ -79,6 +79,9 @@ class _ClusterCollector(Collector):
                                   node.handoff.delivered)
         yield CounterMetricFamily("dhashmap_read_repairs", "Replicas updated by read repair.",
                                   node.coordinator.read_repairs)
+        yield CounterMetricFamily("dhashmap_tombstones_reclaimed",
+                                  "Tombstones and expired values purged after the grace period.",
+                                  node.reaper.reclaimed)
 
 
 class NodeMetrics:

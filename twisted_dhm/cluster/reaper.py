@@ -1,0 +1,79 @@
+"""Reclaiming deletes: tombstones (and expired values) leave the disk after a grace period.
+
+A tombstone has to outlive every stale copy of the value it deleted, or that copy could
+come back through read repair or a hint.  Stale copies are fixed by hints and read repair
+while nodes are away for less than the grace period (``--tombstone-grace``, default one
+day, as Cassandra's ``gc_grace_seconds``), so after it a tombstone is safe to drop.  An
+expired value is dropped by the same rule, counted from its expiry.
+
+The reaper walks the store in slices (``batch`` entries a tick, resuming where it left
+off), so a large store never stalls the reactor, and it re-reads each record just before
+removing it: a key written since the scan is left alone.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from twisted_dhm.storage import IStorageEngine
+from twisted_dhm.versions import stamp_millis
+
+log = Logger(namespace="dhashmap.reaper")
+
+
+class Reaper(Service):
+    name = "reaper"
+
+    def __init__(self, engine: IStorageEngine, clock: IReactorTime, grace: float = 86400.0,
+                 interval: float = 10.0, batch: int = 1000) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.grace_ms = int(grace * 1000)
+        self.batch = batch
+        self.reclaimed = 0
+        self._after: bytes | None = None
+        self._loop = LoopingCall(self.run_once)
+        self._loop.clock = clock
+        self.interval = interval
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self.interval, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+
+    def _reclaimable_since(self, tombstone: bool, expires_at: int, hlc: int) -> int | None:
+        if tombstone:
+            return stamp_millis(hlc)
+        if expires_at:
+            return expires_at
+        return None
+
+    def run_once(self) -> Deferred:
+        """Examine the next slice of the store; fires when its removals are durable."""
+        entries = self.engine.scan(b"", self._after, self.batch)
+        self._after = entries[-1].key if len(entries) == self.batch else None  # wrap around at the end
+        cutoff = int(self.clock.seconds() * 1000) - self.grace_ms
+        removals = []
+        for entry in entries:
+            since = self._reclaimable_since(entry.tombstone, entry.expires_at, entry.hlc)
+            if since is None or since > cutoff:
+                continue
+            record = self.engine.latest(entry.key)
+            if record is None:
+                continue
+            since = self._reclaimable_since(record.tombstone, record.expires_at, record.version.hlc)
+            if since is not None and since <= cutoff:
+                removals.append(self.engine.write(entry.key, None))
+        if not removals:
+            return succeed(0)
+        self.reclaimed += len(removals)
+        log.debug("reclaimed {n} tombstones and expired values", n=len(removals))
+        return gatherResults(removals, consumeErrors=True).addCallback(len)
