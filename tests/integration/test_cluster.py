@@ -94,11 +94,14 @@ def test_three_nodes_every_key_everywhere(cluster):
     for reader in nodes[1:]:
         answers = get_many(reader, keys)
         assert all(answers[k] == (200, b"value-" + k) for k in keys)
-    # N = 3 on 3 nodes: every key on every node's disk, with one version.
-    disks = [disk_records(n) for n in nodes]
-    for key in keys:
-        versions = {d[key].version for d in disks}
-        assert len(versions) == 1
+    # N = 3 on 3 nodes: once the writes beyond the quorum have landed, every key is on every
+    # node's disk, with one version.
+    def settled():
+        disks = [disk_records(n) for n in nodes]
+        return all(key in d for d in disks for key in keys) and all(
+            len({d[key].version for d in disks}) == 1 for key in keys)
+
+    assert wait_for(settled, deadline=60)
 
 
 def test_five_nodes_each_key_on_exactly_its_preference_list(cluster):
@@ -109,10 +112,13 @@ def test_five_nodes_each_key_on_exactly_its_preference_list(cluster):
     ring = json.loads(body)
     owners = {row["partition"]: set(row["owners"]) for row in ring["table"]}
     assert ring["replicas"] == 3 and len(owners) == ring["partitions"]
-    disks = {n.node_id: disk_records(n) for n in nodes}
-    for key in keys:
-        holders = {node_id for node_id, records in disks.items() if key in records}
-        assert holders == owners[partition_of(key, ring["partitions"])], key
+    def placed_exactly():
+        disks = {n.node_id: disk_records(n) for n in nodes}
+        return all({node_id for node_id, records in disks.items() if key in records}
+                   == owners[partition_of(key, ring["partitions"])] for key in keys)
+
+    # A quorum write is acknowledged by 2 of 3; the third lands a moment later.
+    assert wait_for(placed_exactly, deadline=60)
     answers = get_many(nodes[4], keys)
     assert all(answers[k] == (200, k) for k in keys)
 
