@@ -272,10 +272,6 @@ class Config:
     http_idle_timeout: float
     lmdb_map_size: int
 
-    def rest_endpoint(self) -> str:
-        """The REST listener as a Twisted server endpoint description."""
-        bind = self.bind.replace(":", "\\:")
-        return f"tcp:{self.port}:interface={bind}"
 
 
 def read_yaml(path: str) -> dict[str, Any]:

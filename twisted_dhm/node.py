@@ -12,10 +12,9 @@ import os
 import random
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -94,7 +93,12 @@ class ListenService(Service):
         self.listening: IListeningPort | None = None
 
     def startService(self) -> None:
-        self.listening = self.network.listen(self.host, self.port, self.factory)
+        try:
+            self.listening = self.network.listen(self.host, self.port, self.factory)
+        except CannotListenError as e:
+            # A clear line, not a traceback, and no node running without its listener.
+            raise SystemExit(f"dhashmap: cannot start: cannot listen on {self.host}:{self.port} "
+                             f"({self.name}): {e.socketError}") from None
         super().startService()
 
     def stopService(self) -> Deferred | None:
@@ -117,7 +121,6 @@ class DhashmapNode(MultiService):
         rng: random.Random,
         network: INetwork | None = None,
         engines: tuple[IStorageEngine, IStorageEngine] | None = None,
-        listen_rest: Any = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -175,12 +178,7 @@ class DhashmapNode(MultiService):
             self.coordinator, self.metrics, reactor, limits, config.http_idle_timeout,
             config.node_id, is_ready=self.is_ready, cluster=self,
         )
-        if listen_rest is None:
-            self.rest: Service = StreamServerEndpointService(
-                serverFromString(reactor, config.rest_endpoint()), self.site)
-            self.rest.setName("rest")
-        else:
-            self.rest = ListenService("rest", self.network, config.bind, config.port, self.site)
+        self.rest = ListenService("rest", self.network, config.bind, config.port, self.site)
         self.rest.setServiceParent(self)
 
     def _address_of(self, node_id: str) -> tuple[str, int] | None:
@@ -199,10 +197,18 @@ class DhashmapNode(MultiService):
 
     def startService(self) -> None:
         log.info(
-            "node {node_id} starting: REST on {endpoint}, native protocol on {bind}:{peer_port}, "
+            "node {node_id} starting: REST on {bind}:{port}, native protocol on {bind}:{peer_port}, "
             "storage {storage} at {data_dir}, seeds {seeds}",
-            node_id=self.config.node_id, endpoint=self.config.rest_endpoint(), bind=self.config.bind,
+            node_id=self.config.node_id, port=self.config.port, bind=self.config.bind,
             peer_port=self.config.peer_port, storage=self.config.storage, data_dir=self.config.data_dir,
             seeds=",".join(f"{h}:{p}" for h, p in self.config.seed_nodes) or "none",
         )
-        super().startService()
+        try:
+            super().startService()
+        except SystemExit:
+            # A child could not start: stop those that did (the store's commit thread
+            # would otherwise keep the process from exiting), then exit with the message.
+            for service in reversed(list(self)):
+                if service.running:
+                    service.stopService()
+            raise

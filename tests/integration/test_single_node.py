@@ -193,6 +193,17 @@ def test_unusable_data_dir_is_a_clear_error(tmp_path):
     assert "Traceback" not in node.log()
 
 
+def test_port_in_use_is_a_clear_error(node, tmp_path):
+    for flag, port in (("--port", node.port), ("--peer-port", node.peer_port)):
+        other = NodeProcess(tmp_path / flag / "data", node_id="other", log_path=tmp_path / f"{flag}.log",
+                            **({"port": port} if flag == "--port" else {"peer_port": port}))
+        other.start(wait=False)
+        assert other.proc.wait(timeout=30) != 0
+        assert f"cannot listen on 127.0.0.1:{port}" in other.log()
+        assert "Traceback" not in other.log()
+    assert node.request("GET", "/health")[0] == 200
+
+
 def test_dhashmap_server_accepts_single_dash_flags(tmp_path):
     port = free_port()
     server = str(Path(sys.executable).with_name("dhashmap-server"))

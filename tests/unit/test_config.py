@@ -19,7 +19,6 @@ class PrecedenceTests(SynchronousTestCase):
         self.assertEqual((c.port, c.bind, c.storage, c.log_format), (8080, "0.0.0.0", "lmdb", "text"))
         self.assertEqual(c.data_dir, f"./data/{c.node_id}")
         self.assertEqual(c.advertise, "127.0.0.1")
-        self.assertEqual(c.rest_endpoint(), "tcp:8080:interface=0.0.0.0")
 
     def test_flags_over_env_over_file_over_defaults(self):
         path = self.yaml("node_id: from-file\nport: 1001\nbind: 10.0.0.1\nmax-value-size: 1MiB\n")

@@ -62,7 +62,7 @@ class SimCluster:
             self.hosts.append(host)
         node = DhashmapNode(
             self.config(host, **overrides), reactor=self.clock, rng=random.Random(self.rng.random()),
-            network=self.network.as_host(host), engines=self.disks[host], listen_rest=True,
+            network=self.network.as_host(host), engines=self.disks[host],
         )
         node.startService()
         self.nodes[host] = node
