@@ -3,6 +3,11 @@
 ``Client`` is synchronous (urllib3); ``TwistedClient`` returns Deferreds (treq)
 and needs the ``twisted`` extra: ``pip install 'dhashmap-client[twisted]'``.
 It is imported lazily so that the sync client works without Twisted installed.
+
+``NativeClient`` (blocking, stdlib sockets) and ``TwistedNativeClient``
+(Deferreds, also lazy and also needing the ``twisted`` extra) speak the node's
+native protocol on its peer port instead of REST: one pipelined connection,
+replica counts per request.  See docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dhashmap_client._protocol import Entry, Page, Value
 from dhashmap_client.errors import (
     ConnectionError,
     DhashmapError,
+    HandshakeError,
     InvalidRequest,
     KeyTooLong,
     NotFound,
@@ -24,16 +30,20 @@ from dhashmap_client.errors import (
     Unavailable,
     ValueTooLarge,
 )
+from dhashmap_client.native import NativeClient
 from dhashmap_client.sync import Client
 
 if TYPE_CHECKING:
     from dhashmap_client.twisted_client import TwistedClient
+    from dhashmap_client.twisted_native import TwistedNativeClient
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Client",
     "TwistedClient",
+    "NativeClient",
+    "TwistedNativeClient",
     "Value",
     "Entry",
     "Page",
@@ -49,6 +59,7 @@ __all__ = [
     "TransportError",
     "ConnectionError",
     "Timeout",
+    "HandshakeError",
 ]
 
 
@@ -63,4 +74,14 @@ def __getattr__(name: str) -> Any:
                 "TwistedClient needs treq and Twisted: pip install 'dhashmap-client[twisted]'"
             ) from e
         return TwistedClient
+    if name == "TwistedNativeClient":
+        try:
+            from dhashmap_client.twisted_native import TwistedNativeClient
+        except ModuleNotFoundError as e:
+            if (e.name or "").split(".")[0] != "twisted":
+                raise
+            raise ImportError(
+                "TwistedNativeClient needs Twisted: pip install 'dhashmap-client[twisted]'"
+            ) from e
+        return TwistedNativeClient
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,6 +24,7 @@ __all__ = [
     "TransportError",
     "ConnectionError",
     "Timeout",
+    "HandshakeError",
     "error_from_response",
 ]
 
@@ -84,9 +85,19 @@ class ValueTooLarge(DhashmapError):
 
 
 class Unavailable(DhashmapError):
-    """503: the node cannot serve now (storage error, not enough replicas); retry later."""
+    """503: the node cannot serve now (storage error, not enough replicas); retry later.
+
+    When too few replicas answered, ``acks`` is how many did and ``required`` how
+    many had to; both are ``None`` when the node did not say.
+    """
 
     default_code = "unavailable"
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
+                 acks: int | None = None, required: int | None = None) -> None:
+        super().__init__(message, status=status, code=code)
+        self.acks = acks
+        self.required = required
 
 
 class StorageFull(DhashmapError):
@@ -127,6 +138,18 @@ class Timeout(TransportError):
     default_code = "timeout"
 
 
+class HandshakeError(DhashmapError):
+    """The native protocol's handshake failed: this node will not talk to this client.
+
+    The node belongs to another cluster (``code == "cluster_mismatch"``), speaks
+    another protocol version (``"version_mismatch"``), or refused the client's
+    ``Hello``.  Deliberately not a ``TransportError``: retrying cannot help, the
+    client's ``cluster`` setting (or the address) is wrong.
+    """
+
+    default_code = "handshake_failed"
+
+
 _BY_STATUS: dict[int, type[DhashmapError]] = {
     400: InvalidRequest,
     404: NotFound,
@@ -148,6 +171,7 @@ def error_from_response(status: int, body: bytes) -> DhashmapError:
     """
     code: str | None = None
     message: str | None = None
+    error: dict = {}
     try:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -164,4 +188,11 @@ def error_from_response(status: int, body: bytes) -> DhashmapError:
     cls = _BY_STATUS.get(status)
     if cls is None:
         cls = ServerError if status >= 500 else DhashmapError
+    if cls is Unavailable:
+        return Unavailable(message, status=status, code=code, acks=_count(error.get("acks")),
+                           required=_count(error.get("required")))
     return cls(message, status=status, code=code)
+
+
+def _count(raw: object) -> int | None:
+    return raw if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0 else None
