@@ -46,6 +46,8 @@ class Version:
 
     clock: tuple[tuple[str, int], ...] = ()
     hlc: int = 0
+    # The encoded form, made once: a write encodes its version for the disk and for the ETag.
+    _encoded: bytes | None = attrs.field(default=None, eq=False, hash=False, repr=False)
 
     @classmethod
     def from_mapping(cls, clock: Mapping[str, int], hlc: int) -> Version:
@@ -126,6 +128,8 @@ def b64url_decode(text: str) -> bytes:
 
 def encode_version(version: Version) -> bytes:
     """``hlc:u64 | n:u8 | n × (len:u8 | node-id utf-8 | counter:u64)``."""
+    if version._encoded is not None:
+        return version._encoded
     if len(version.clock) > MAX_CLOCK_ENTRIES:
         raise ValueError(f"vector clock has more than {MAX_CLOCK_ENTRIES} entries")
     parts = [_U64.pack(version.hlc), bytes((len(version.clock),))]
@@ -136,7 +140,9 @@ def encode_version(version: Version) -> bytes:
         parts.append(bytes((len(raw),)))
         parts.append(raw)
         parts.append(_ENTRY.pack(count))
-    return b"".join(parts)
+    encoded = b"".join(parts)
+    object.__setattr__(version, "_encoded", encoded)
+    return encoded
 
 
 def decode_version(data: bytes, offset: int = 0) -> tuple[Version, int]:
@@ -163,7 +169,7 @@ def decode_version(data: bytes, offset: int = 0) -> tuple[Version, int]:
     nodes = [node for node, _ in entries]
     if nodes != sorted(set(nodes)):
         raise VersionDecodeError("vector clock entries are not sorted and unique")
-    return Version(tuple(entries), hlc), pos
+    return Version(tuple(entries), hlc, bytes(data[offset:pos])), pos
 
 
 class HybridLogicalClock:

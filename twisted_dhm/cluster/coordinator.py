@@ -284,10 +284,15 @@ class Coordinator:
         return self._read(key, "quorum", for_write=True)
 
     def _next_version(self, seen: list[Version]) -> Version:
-        base = Version()
-        for version in seen:
-            self._hlc.observe(version.hlc)
-            base = base.merge(version, 0)
+        """A version that descends from every version seen, stamped after all of them."""
+        if len(seen) == 1:
+            base = seen[0]
+            self._hlc.observe(base.hlc)
+        else:
+            base = Version()
+            for version in seen:
+                self._hlc.observe(version.hlc)
+                base = base.merge(version, 0)
         return base.increment(self.node_id, self._hlc.now())
 
     def _replicate(self, key: bytes, record: Record, plan: WritePlan, need: int) -> Deferred:

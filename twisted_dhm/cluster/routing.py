@@ -32,10 +32,13 @@ class Routing:
         self._weights: dict[str, int] = {}
         self.table = PartitionTable({}, partitions, replicas, vnodes)
         self.rebuilds = 0
+        # Write plans per (partition, sloppy), valid until the next membership change.
+        self._plans: dict[tuple[int, bool], WritePlan] = {}
         self._rebuild()
         view.subscribe(self._changed)
 
     def _changed(self, view: MembershipView, member: Member, old: Member | None) -> None:
+        self._plans.clear()
         if view.ring_weights() != self._weights:
             self._rebuild()
 
@@ -55,6 +58,12 @@ class Routing:
     def write_plan(self, key: bytes, sloppy: bool = True) -> WritePlan:
         """Preference nodes that are up, plus (sloppy) fallbacks holding hints for those that are not."""
         partition = self.table.partition(key)
+        plan = self._plans.get((partition, sloppy))
+        if plan is None:
+            plan = self._plans[(partition, sloppy)] = self._plan(partition, sloppy)
+        return plan
+
+    def _plan(self, partition: int, sloppy: bool) -> WritePlan:
         preference = self.table.preference_list(partition)
         targets = [(node, "") for node in preference if self.view.is_routable(node)]
         missing = [node for node in preference if not self.view.is_routable(node)]
