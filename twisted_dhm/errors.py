@@ -29,6 +29,10 @@ class PreconditionFailed(KVError):
     code = "precondition_failed"
 
 
+class Forbidden(KVError):
+    code = "forbidden"
+
+
 class NotFound(KVError):
     code = "not_found"
 

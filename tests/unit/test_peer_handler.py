@@ -13,6 +13,17 @@ from twisted_dhm.testing.stack import single_node_coordinator
 from twisted_dhm.versions import Version
 
 
+class Session:
+    """What the handler sees of the connection: the other side's Hello."""
+
+    def __init__(self, role):
+        self.remote = pb.Hello(role=role, node_id="x" if role == pb.ROLE_PEER else "")
+
+
+PEER = Session(pb.ROLE_PEER)
+CLIENT = Session(pb.ROLE_CLIENT)
+
+
 class HandlerTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
@@ -21,8 +32,8 @@ class HandlerTests(SynchronousTestCase):
         self.coordinator = single_node_coordinator(self.engine, self.clock, hints=self.hints)
         self.handler = PeerHandler(self.coordinator.replicas.local, self.coordinator, 64, 1024)
 
-    def call(self, frame):
-        return self.successResultOf(self.handler(None, frame))
+    def call(self, frame, session=PEER):
+        return self.successResultOf(self.handler(session, frame))
 
     def replica_put(self, key, record, hint_for=""):
         frame = pb.Frame()
@@ -48,11 +59,11 @@ class HandlerTests(SynchronousTestCase):
     def test_bad_hint_target_refused(self):
         record = Record(b"v", Version().increment("a", 1))
         for bad in ("x\x00y", "../etc", "a" * 65):
-            self.failureResultOf(self.handler(None, self.replica_put(b"k", record, hint_for=bad)), InvalidRequest)
+            self.failureResultOf(self.handler(PEER, self.replica_put(b"k", record, hint_for=bad)), InvalidRequest)
 
     def test_bad_vector_clock_refused(self):
         frame = self.replica_put(b"k", Record(b"v", Version((("b", 1), ("a", 1)), 1)))
-        self.failureResultOf(self.handler(None, frame), InvalidRequest)
+        self.failureResultOf(self.handler(PEER, frame), InvalidRequest)
 
     def test_replica_get_and_scan(self):
         self.call(self.replica_put(b"p/1", Record(b"1", Version().increment("a", 5))))
@@ -66,14 +77,38 @@ class HandlerTests(SynchronousTestCase):
         put = self.call(pb.Frame(put=pb.Put(key=b"c", value=b"v", ttl_seconds=10)))
         self.assertTrue(put.put_result.created)
         got = self.call(pb.Frame(get=pb.Get(key=b"c")))
-        self.assertEqual((got.get_result.found, got.get_result.value, got.get_result.version),
-                         (True, b"v", put.put_result.version))
-        self.failureResultOf(
-            self.handler(None, pb.Frame(put=pb.Put(key=b"c", value=b"x", if_match="stale"))))
+        self.assertEqual(
+            (got.get_result.found, got.get_result.value, got.get_result.version), (True, b"v", put.put_result.version)
+        )
+        self.failureResultOf(self.handler(PEER, pb.Frame(put=pb.Put(key=b"c", value=b"x", if_match="stale"))))
         self.call(pb.Frame(delete=pb.Delete(key=b"c", if_match=put.put_result.version)))
         self.assertFalse(self.call(pb.Frame(get=pb.Get(key=b"c"))).get_result.found)
 
+    def test_clients_may_not_use_replica_operations(self):
+        from twisted_dhm.errors import Forbidden
+
+        record = Record(b"forged", Version().increment("a", 99))
+        self.failureResultOf(self.handler(CLIENT, self.replica_put(b"k", record)), Forbidden)
+        self.failureResultOf(self.handler(CLIENT, pb.Frame(replica_get=pb.ReplicaGet(keys=[b"k"]))), Forbidden)
+        self.assertIsNone(self.engine.get(b"k"))
+        self.assertTrue(self.call(pb.Frame(put=pb.Put(key=b"k", value=b"ok")), session=CLIENT).put_result.created)
+
+    def test_client_ttl_range(self):
+        frame = pb.Frame(put=pb.Put(key=b"k", value=b"v", ttl_seconds=2**63))
+        self.failureResultOf(self.handler(CLIENT, frame), InvalidRequest)
+
+    def test_delete_returns_the_tombstone_version(self):
+        self.call(pb.Frame(put=pb.Put(key=b"d", value=b"v")), session=CLIENT)
+        result = self.call(pb.Frame(delete=pb.Delete(key=b"d")), session=CLIENT)
+        self.assertEqual(Version.from_token(result.delete_result.version), self.engine.get(b"d").version)
+        self.assertEqual(self.call(pb.Frame(delete=pb.Delete(key=b"never")), session=CLIENT).delete_result.version, "")
+
     def test_client_limits(self):
-        self.failureResultOf(self.handler(None, pb.Frame(get=pb.Get(key=b""))), InvalidRequest)
-        self.failureResultOf(self.handler(None, pb.Frame(get=pb.Get(key=b"k" * 65))), InvalidRequest)
-        self.failureResultOf(self.handler(None, pb.Frame(put=pb.Put(key=b"k", value=b"v" * 1025))), InvalidRequest)
+        self.failureResultOf(self.handler(PEER, pb.Frame(get=pb.Get(key=b""))), InvalidRequest)
+        from twisted_dhm.errors import KeyTooLong, ValueTooLarge
+        from twisted_dhm.peer.errors import error_for_failure
+
+        f = self.failureResultOf(self.handler(PEER, pb.Frame(get=pb.Get(key=b"k" * 65))), KeyTooLong)
+        self.assertEqual(error_for_failure(f, 1).error.code, pb.ERROR_CODE_TOO_LARGE)
+        f = self.failureResultOf(self.handler(PEER, pb.Frame(put=pb.Put(key=b"k", value=b"v" * 1025))), ValueTooLarge)
+        self.assertIn("value", error_for_failure(f, 1).error.message)

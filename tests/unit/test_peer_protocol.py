@@ -221,13 +221,33 @@ class RequestTests(ProtocolTestCase):
 
 
 class HostileInputTests(ProtocolTestCase):
+    def test_request_id_zero_closes(self):
+        p, t = self.connect()
+        p.dataReceived(framed(hello()))
+        t.clear()
+        p.dataReceived(framed(pb.Frame(id=0, replica_put=pb.ReplicaPut())))
+        self.assertTrue(t.disconnecting)
+        self.assertEqual(self.handled, [])
+
+    def test_too_many_in_flight_is_busy_not_a_crash(self):
+        from twisted_dhm.peer.protocol import MAX_IN_FLIGHT
+
+        self.answers["replica_get"] = Deferred()  # never answers
+        p, t = self.connect()
+        p.dataReceived(framed(hello()))
+        t.clear()
+        p.dataReceived(
+            b"".join(framed(pb.Frame(id=i, replica_get=pb.ReplicaGet())) for i in range(1, MAX_IN_FLIGHT + 2))
+        )
+        [busy] = frames_in(t.value())
+        self.assertEqual((busy.id, busy.error.code), (MAX_IN_FLIGHT + 1, pb.ERROR_CODE_BUSY))
+        self.assertFalse(t.disconnecting)
+
     def test_frame_over_limit_closes(self):
         p, t = self.connect(max_frame=100)
         p.dataReceived(struct.pack(">I", 101))
         self.assertTrue(t.disconnecting)
-        self.assertIn(
-            pb.ERROR_CODE_TOO_LARGE, [f.error.code for f in frames_in(t.value()) if f.HasField("error")]
-        )
+        self.assertIn(pb.ERROR_CODE_TOO_LARGE, [f.error.code for f in frames_in(t.value()) if f.HasField("error")])
 
     def test_undecodable_frame_closes(self):
         p, t = self.connect()
@@ -249,8 +269,7 @@ class HostileInputTests(ProtocolTestCase):
     @given(st.lists(st.binary(max_size=50), min_size=1, max_size=5))
     def test_frames_split_at_every_offset(self, keys):
         stream = framed(hello()) + b"".join(
-            framed(pb.Frame(id=i + 1, replica_put=pb.ReplicaPut(hint_for=k.hex())))
-            for i, k in enumerate(keys)
+            framed(pb.Frame(id=i + 1, replica_put=pb.ReplicaPut(hint_for=k.hex()))) for i, k in enumerate(keys)
         )
         for cut in range(len(stream) + 1):
             self.handled = []

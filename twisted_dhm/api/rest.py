@@ -29,7 +29,15 @@ from werkzeug.exceptions import HTTPException
 
 from twisted_dhm.api.metrics import NodeMetrics
 from twisted_dhm.cluster.coordinator import ANY, NO_CONDITION, Coordinator, Page, Precondition, parse_level
-from twisted_dhm.errors import InvalidRequest, KeyTooLong, KVError, PreconditionFailed, Unavailable, ValueTooLarge
+from twisted_dhm.errors import (
+    Forbidden,
+    InvalidRequest,
+    KeyTooLong,
+    KVError,
+    PreconditionFailed,
+    Unavailable,
+    ValueTooLarge,
+)
 from twisted_dhm.storage import Record, StorageError, StorageFull
 from twisted_dhm.versions import parse_entity_tags, versions_from_tags
 
@@ -50,6 +58,7 @@ _STATUS_OF_ERROR: dict[type, int] = {
     ValueTooLarge: 413,
     PreconditionFailed: 412,
     Unavailable: 503,
+    Forbidden: 403,
 }
 
 

@@ -8,12 +8,13 @@ from twisted.internet.defer import Deferred, fail, succeed
 
 from twisted_dhm.cluster.coordinator import ANY, NO_CONDITION, Coordinator, Precondition
 from twisted_dhm.cluster.replica import LocalReplica
-from twisted_dhm.errors import InvalidRequest, KVError
+from twisted_dhm.errors import Forbidden, InvalidRequest, KeyTooLong, KVError, ValueTooLarge
 from twisted_dhm.peer import peer_pb2 as pb
 from twisted_dhm.peer.codec import FrameError, key_records_from_pb, key_records_to_pb
 from twisted_dhm.versions import Version, VersionDecodeError
 
 MAX_BATCH = 10000
+MAX_TTL_SECONDS = 10 * 365 * 24 * 3600  # as REST
 NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _LEVELS = {pb.Consistency.LEVEL_ONE: "one", pb.Consistency.LEVEL_QUORUM: "quorum", pb.Consistency.LEVEL_ALL: "all"}
 
@@ -29,6 +30,11 @@ def _version_token(token: str) -> tuple[Version, ...]:
         return (Version.from_token(token),)
     except VersionDecodeError:
         return ()
+
+
+def _is_peer(session: object) -> bool:
+    remote = getattr(session, "remote", None)
+    return remote is not None and remote.role == pb.ROLE_PEER
 
 
 class PeerHandler:
@@ -47,6 +53,9 @@ class PeerHandler:
         method = getattr(self, "_" + str(body), None)
         if method is None:
             return fail(InvalidRequest(f"{body} is not a request this node serves"))
+        if body.startswith("replica_") and not _is_peer(session):
+            # Replica operations skip the coordinator (versions, preconditions): members only.
+            return fail(Forbidden(f"{body} is for cluster members; clients use get, put and delete"))
         try:
             return method(getattr(frame, body))
         except (FrameError, VersionDecodeError) as e:
@@ -55,8 +64,10 @@ class PeerHandler:
             return fail()
 
     def _check_key(self, key: bytes) -> None:
-        if not key or len(key) > self.max_key_size:
-            raise InvalidRequest(f"key must be 1 to {self.max_key_size} bytes")
+        if not key:
+            raise InvalidRequest("the key is empty")
+        if len(key) > self.max_key_size:
+            raise KeyTooLong(f"the key is {len(key)} bytes; the limit is {self.max_key_size}")
 
     # -- replica operations ------------------------------------------------------------------
 
@@ -120,7 +131,9 @@ class PeerHandler:
     def _put(self, msg: pb.Put) -> Deferred:
         self._check_key(msg.key)
         if len(msg.value) > self.max_value_size:
-            raise InvalidRequest(f"value is over {self.max_value_size} bytes")
+            raise ValueTooLarge(f"the value is {len(msg.value)} bytes; the limit is {self.max_value_size}")
+        if msg.ttl_seconds > MAX_TTL_SECONDS:
+            raise InvalidRequest(f"ttl_seconds must be at most {MAX_TTL_SECONDS}")
         ttl = float(msg.ttl_seconds) if msg.ttl_seconds else None
         d = self.coordinator.put(msg.key, msg.value, ttl, self._precondition(msg.if_match, msg.if_none_match),
                                  _level(msg.w))
@@ -133,5 +146,6 @@ class PeerHandler:
     def _delete(self, msg: pb.Delete) -> Deferred:
         self._check_key(msg.key)
         d = self.coordinator.delete(msg.key, self._precondition(msg.if_match, False), _level(msg.w))
-        return d.addCallback(lambda _: pb.Frame(delete_result=pb.DeleteResult()))
+        return d.addCallback(lambda r: pb.Frame(delete_result=pb.DeleteResult(
+            version="" if r.created else r.version.to_token())))
 

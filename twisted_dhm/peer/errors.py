@@ -15,6 +15,7 @@ _CODE_OF = {
     errors.ValueTooLarge: pb.ERROR_CODE_TOO_LARGE,
     errors.Unavailable: pb.ERROR_CODE_UNAVAILABLE,
     errors.NotFound: pb.ERROR_CODE_NOT_FOUND,
+    errors.Forbidden: pb.ERROR_CODE_FORBIDDEN,
 }
 
 

@@ -28,6 +28,8 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_INTERNAL: _ClassVar[ErrorCode]
     ERROR_CODE_TOO_LARGE: _ClassVar[ErrorCode]
     ERROR_CODE_PARTITIONS_MISMATCH: _ClassVar[ErrorCode]
+    ERROR_CODE_FORBIDDEN: _ClassVar[ErrorCode]
+    ERROR_CODE_BUSY: _ClassVar[ErrorCode]
 ROLE_UNSPECIFIED: Role
 ROLE_PEER: Role
 ROLE_CLIENT: Role
@@ -44,6 +46,8 @@ ERROR_CODE_STORAGE: ErrorCode
 ERROR_CODE_INTERNAL: ErrorCode
 ERROR_CODE_TOO_LARGE: ErrorCode
 ERROR_CODE_PARTITIONS_MISMATCH: ErrorCode
+ERROR_CODE_FORBIDDEN: ErrorCode
+ERROR_CODE_BUSY: ErrorCode
 
 class ClockEntry(_message.Message):
     __slots__ = ("node", "counter")
@@ -272,8 +276,10 @@ class Delete(_message.Message):
     def __init__(self, key: _Optional[bytes] = ..., if_match: _Optional[str] = ..., w: _Optional[_Union[Consistency, _Mapping]] = ...) -> None: ...
 
 class DeleteResult(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    def __init__(self, version: _Optional[str] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("id", "hello", "error", "ping", "pong", "replica_get", "replica_get_result", "replica_put", "replica_put_result", "replica_scan", "replica_scan_result", "get", "get_result", "put", "put_result", "delete", "delete_result")

@@ -35,6 +35,7 @@ from twisted_dhm.storage import StorageError
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+MAX_IN_FLIGHT = 1024  # requests one connection may have waiting for answers here
 
 REQUEST_BODIES = frozenset({"ping", "replica_get", "replica_put", "replica_scan", "get", "put", "delete"})
 RESPONSE_BODIES = frozenset({
@@ -97,6 +98,7 @@ class PeerProtocol(Int32StringReceiver):
         self._ready_waiters: list[Deferred] = []
         self._closed_waiters: list[Deferred] = []
         self._next_id = 1
+        self._serving = 0
         self._pending: dict[int, tuple[Deferred, IDelayedCall]] = {}
         self._lost = False
 
@@ -230,6 +232,12 @@ class PeerProtocol(Int32StringReceiver):
 
     def _request_received(self, frame: pb.Frame, body: str) -> None:
         request_id = frame.id
+        if request_id == 0:
+            self.close(pb.ERROR_CODE_BAD_FRAME, "request id 0 is reserved; requests need an id to answer to")
+            return
+        if self._serving >= MAX_IN_FLIGHT:
+            self._send(error_frame(pb.ERROR_CODE_BUSY, f"over {MAX_IN_FLIGHT} requests in flight", request_id))
+            return
         if body == "ping":
             pong = pb.Frame(id=request_id)
             pong.pong.sent_at_ms = frame.ping.sent_at_ms
@@ -239,13 +247,16 @@ class PeerProtocol(Int32StringReceiver):
         if self.handler is None:
             self._send(error_frame(pb.ERROR_CODE_INVALID_REQUEST, f"{body} is not served here", request_id))
             return
+        self._serving += 1
         d = maybeDeferred(self.handler, self, frame)
 
         def reply(answer: pb.Frame) -> None:
+            self._serving -= 1
             answer.id = request_id
             self._send(answer)
 
         def failed(failure: Failure) -> None:
+            self._serving -= 1
             if not failure.check(KVError, StorageError):
                 log.failure("handling {body} from {peer} failed", failure, body=body, peer=self.describe())
             self._send(error_for_failure(failure, request_id))

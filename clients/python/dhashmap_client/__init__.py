@@ -18,6 +18,7 @@ from dhashmap_client._protocol import Entry, Page, Value
 from dhashmap_client.errors import (
     ConnectionError,
     DhashmapError,
+    Forbidden,
     HandshakeError,
     InvalidRequest,
     KeyTooLong,
@@ -48,6 +49,7 @@ __all__ = [
     "Entry",
     "Page",
     "DhashmapError",
+    "Forbidden",
     "NotFound",
     "PreconditionFailed",
     "InvalidRequest",

@@ -18,6 +18,7 @@ from dhashmap_client._protocol import BytesLike, Value, quote_version, to_bytes
 from dhashmap_client.errors import (
     ConnectionError,
     DhashmapError,
+    Forbidden,
     HandshakeError,
     InvalidRequest,
     KeyTooLong,
@@ -172,6 +173,10 @@ def request_error(error: pb.Error) -> DhashmapError:
         return InvalidRequest(message)
     if code == pb.ERROR_CODE_UNAVAILABLE:
         return Unavailable(message, acks=error.acks, required=error.required)
+    if code == pb.ERROR_CODE_BUSY:
+        return Unavailable(message, code="busy")  # retryable, like any Unavailable
+    if code == pb.ERROR_CODE_FORBIDDEN:
+        return Forbidden(message)
     if code == pb.ERROR_CODE_STORAGE:
         return Unavailable(message, code="storage_error")
     if code == pb.ERROR_CODE_TIMEOUT:

@@ -54,6 +54,12 @@ class DhashmapError(Exception):
         return f"{type(self).__name__}({self.message!r}, status={self.status!r}, code={self.code!r})"
 
 
+class Forbidden(DhashmapError):
+    """The node refused the operation to this kind of caller (e.g. a replica operation from a client)."""
+
+    default_code = "forbidden"
+
+
 class NotFound(DhashmapError):
     """404: the key has no live value (never written, deleted or expired)."""
 
@@ -151,6 +157,7 @@ class HandshakeError(DhashmapError):
 
 
 _BY_STATUS: dict[int, type[DhashmapError]] = {
+    403: Forbidden,
     400: InvalidRequest,
     404: NotFound,
     412: PreconditionFailed,
