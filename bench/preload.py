@@ -3,6 +3,10 @@
 
     python3 bench/preload.py dhm  http://127.0.0.1:18080 [--keys 100000] [--conns 32]
     python3 bench/preload.py etcd http://127.0.0.1:23790
+    python3 bench/preload.py dhm  http://127.0.0.1:18082 --first 33334 --keys 66667
+
+``--first``/``--keys`` load keys first..keys-1 only, so several loaders (one per node)
+can share the key space.
 
 Standard library only: asyncio streams, many keep-alive HTTP/1.1 connections,
 keys handed out in order from one counter.  Exits non-zero if any write is not
@@ -65,13 +69,14 @@ async def main() -> int:
     ap.add_argument("system", choices=("dhm", "etcd"))
     ap.add_argument("url")
     ap.add_argument("--keys", type=int, default=100_000)
+    ap.add_argument("--first", type=int, default=0, help="first key number (default 0)")
     ap.add_argument("--conns", type=int, default=32)
     args = ap.parse_args()
     u = urlsplit(args.url)
     host, port = u.hostname, u.port or 80
     make = dhm_request if args.system == "dhm" else etcd_request
     hostb = f"{host}:{port}".encode()
-    next_key = 0
+    next_key = args.first
     failures: list[tuple[int, int]] = []
 
     async def worker() -> None:
@@ -91,8 +96,9 @@ async def main() -> int:
     started = time.monotonic()
     await asyncio.gather(*(worker() for _ in range(args.conns)))
     took = time.monotonic() - started
-    print(f"preloaded {args.keys} keys into {args.system} in {took:.1f}s "
-          f"({args.keys / took:.0f} writes/s), {len(failures)} failed", file=sys.stderr)
+    n = args.keys - args.first
+    print(f"preloaded {n} keys ({args.first}..{args.keys - 1}) into {args.system} at {args.url} "
+          f"in {took:.1f}s ({n / took:.0f} writes/s), {len(failures)} failed", file=sys.stderr)
     if failures:
         print(f"first failures (key, status): {failures[:5]}", file=sys.stderr)
         return 1

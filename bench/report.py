@@ -3,22 +3,29 @@
 
     python3 bench/report.py bench/results/<stamp>
 
-Files are named ``r<round>-<system>-<op>.txt`` (wrk --latency output); a
-``r<round>-dhashmap-put.commits`` file holds "writes commits" deltas of that run.
+Files are named ``r<round>-<system>-<op>.txt`` (wrk --latency output), or
+``r<round>-<system>-<op>-n<i>.txt`` when one run was several wrk processes at once (one per
+node): those are merged into one run, requests/s and errors summed, p50 and p99 the worst of
+the parts (conservative: a merged histogram would give a lower p99).  A
+``r<round>-dhashmap-put.commits`` file holds "writes commits" deltas of that run, one line,
+or one line per node ("node writes commits").
 Exits 3 if any run had non-2xx responses or socket errors: such a run is not a result.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import statistics
 import sys
 from pathlib import Path
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
-ORDER = [("dhashmap", "put"), ("etcd", "put"), ("dhashmap", "get"), ("etcd", "get")]
+ORDER = [("dhashmap", "put"), ("etcd", "put"), ("dhashmap", "get"), ("etcd", "get"),
+         ("etcd", "getser")]
 LABEL = {("dhashmap", "put"): "PUT /v1/kv/{key}", ("dhashmap", "get"): "GET /v1/kv/{key}",
-         ("etcd", "put"): "POST /v3/kv/put", ("etcd", "get"): "POST /v3/kv/range"}
+         ("etcd", "put"): "POST /v3/kv/put", ("etcd", "get"): "POST /v3/kv/range",
+         ("etcd", "getser"): "POST /v3/kv/range (serializable)"}
 
 
 def ms(text: str) -> float:
@@ -46,6 +53,18 @@ def parse(path: Path) -> dict:
     }
 
 
+def merge(parts: list[dict]) -> dict:
+    """Several wrk processes that ran at the same time, as one run."""
+    if len(parts) == 1:
+        return parts[0]
+    return {
+        "rps": sum(p["rps"] for p in parts), "p50": max(p["p50"] for p in parts),
+        "p99": max(p["p99"] for p in parts), "requests": sum(p["requests"] for p in parts),
+        "non2xx": sum(p["non2xx"] for p in parts),
+        "socket": [sum(col) for col in zip(*(p["socket"] for p in parts), strict=True)],
+    }
+
+
 def errors_text(r: dict) -> str:
     parts = []
     if r["non2xx"]:
@@ -57,49 +76,77 @@ def errors_text(r: dict) -> str:
 
 def main() -> int:
     d = Path(sys.argv[1])
-    runs: dict[tuple[str, str], list[tuple[int, dict]]] = {}
+    parts: dict[tuple[int, str, str], list[dict]] = {}
     for f in sorted(d.glob("r*-*-*.txt")):
-        m = re.fullmatch(r"r(\d+)-(\w+)-(\w+)\.txt", f.name)
+        m = re.fullmatch(r"r(\d+)-(\w+)-(\w+)(?:-n\d+)?\.txt", f.name)
         if not m:
             continue
-        runs.setdefault((m.group(2), m.group(3)), []).append((int(m.group(1)), parse(f)))
+        parts.setdefault((int(m.group(1)), m.group(2), m.group(3)), []).append(parse(f))
+    runs: dict[tuple[str, str], list[tuple[int, dict]]] = {}
+    for (rnd, system, op), ps in sorted(parts.items()):
+        res = merge(ps)
+        cpu = d / f"r{rnd}-{system}-{op}.cpu"
+        if cpu.exists():
+            m = re.search(r"other=([\d.]+)", cpu.read_text())
+            res["other"] = float(m.group(1)) if m else None
+        runs.setdefault((system, op), []).append((rnd, res))
+    has_cpu = any("other" in res for v in runs.values() for _, res in v)
+    order = ORDER + sorted(k for k in runs if k not in ORDER)
+    load = "wrk -t2 -c50 -d10s"
+    versions = d / "versions.txt"
+    if versions.exists():
+        for line in versions.read_text().splitlines():
+            if line.startswith("load: "):
+                load = line[len("load: "):]
     bad = False
 
-    print("Per run (wrk -t2 -c50 -d10s, random key of 100,000, 100-byte values):\n")
-    print("| round | system | operation | requests/s | p50 (ms) | p99 (ms) | errors |")
-    print("|---|---|---|---:|---:|---:|---|")
+    print(f"Per run ({load}; random key of 100,000, 100-byte values):\n")
+    print("| round | system | operation | requests/s | p50 (ms) | p99 (ms) | errors |"
+          + (" other load (cores) |" if has_cpu else ""))
+    print("|---|---|---|---:|---:|---:|---|" + ("---:|" if has_cpu else ""))
     rounds = sorted({r for v in runs.values() for r, _ in v})
     for rnd in rounds:
-        for key in ORDER:
+        for key in order:
             for r_, res in runs.get(key, []):
                 if r_ == rnd:
                     bad |= errors_text(res) != "0"
-                    print(f"| {rnd} | {key[0]} | {LABEL[key]} | {res['rps']:,.0f} | "
-                          f"{res['p50']:.2f} | {res['p99']:.2f} | {errors_text(res)} |")
+                    print(f"| {rnd} | {key[0]} | {LABEL.get(key, key[1])} | {res['rps']:,.0f} | "
+                          f"{res['p50']:.2f} | {res['p99']:.2f} | {errors_text(res)} |"
+                          + (f" {res.get('other') or 0:.2f} |" if has_cpu else ""))
 
     print("\nSummary (median of the rounds; requests/s range in brackets):\n")
     print("| system | operation | requests/s | p50 (ms) | p99 (ms) | errors |")
     print("|---|---|---:|---:|---:|---|")
-    for key in ORDER:
+    for key in order:
         rs = [res for _, res in runs.get(key, [])]
         if not rs:
             continue
         rps = [x["rps"] for x in rs]
         errs = sum(x["non2xx"] + sum(x["socket"]) for x in rs)
-        print(f"| {key[0]} | {LABEL[key]} | {statistics.median(rps):,.0f} "
+        print(f"| {key[0]} | {LABEL.get(key, key[1])} | {statistics.median(rps):,.0f} "
               f"({min(rps):,.0f}–{max(rps):,.0f}) | {statistics.median(x['p50'] for x in rs):.2f} | "
               f"{statistics.median(x['p99'] for x in rs):.2f} | {errs} |")
 
     batches = []
-    for f in sorted(d.glob("r*-dhashmap-put.commits")):
-        writes, commits = (int(x) for x in f.read_text().split())
-        batches.append((f.name.split("-")[0], writes, commits))
+    for f in sorted(d.glob("r*-dhashmap-put.commits"), key=lambda f: int(f.name[1:].split("-")[0])):
+        rnd = f.name.split("-")[0]
+        for line in f.read_text().splitlines():
+            fields = line.split()
+            if len(fields) == 2:
+                fields = ["", *fields]
+            if len(fields) == 3:
+                batches.append((rnd, fields[0], int(fields[1]), int(fields[2])))
     if batches:
         print("\ndhashmap LMDB group commit during the PUT runs (writes / commits = batch size):\n")
-        for rnd, writes, commits in batches:
+        for rnd, node, writes, commits in batches:
             size = writes / commits if commits else float("nan")
-            print(f"- {rnd}: {writes:,} writes in {commits:,} commits = {size:.1f} writes per commit")
+            where = f" {node}" if node else ""
+            print(f"- {rnd}{where}: {writes:,} writes in {commits:,} commits = {size:.1f} writes per commit")
 
+    if has_cpu:
+        print("\nother load: CPU (in cores, of the machine's "
+              f"{os.cpu_count()}) used during the run by processes other than the servers and "
+              "wrk (bench/cpu_snapshot.py); a run with much of it is not comparable.")
     if bad:
         print("\nWARNING: some runs had non-2xx responses or socket errors; "
               "their numbers are not results (see the raw output).")
