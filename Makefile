@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 NODES ?= 3
 
-.PHONY: run test lint clean bench proto
+.PHONY: run test lint clean bench bench-cluster proto
 
 $(STAMP): setup.py clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: $(STAMP)
 ## bench: REST benchmark beside etcd's JSON gateway (needs wrk and etcd-server)
 bench: $(STAMP)
 	bench/rest_vs_etcd.sh
+
+## bench-cluster: 3-node dhashmap beside 3-member etcd (needs wrk and etcd-server)
+bench-cluster: $(STAMP)
+	bench/cluster_vs_etcd.sh
 
 ## proto: regenerate the protobuf code from proto/ (pinned generator: the [proto] extra)
 proto: $(STAMP)

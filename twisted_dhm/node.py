@@ -145,7 +145,7 @@ class DhashmapNode(MultiService):
             self.network, reactor, rng, identity, address_of=self._address_of,
             connect_timeout=config.request_timeout, request_timeout=config.request_timeout, max_frame=max_frame,
         )
-        self.replicas = Replicas(config.node_id, self.replica, self.pool)
+        self.replicas = Replicas(config.node_id, self.replica, self.pool, clock=reactor)
         self.coordinator = Coordinator(config.node_id, self.replicas, self.routing, reactor, self.hlc,
                                        config.sloppy_quorum)
         handler = PeerHandler(self.replica, self.coordinator, config.max_key_size, config.max_value_size)

@@ -65,6 +65,30 @@ class ReplicationTests(ClusterTestCase):
         values = {self.get(h, b"hot").value for h in self.sim.hosts}
         self.assertEqual(len(values), 1)
 
+    def test_writes_to_a_peer_in_one_turn_share_a_frame(self):
+        node1 = self.sim.nodes["node1"]
+        before = node1.replicas.frames_sent
+        ds = [node1.coordinator.put(b"batch%d" % i, b"v") for i in range(100)]
+        for d in ds:
+            self.sim.result(d)
+        self.assertEqual(node1.replicas.frames_sent - before, 2, "one ReplicaPut to each of the two peers")
+        self.sim.run(1)
+        for i in range(100):
+            self.assertEqual(self.sim.holders(b"batch%d" % i), set(self.sim.hosts))
+
+    def test_batches_stay_within_their_byte_bound(self):
+        node1 = self.sim.nodes["node1"]
+        node1.replicas.max_batch_bytes = 250_000
+        before = node1.replicas.frames_sent
+        ds = [node1.coordinator.put(b"big%d" % i, b"x" * 100_000) for i in range(10)]
+        for d in ds:
+            self.sim.result(d)
+        # 10 values of 100 kB, at most 2 per frame (a third would pass 250 kB), to each of 2 peers
+        self.assertEqual(node1.replicas.frames_sent - before, 2 * 5)
+        reads = [self.sim.nodes["node2"].coordinator.get(b"big%d" % i) for i in range(10)]
+        for d in reads:
+            self.assertEqual(self.sim.result(d).value, b"x" * 100_000)
+
     def test_if_match_is_checked_cluster_wide(self):
         from twisted_dhm.cluster.coordinator import Precondition
         from twisted_dhm.errors import PreconditionFailed

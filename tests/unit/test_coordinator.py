@@ -84,10 +84,12 @@ class CoordinatorTests(SynchronousTestCase):
         engine.open()
         c = single_node_coordinator(engine, self.clock)
         d0 = c.put(b"k", b"0")
+        self.clock.advance(0)
         commits.run_all()
         v0 = self.successResultOf(d0).version
         a = c.put(b"k", b"a", precondition=Precondition(if_match=(v0,)))
         b = c.put(b"k", b"b", precondition=Precondition(if_match=(v0,)))
+        self.clock.advance(0)
         commits.run_all()
         self.successResultOf(a)
         self.assertIsInstance(self.failureResultOf(b).value, PreconditionFailed)

@@ -136,20 +136,27 @@ class MemoryEngineTests(EngineContract, SynchronousTestCase):
 class LMDBEngineTests(EngineContract, SynchronousTestCase):
     def make_engine(self):
         self.commits = HeldCommits()
-        return LMDBEngine(self.mktemp(), Clock(), map_size=64 << 20, run_in_thread=self.commits)
+        self.clock = Clock()
+        return LMDBEngine(self.mktemp(), self.clock, map_size=64 << 20, run_in_thread=self.commits)
 
     def settle(self):
-        self.commits.run_all()
+        self.clock.advance(0)
+        while self.commits.calls:
+            self.commits.run_all()
+            self.clock.advance(0)
 
     def test_group_commit(self):
-        """Writes that arrive while a commit runs share the next commit."""
-        first = self.engine.write(b"k0", rec(b"0"))
+        """Writes of one reactor turn share a commit; writes during a commit share the next."""
+        first = [self.engine.write(b"a%d" % i, rec()) for i in range(10)]
+        self.assertEqual(self.commits.calls, [], "no commit before the turn ends")
+        self.clock.advance(0)
         self.assertEqual(len(self.commits.calls), 1)
-        rest = [self.engine.write(b"k%d" % i, rec(b"%d" % i)) for i in range(1, 50)]
+        rest = [self.engine.write(b"k%d" % i, rec(b"%d" % i)) for i in range(40)]
+        self.clock.advance(0)
         self.assertEqual(len(self.commits.calls), 1, "later writes wait for the running commit")
-        self.assertNoResult(first)
         self.commits.run_next()
-        self.successResultOf(first)
+        for d in first:
+            self.successResultOf(d)
         for d in rest:
             self.assertNoResult(d)  # not durable yet: not acknowledged
         self.assertEqual(len(self.commits.calls), 1)
@@ -163,17 +170,18 @@ class LMDBEngineTests(EngineContract, SynchronousTestCase):
         d = self.engine.write(b"k", r)
         self.assertIsNone(self.engine.get(b"k"))
         self.assertEqual(self.engine.latest(b"k"), r)
-        self.commits.run_all()
+        self.settle()
         self.successResultOf(d)
         self.assertEqual(self.engine.get(b"k"), r)
 
     def test_newer_pending_write_survives_older_commit(self):
         self.engine.write(b"k", rec(b"1"))
+        self.clock.advance(0)
         newer = rec(b"2", n=2)
         self.engine.write(b"k", newer)
         self.commits.run_next()  # commits b"1" only
         self.assertEqual(self.engine.latest(b"k"), newer)
-        self.commits.run_all()
+        self.settle()
         self.assertEqual(self.engine.get(b"k"), newer)
 
     def test_close_waits_for_queued_writes(self):
@@ -182,10 +190,10 @@ class LMDBEngineTests(EngineContract, SynchronousTestCase):
         closed = self.engine.close()
         self.assertNoResult(closed)
         self.assertIsInstance(self.failureResultOf(self.engine.write(b"c", rec())).value, StorageError)
-        self.commits.run_all()
+        self.settle()
         self.successResultOf(closed)
         # reopen: both writes are on disk
-        self.engine = LMDBEngine(self.engine.path, Clock(), run_in_thread=self.commits)
+        self.engine = LMDBEngine(self.engine.path, self.clock, run_in_thread=self.commits)
         self.engine.open()
         self.assertIsNotNone(self.engine.get(b"a"))
         self.assertIsNotNone(self.engine.get(b"b"))
@@ -193,10 +201,10 @@ class LMDBEngineTests(EngineContract, SynchronousTestCase):
     def test_full_store_fails_writes_clearly(self):
         self.engine.close()
         self.settle()
-        self.engine = LMDBEngine(self.mktemp(), Clock(), map_size=1 << 20, run_in_thread=self.commits)
+        self.engine = LMDBEngine(self.mktemp(), self.clock, map_size=1 << 20, run_in_thread=self.commits)
         self.engine.open()
         d = self.engine.write(b"big", rec(b"x" * (2 << 20)))
-        self.commits.run_all()
+        self.settle()
         failure = self.failureResultOf(d)
         self.assertIsInstance(failure.value, StorageFull)
         self.assertIn("--lmdb-map-size", str(failure.value))
@@ -224,15 +232,18 @@ class RealThreadCommitTests(SynchronousTestCase):
         calls = []
         done = threading.Event()
 
-        class Reactor:
+        class Reactor(Clock):
             def callFromThread(self, f, *a, **kw):
                 calls.append((f, a, kw))
                 done.set()
 
-        engine = LMDBEngine(self.mktemp(), Reactor(), map_size=8 << 20)
+        reactor = Reactor()
+
+        engine = LMDBEngine(self.mktemp(), reactor, map_size=8 << 20)
         engine.open()
         try:
             d = engine.write(b"k", rec(b"threaded"))
+            reactor.advance(0)
             self.assertTrue(done.wait(10), "the commit thread finished")
             for f, a, kw in calls:
                 f(*a, **kw)

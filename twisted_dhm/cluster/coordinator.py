@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from twisted_dhm.cluster.replica import UNKNOWN
 from twisted_dhm.cluster.replicas import ReplicaClient
 from twisted_dhm.cluster.routing import Routing, WritePlan
 from twisted_dhm.errors import InvalidRequest, KVError, PreconditionFailed, Unavailable
@@ -266,15 +267,21 @@ class Coordinator:
             return fail(Unavailable(
                 f"write: only {len(plan.targets)} replicas can take it, w={need}", acks=0, required=need))
 
+        local_base: list = []
+
         def replicate(base: tuple[Record | None, list[Version]]) -> Deferred:
             previous, seen = base
             live = self._live(previous)
             precondition.check(live)
             record = make(self._next_version(seen))
             result = WriteResult(record.version, created=live is None)
-            return self._replicate(key, record, plan, need).addCallback(lambda _: result)
+            current = previous if local_base else UNKNOWN
+            return self._replicate(key, record, plan, need, current).addCallback(lambda _: result)
 
-        return self._base(key, plan, precondition).addCallback(replicate)
+        d = self._base(key, plan, precondition)
+        if d.called and precondition == NO_CONDITION and self.node_id in plan.preference:
+            local_base.append(True)  # read from this node's replica in this very turn
+        return d.addCallback(replicate)
 
     def _base(self, key: bytes, plan: WritePlan, precondition: Precondition) -> Deferred:
         """What the new version builds on: the local replica's newest, or a quorum's."""
@@ -295,12 +302,14 @@ class Coordinator:
                 base = base.merge(version, 0)
         return base.increment(self.node_id, self._hlc.now())
 
-    def _replicate(self, key: bytes, record: Record, plan: WritePlan, need: int) -> Deferred:
+    def _replicate(self, key: bytes, record: Record, plan: WritePlan, need: int,
+                   current: object = UNKNOWN) -> Deferred:
         if len(plan.targets) == 1 and need == 1 and not plan.orphans and plan.targets[0][0] == self.node_id:
-            return self.replicas.write(self.node_id, [(key, record)], plan.targets[0][1])  # a single replica
+            return self.replicas.write(self.node_id, [(key, record)], plan.targets[0][1], current)
         gather = _Gather(len(plan.targets), need, "write")
         for node, hint_for in plan.targets:
-            d = self.replicas.write(node, [(key, record)], hint_for)
+            mine = node == self.node_id and not hint_for
+            d = self.replicas.write(node, [(key, record)], hint_for, current if mine else UNKNOWN)
             if not hint_for and node != self.node_id:
                 d.addErrback(self._hint_on_failure, key, record, node)
             gather.add(node, d)

@@ -16,6 +16,8 @@ from twisted_dhm.storage import IStorageEngine, Record, ScanEntry
 from twisted_dhm.versions import HybridLogicalClock
 
 HINT_SEPARATOR = b"\x00"
+UNKNOWN = object()
+"""``apply(current=UNKNOWN)``: the caller did not just read the key, so apply reads it."""
 
 
 def hint_key(target: str, key: bytes) -> bytes:
@@ -42,16 +44,25 @@ class LocalReplica:
         get = self.engine.latest if include_pending else self.engine.get
         return [get(key) for key in keys]
 
-    def apply(self, items: Sequence[tuple[bytes, Record]], hint_for: str = "") -> Deferred:
-        """Store the records that win; fires with how many were stored, once durable."""
+    def apply(self, items: Sequence[tuple[bytes, Record]], hint_for: str = "",
+              current: object = UNKNOWN) -> Deferred:
+        """Store the records that win; fires with how many were stored, once durable.
+
+        ``current`` may pass the record the caller read for a single key in this same
+        reactor turn (with pending writes), so it is not read and decoded twice.
+        """
         writes = []
+        known = current
         for key, record in items:
             self.hlc.observe(record.version.hlc)
             if hint_for:
                 store, store_key = self.hints, hint_key(hint_for, key)
             else:
                 store, store_key = self.engine, key
-            current = store.latest(store_key)
+            if known is not UNKNOWN and len(items) == 1 and not hint_for:
+                current = known
+            else:
+                current = store.latest(store_key)
             if current is not None and not record.version.wins_over(current.version):
                 continue
             writes.append(store.write(store_key, record))

@@ -1,4 +1,12 @@
-"""Replica operations on any node: this one directly, others over the native protocol."""
+"""Replica operations on any node: this one directly, others over the native protocol.
+
+Operations for the same peer within one reactor turn travel together: under load a
+coordinator sends one ``ReplicaPut`` (or ``ReplicaGet``) frame with many records instead
+of one frame per request, which is what the peer protocol and the peer's replica are
+cheapest at.  A batch leaves at the end of the turn (``callLater(0)``), or at once when it
+would pass ``max_batch`` items or ``max_batch_bytes`` (then the next item starts a new one),
+so a frame holds at most ``max_batch_bytes`` or one single record.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +14,10 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
-from twisted_dhm.cluster.replica import LocalReplica
+from twisted_dhm.cluster.replica import UNKNOWN, LocalReplica
 from twisted_dhm.peer import peer_pb2 as pb
 from twisted_dhm.peer.codec import key_records_from_pb, key_records_to_pb
 from twisted_dhm.storage import Record, ScanEntry
@@ -19,26 +29,75 @@ class PeerRequester(Protocol):
 
 class ReplicaClient(Protocol):
     def read(self, node: str, keys: Sequence[bytes], include_pending: bool = False) -> Deferred: ...
-    def write(self, node: str, items: Sequence[tuple[bytes, Record]], hint_for: str = "") -> Deferred: ...
+    def write(self, node: str, items: Sequence[tuple[bytes, Record]], hint_for: str = "",
+              current: object = UNKNOWN) -> Deferred: ...
     def scan(self, node: str, prefix: bytes, after: bytes | None, limit: int) -> Deferred: ...
 
 
-class Replicas:
-    """Routes replica operations: to the local replica or through the peer pool."""
+class _Batch:
+    def __init__(self) -> None:
+        self.items: list = []
+        self.waiters: list[tuple[Deferred, int, int]] = []  # (waiter, first item, item count)
+        self.size = 0
 
-    def __init__(self, local_id: str, local: LocalReplica, peers: PeerRequester | None) -> None:
+    def add(self, items: Sequence, size: int) -> Deferred:
+        d: Deferred = Deferred()
+        self.waiters.append((d, len(self.items), len(items)))
+        self.items.extend(items)
+        self.size += size
+        return d
+
+    def fail(self, failure: Failure) -> None:
+        for d, _, _ in self.waiters:
+            d.errback(failure)
+
+
+class Replicas:
+    """Routes replica operations: to the local replica, or batched through the peer pool."""
+
+    def __init__(self, local_id: str, local: LocalReplica, peers: PeerRequester | None,
+                 clock: IReactorTime | None = None, max_batch: int = 1000,
+                 max_batch_bytes: int = 4 * 1024 * 1024) -> None:
         self.local_id = local_id
         self.local = local
         self.peers = peers
+        self.clock = clock
+        self.max_batch = max_batch
+        self.max_batch_bytes = max_batch_bytes
+        self._puts: dict[tuple[str, str], _Batch] = {}
+        self._gets: dict[tuple[str, bool], _Batch] = {}
+        self.frames_sent = 0
 
     def _remote(self, node: str, frame: pb.Frame) -> Deferred:
         if self.peers is None:
             return fail(ConnectionError(f"no peer connections to reach {node}"))
+        self.frames_sent += 1
         return self.peers.request(node, frame)
+
+    def _batch(self, batches: dict, key: tuple, send, count: int, size: int) -> _Batch:  # type: ignore[no-untyped-def]
+        """The open batch for ``key`` with room for ``count`` more items of ``size`` bytes."""
+        batch = batches.get(key)
+        if batch is not None and batch.items and (
+            len(batch.items) + count > self.max_batch or batch.size + size > self.max_batch_bytes
+        ):
+            send(key, batch)
+            batch = None
+        if batch is None:
+            batch = batches[key] = _Batch()
+            self.clock.callLater(0, send, key, batch)  # type: ignore[union-attr]
+        return batch
+
+    # -- reads -------------------------------------------------------------------------------
 
     def read(self, node: str, keys: Sequence[bytes], include_pending: bool = False) -> Deferred:
         if node == self.local_id:
             return maybeDeferred(self.local.read, keys, include_pending)
+        if self.clock is None:
+            return self._send_get(node, list(keys), include_pending)
+        size = sum(len(k) for k in keys)
+        return self._batch(self._gets, (node, include_pending), self._flush_gets, len(keys), size).add(keys, size)
+
+    def _send_get(self, node: str, keys: list[bytes], include_pending: bool) -> Deferred:
         frame = pb.Frame()
         frame.replica_get.keys.extend(keys)
         frame.replica_get.include_pending = include_pending
@@ -46,13 +105,50 @@ class Replicas:
             lambda answer: [record for _, record in key_records_from_pb(answer.replica_get_result.records)]
         )
 
-    def write(self, node: str, items: Sequence[tuple[bytes, Record]], hint_for: str = "") -> Deferred:
+    def _flush_gets(self, key: tuple[str, bool], batch: _Batch) -> None:
+        if self._gets.get(key) is not batch:
+            return  # already sent
+        del self._gets[key]
+
+        def answered(records: list[Record | None]) -> None:
+            if len(records) != len(batch.items):
+                batch.fail(Failure(ConnectionError(f"{key[0]} answered {len(records)} of {len(batch.items)} keys")))
+                return
+            for d, first, count in batch.waiters:
+                d.callback(records[first : first + count])
+
+        self._send_get(key[0], batch.items, key[1]).addCallbacks(answered, batch.fail)
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def write(self, node: str, items: Sequence[tuple[bytes, Record]], hint_for: str = "",
+              current: object = UNKNOWN) -> Deferred:
+        """Fires when ``node`` has the records on disk (or already had newer ones)."""
         if node == self.local_id:
-            return self.local.apply(items, hint_for)
+            return self.local.apply(items, hint_for, current)
+        if self.clock is None:
+            return self._send_put(node, list(items), hint_for)
+        size = sum(len(k) + len(r.value) for k, r in items)
+        return self._batch(self._puts, (node, hint_for), self._flush_puts, len(items), size).add(items, size)
+
+    def _send_put(self, node: str, items: list[tuple[bytes, Record]], hint_for: str) -> Deferred:
         frame = pb.Frame()
-        key_records_to_pb(list(items), frame.replica_put.records)
+        key_records_to_pb(items, frame.replica_put.records)
         frame.replica_put.hint_for = hint_for
         return self._remote(node, frame).addCallback(lambda answer: answer.replica_put_result.stored)
+
+    def _flush_puts(self, key: tuple[str, str], batch: _Batch) -> None:
+        if self._puts.get(key) is not batch:
+            return
+        del self._puts[key]
+
+        def answered(_: object) -> None:
+            for d, _first, count in batch.waiters:
+                d.callback(count)
+
+        self._send_put(key[0], batch.items, key[1]).addCallbacks(answered, batch.fail)
+
+    # -- scans -------------------------------------------------------------------------------
 
     def scan(self, node: str, prefix: bytes, after: bytes | None, limit: int) -> Deferred:
         if node == self.local_id:

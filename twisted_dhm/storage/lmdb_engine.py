@@ -1,10 +1,11 @@
 """The durable engine: LMDB on disk with group commit off the reactor thread.
 
 Reads run on the reactor thread in their own read transaction: LMDB serves
-them from its memory map without locks.  Writes are queued; one commit thread
-takes everything queued so far as one transaction and syncs it.  While that
-commit runs, new writes queue up for the next one, so under load many writes
-share one fsync (group commit) and the reactor never waits for the disk.
+them from its memory map without locks.  Writes are queued; at the end of the
+reactor turn in which they arrived, one commit thread takes everything queued
+so far as one transaction and syncs it.  While that commit runs, new writes
+queue up for the next one, so under load many writes share one fsync (group
+commit) and the reactor never waits for the disk.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 
 import lmdb
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
+from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -53,7 +54,7 @@ class LMDBEngine:
     def __init__(
         self,
         path: str,
-        reactor: IReactorFromThreads | IReactorThreads,
+        reactor: IReactorFromThreads | IReactorThreads | IReactorTime,
         map_size: int = 16 << 30,
         run_in_thread: RunInThread | None = None,
     ) -> None:
@@ -69,6 +70,7 @@ class LMDBEngine:
         self._queue: dict[bytes, bytes | None] = {}
         self._waiters: list[Deferred] = []
         self._committing: Deferred | None = None
+        self._flush_scheduled = False
         self._idle_waiters: list[Deferred] = []
         self._closing = False
         self.commits = 0
@@ -169,9 +171,16 @@ class LMDBEngine:
         waiter: Deferred = Deferred()
         self._waiters.append(waiter)
         self.writes += 1
-        if self._committing is None:
-            self._flush()
+        if self._committing is None and not self._flush_scheduled:
+            # Not now: the rest of this reactor turn's writes can share the commit.
+            self._flush_scheduled = True
+            self._reactor.callLater(0, self._flush_if_idle)
         return waiter
+
+    def _flush_if_idle(self) -> None:
+        self._flush_scheduled = False
+        if self._committing is None and self._queue:
+            self._flush()
 
     def _flush(self) -> None:
         """Hand everything queued so far to the commit thread as one transaction."""
