@@ -60,9 +60,15 @@ class Version:
         return 0
 
     def increment(self, node_id: str, hlc: int) -> Version:
-        """The version a write coordinated by ``node_id`` makes on top of this one."""
+        """The version a write coordinated by ``node_id`` makes on top of this one.
+
+        The node's counter becomes at least the write's HLC stamp (a *hybrid* counter), not
+        just one more than before: a node that lost track of a key's history (its tombstone
+        was reaped, its memory store restarted) still makes versions that supersede every
+        version it made before, instead of restarting at 1 under an old tombstone.
+        """
         entries = dict(self.clock)
-        entries[node_id] = entries.get(node_id, 0) + 1
+        entries[node_id] = max(entries.get(node_id, 0) + 1, hlc)
         return Version.from_mapping(entries, hlc)
 
     def merge(self, other: Version, hlc: int) -> Version:

@@ -67,11 +67,11 @@ class ReplicationTests(ClusterTestCase):
 
     def test_writes_to_a_peer_in_one_turn_share_a_frame(self):
         node1 = self.sim.nodes["node1"]
-        before = node1.replicas.frames_sent
+        before = node1.replicas.frames_sent["replica_put"]
         ds = [node1.coordinator.put(b"batch%d" % i, b"v") for i in range(100)]
         for d in ds:
             self.sim.result(d)
-        self.assertEqual(node1.replicas.frames_sent - before, 2, "one ReplicaPut to each of the two peers")
+        self.assertEqual(node1.replicas.frames_sent["replica_put"] - before, 2, "one ReplicaPut to each peer")
         self.sim.run(1)
         for i in range(100):
             self.assertEqual(self.sim.holders(b"batch%d" % i), set(self.sim.hosts))
@@ -79,12 +79,12 @@ class ReplicationTests(ClusterTestCase):
     def test_batches_stay_within_their_byte_bound(self):
         node1 = self.sim.nodes["node1"]
         node1.replicas.max_batch_bytes = 250_000
-        before = node1.replicas.frames_sent
+        before = node1.replicas.frames_sent["replica_put"]
         ds = [node1.coordinator.put(b"big%d" % i, b"x" * 100_000) for i in range(10)]
         for d in ds:
             self.sim.result(d)
         # 10 values of 100 kB, at most 2 per frame (a third would pass 250 kB), to each of 2 peers
-        self.assertEqual(node1.replicas.frames_sent - before, 2 * 5)
+        self.assertEqual(node1.replicas.frames_sent["replica_put"] - before, 2 * 5)
         reads = [self.sim.nodes["node2"].coordinator.get(b"big%d" % i) for i in range(10)]
         for d in reads:
             self.assertEqual(self.sim.result(d).value, b"x" * 100_000)
@@ -144,10 +144,13 @@ class FailureTests(ClusterTestCase):
         with self.assertRaises(Unavailable) as ctx:
             self.put("node1", b"k", b"v")
         self.assertEqual((ctx.exception.acks, ctx.exception.required), (1, 2))
-        # Not rolled back: the one replica that acknowledged keeps it (as in Dynamo and Cassandra).
-        self.assertEqual(self.sim.disks["node1"][0].get(b"k").value, b"v")
-        self.assertEqual(self.get("node1", b"k", r="one").value, b"v")
-        self.assertFalse(self.put("node1", b"k", b"v2", w="one").created)
+        self.assertTrue(self.put("node1", b"k", b"v", w="one").created, "w=one stays available")
+        # A write that failed its quorum is not rolled back: the replica that acknowledged keeps it.
+        self.sim.nodes["node1"].replica.engine.write(b"k", None)
+        self.put("node1", b"k2", b"x", w="one")
+        with self.assertRaises(Unavailable):
+            self.put("node1", b"k2", b"y")  # node1 has k2: one round trip, one ack of two
+        self.assertEqual(self.sim.disks["node1"][0].get(b"k2").value, b"y")
 
     def test_rest_reports_503_with_acks(self):
         self.sim.crash("node2")
@@ -175,6 +178,56 @@ class FailureTests(ClusterTestCase):
         self.sim.run(1)
         self.assertEqual(self.sim.disks["node3"][0].get(b"rr").value, b"new")
         self.assertGreaterEqual(self.sim.nodes["node1"].coordinator.read_repairs, 1)
+
+
+class HistoryTests(ClusterTestCase):
+    def test_write_after_a_reaped_tombstone_is_not_lost(self):
+        """node1 reaps a tombstone its peers still hold; a later acknowledged write must win."""
+        sim = self.sim
+        n1 = sim.nodes["node1"]
+        for i in range(3):
+            self.put("node1", b"k", b"v%d" % i)
+        sim.result(n1.coordinator.delete(b"k"))
+        sim.run(2)
+        for node in sim.nodes.values():
+            node.reaper.stopService()
+        n1.reaper.grace_ms = 1000
+        sim.run(2)
+        sim.result(n1.reaper.run_once())
+        self.assertIsNone(sim.disks["node1"][0].get(b"k"), "node1 reaped it; node2 and node3 still have it")
+        self.put("node1", b"k", b"NEW", w="all")
+        sim.run(2)
+        for host in sim.hosts:
+            self.assertEqual(self.get(host, b"k", r="all").value, b"NEW")
+
+    def test_write_after_a_quorum_reaped_the_tombstone_is_not_lost(self):
+        """Only node3 still holds the tombstone, so the quorum read finds nothing: the
+        hybrid counter still makes the new version supersede it."""
+        sim = self.sim
+        self.put("node1", b"q", b"old")
+        sim.result(sim.nodes["node1"].coordinator.delete(b"q"))
+        sim.run(2)
+        for host in ("node1", "node2"):
+            sim.nodes[host].replica.engine.write(b"q", None)  # as their reapers would
+        self.assertTrue(sim.disks["node3"][0].get(b"q").tombstone)
+        self.put("node1", b"q", b"NEW", w="all")
+        sim.run(2)
+        for host in sim.hosts:
+            self.assertEqual(self.get(host, b"q", r="all").value, b"NEW")
+            self.assertEqual(sim.disks[host][0].get(b"q").value, b"NEW")
+
+    def test_write_through_a_replica_that_missed_the_key_builds_on_the_others(self):
+        sim = self.sim
+        sim.network.isolate("node1")
+        sim.run(0.1)
+        self.put("node2", b"m", b"first", w="quorum")
+        sim.network.rejoin("node1")
+        sim.run(3)
+        result = self.put("node1", b"m", b"second")
+        self.assertFalse(result.created, "node1 read the quorum and saw the first write")
+        sim.run(1)
+        for host in sim.hosts:
+            self.assertEqual(self.get(host, b"m", r="all").value, b"second")
 
 
 class HintedHandoffTests(ClusterTestCase):

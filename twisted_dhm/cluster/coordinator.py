@@ -11,9 +11,10 @@
 * **Versions.**  An unconditional write through a node that holds the key
   builds on that node's newest version: one round trip, and concurrent writes
   resolve last-writer-wins by HLC, as in Cassandra.  A conditional write
-  (``If-Match``/``If-None-Match``), or one through a node that does not hold the
-  key, first reads a quorum and builds on everything it saw, so the precondition
-  is checked against the quorum's newest version.
+  (``If-Match``/``If-None-Match``), one through a node that is not a replica of
+  the key, or one whose local replica has nothing for it, first reads a quorum and
+  builds on everything it saw, so the precondition is checked against the
+  quorum's newest version.
 """
 
 from __future__ import annotations
@@ -267,28 +268,28 @@ class Coordinator:
             return fail(Unavailable(
                 f"write: only {len(plan.targets)} replicas can take it, w={need}", acks=0, required=need))
 
-        local_base: list = []
-
-        def replicate(base: tuple[Record | None, list[Version]]) -> Deferred:
+        def replicate(base: tuple[Record | None, list[Version]], current: object = UNKNOWN) -> Deferred:
             previous, seen = base
             live = self._live(previous)
             precondition.check(live)
             record = make(self._next_version(seen))
             result = WriteResult(record.version, created=live is None)
-            current = previous if local_base else UNKNOWN
             return self._replicate(key, record, plan, need, current).addCallback(lambda _: result)
 
-        d = self._base(key, plan, precondition)
-        if d.called and precondition == NO_CONDITION and self.node_id in plan.preference:
-            local_base.append(True)  # read from this node's replica in this very turn
-        return d.addCallback(replicate)
+        def from_local(records: list[Record | None]) -> Deferred:
+            local = records[0]
+            if local is None:
+                # This replica has nothing: it may have missed the key's writes (or reaped its
+                # tombstone), so build on what a quorum has instead, or on as many replicas as
+                # the write itself needs, if that is fewer (w=one stays available).
+                base_r = min(need, plan.n // 2 + 1)
+                return self._read(key, base_r, for_write=True).addCallback(replicate)
+            # Read from this node's replica in this very turn: apply need not read it again.
+            return replicate((local, [local.version]), local)
 
-    def _base(self, key: bytes, plan: WritePlan, precondition: Precondition) -> Deferred:
-        """What the new version builds on: the local replica's newest, or a quorum's."""
         if precondition == NO_CONDITION and self.node_id in plan.preference:
-            return self.replicas.read(self.node_id, [key], True).addCallback(
-                lambda records: (records[0], [records[0].version] if records[0] else []))
-        return self._read(key, "quorum", for_write=True)
+            return self.replicas.read(self.node_id, [key], True).addCallback(from_local)
+        return self._read(key, "quorum", for_write=True).addCallback(replicate)
 
     def _next_version(self, seen: list[Version]) -> Version:
         """A version that descends from every version seen, stamped after all of them."""

@@ -10,6 +10,7 @@ so a frame holds at most ``max_batch_bytes`` or one single record.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -66,12 +67,12 @@ class Replicas:
         self.max_batch_bytes = max_batch_bytes
         self._puts: dict[tuple[str, str], _Batch] = {}
         self._gets: dict[tuple[str, bool], _Batch] = {}
-        self.frames_sent = 0
+        self.frames_sent: Counter[str] = Counter()  # by body: replica_put, replica_get, ...
 
     def _remote(self, node: str, frame: pb.Frame) -> Deferred:
         if self.peers is None:
             return fail(ConnectionError(f"no peer connections to reach {node}"))
-        self.frames_sent += 1
+        self.frames_sent[frame.WhichOneof("body")] += 1
         return self.peers.request(node, frame)
 
     def _batch(self, batches: dict, key: tuple, send, count: int, size: int) -> _Batch:  # type: ignore[no-untyped-def]
