@@ -17,6 +17,8 @@ from typing import Any
 import attrs
 import yaml
 
+from twisted_dhm.versions import NODE_ID
+
 
 class ConfigError(ValueError):
     """A setting that cannot be used; the message names it and where it came from."""
@@ -88,12 +90,9 @@ def _choice(*choices: str) -> Parser:
     return parse
 
 
-_NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
 def _node_id(raw: Any) -> str:
     value = str(raw)
-    if not _NODE_ID.match(value):
+    if not NODE_ID.match(value):
         raise ValueError(
             "must be 1-64 characters of letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"

@@ -145,7 +145,10 @@ class DhashmapNode(MultiService):
             self.network, reactor, rng, identity, address_of=self._address_of,
             connect_timeout=config.request_timeout, request_timeout=config.request_timeout, max_frame=max_frame,
         )
-        self.replicas = Replicas(config.node_id, self.replica, self.pool, clock=reactor)
+        # A batch of replica writes must fit in one frame: at most what one record may carry.
+        batch_bytes = min(4 * 1024 * 1024, config.max_value_size + config.max_key_size)
+        self.replicas = Replicas(config.node_id, self.replica, self.pool, clock=reactor,
+                                 max_batch_bytes=batch_bytes)
         self.coordinator = Coordinator(config.node_id, self.replicas, self.routing, reactor, self.hlc,
                                        config.sloppy_quorum)
         handler = PeerHandler(self.replica, self.coordinator, config.max_key_size, config.max_value_size)

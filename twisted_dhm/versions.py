@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import struct
 from collections.abc import Iterable, Mapping
 
@@ -21,6 +22,12 @@ import attrs
 from twisted.internet.interfaces import IReactorTime
 
 LOGICAL_BITS = 16
+MAX_STAMP = (1 << 63) - 1  # counters and HLC stamps from elsewhere must stay below this
+NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# How far ahead of this node's physical clock a stamp seen elsewhere may be and still move
+# the HLC: a peer with a wildly wrong clock (or a hostile frame) must not drag every node's
+# stamps into the future.
+MAX_CLOCK_DRIFT_MS = 60_000
 _U64 = struct.Struct(">Q")
 _ENTRY = struct.Struct(">Q")
 MAX_CLOCK_ENTRIES = 255
@@ -194,8 +201,11 @@ class HybridLogicalClock:
         return self._last
 
     def observe(self, stamp: int) -> None:
-        """Fold in a stamp seen from elsewhere (a peer, or the store at start-up)."""
-        if stamp > self._last:
+        """Fold in a stamp seen from elsewhere (a peer, or the store at start-up).
+
+        A stamp more than ``MAX_CLOCK_DRIFT_MS`` ahead of the physical clock is not followed.
+        """
+        if stamp > self._last and stamp <= self.physical() + (MAX_CLOCK_DRIFT_MS << LOGICAL_BITS):
             self._last = stamp
 
 

@@ -65,6 +65,22 @@ class HandlerTests(SynchronousTestCase):
         frame = self.replica_put(b"k", Record(b"v", Version((("b", 1), ("a", 1)), 1)))
         self.failureResultOf(self.handler(PEER, frame), InvalidRequest)
 
+    def test_hostile_versions_refused(self):
+        for version in (Version((("evil", 1),), 2**64 - 1), Version((("evil", 2**63),), 1),
+                        Version((("bad id!", 1),), 1)):
+            frame = self.replica_put(b"k", Record(b"v", version))
+            self.failureResultOf(self.handler(PEER, frame), InvalidRequest)
+        self.assertIsNone(self.engine.get(b"k"))
+        self.successResultOf(self.coordinator.put(b"ok", b"v"))  # the node's clock is unharmed
+
+    def test_replica_get_answers_fit_one_frame(self):
+        for i in range(5):
+            self.call(self.replica_put(b"g%d" % i, Record(b"x" * 600, Version().increment("a", 1))))
+        answer = self.call(pb.Frame(replica_get=pb.ReplicaGet(keys=[b"g%d" % i for i in range(5)])))
+        result = answer.replica_get_result
+        self.assertTrue(result.partial)
+        self.assertEqual(len(result.records), 1, "600-byte values, 1088-byte budget: one fits")
+
     def test_replica_get_and_scan(self):
         self.call(self.replica_put(b"p/1", Record(b"1", Version().increment("a", 5))))
         answer = self.call(pb.Frame(replica_get=pb.ReplicaGet(keys=[b"p/1", b"nope"])))

@@ -112,6 +112,21 @@ class HandshakeTests(ProtocolTestCase):
         self.assertEqual(err.error.code, pb.ERROR_CODE_BAD_FRAME)
         self.assertEqual(self.handled, [])
 
+    def test_silent_connection_closed_after_handshake_timeout(self):
+        from twisted_dhm.peer.protocol import HANDSHAKE_TIMEOUT
+
+        p, t = self.connect()
+        self.clock.advance(HANDSHAKE_TIMEOUT - 0.1)
+        self.assertFalse(t.disconnecting)
+        self.clock.advance(0.2)
+        self.assertTrue(t.disconnecting)
+        self.failureResultOf(p.when_ready(), HandshakeFailed)
+
+    def test_handshake_cancels_the_timer(self):
+        p, t = self.connect()
+        p.dataReceived(framed(hello()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_peer_without_node_id_refused(self):
         p, t = self.connect()
         p.dataReceived(framed(hello(node_id="")))

@@ -51,3 +51,38 @@ class ReaperTests(SynchronousTestCase):
         self.successResultOf(self.c.put(b"k", b"back"))
         self.sweep()
         self.assertEqual(self.engine.get(b"k").value, b"back")
+
+
+class FailingEngine(MemoryEngine):
+    def __init__(self):
+        super().__init__()
+        self.fail_removals = 0
+
+    def write(self, key, record):
+        from twisted.internet.defer import fail
+
+        from twisted_dhm.storage import StorageFull
+
+        if record is None and self.fail_removals:
+            self.fail_removals -= 1
+            return fail(StorageFull("disk full"))
+        return super().write(key, record)
+
+
+class ReaperFailureTests(SynchronousTestCase):
+    def test_a_failed_purge_keeps_the_loop_and_the_tombstone_for_next_time(self):
+        clock = Clock()
+        clock.advance(1_800_000_000)
+        engine = FailingEngine()
+        c = single_node_coordinator(engine, clock)
+        reaper = Reaper(engine, clock, grace=10, interval=5, batch=100)
+        reaper.startService()
+        self.successResultOf(c.delete(b"gone"))
+        engine.fail_removals = 1
+        clock.advance(10)  # the tick at 10 s: past the grace period, but the purge fails
+        self.assertTrue(engine.get(b"gone").tombstone)
+        self.assertEqual(reaper.reclaimed, 0)
+        clock.advance(5)  # the next tick: the loop is still running and succeeds
+        self.assertIsNone(engine.get(b"gone"))
+        self.assertEqual(reaper.reclaimed, 1)
+        reaper.stopService()

@@ -214,6 +214,14 @@ class LMDBEngineTests(EngineContract, SynchronousTestCase):
         self.assertEqual(self.engine.get(b"small").value, b"x")
         self.flushLoggedErrors(StorageFull)
 
+    def test_unencodable_record_leaves_no_phantom_pending_write(self):
+        bad = Record(b"v", Version((("x" * 300, 1),), 1))  # node id over 255 bytes
+        with self.assertRaises(ValueError):
+            self.engine.write(b"k", bad)
+        self.assertIsNone(self.engine.latest(b"k"))
+        self.settle()
+        self.assertIsNone(self.engine.get(b"k"))
+
     def test_open_failure_is_a_storage_error(self):
         path = self.mktemp()
         open(path, "w").close()  # a file where a directory should be

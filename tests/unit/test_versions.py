@@ -107,6 +107,16 @@ class HLCTests(SynchronousTestCase):
         clock.advance(2.5)
         self.assertEqual(stamp_millis(hlc.now()), 2500)
 
+    def test_far_future_stamps_are_not_followed(self):
+        clock = Clock()
+        clock.advance(1000)
+        hlc = HybridLogicalClock(clock)
+        hlc.observe(2**64 - 1)
+        hlc.observe((1000 + 3600) * 1000 << 16)  # an hour ahead
+        self.assertLess(stamp_millis(hlc.now()), 1_000_000 + 60_001)
+        hlc.observe((1000 + 30) * 1000 << 16)  # 30 s ahead: within the drift allowed
+        self.assertGreater(stamp_millis(hlc.now()), 1_000_000 + 29_999)
+
     def test_observe_moves_past_remote(self):
         clock = Clock()
         hlc = HybridLogicalClock(clock)

@@ -24,7 +24,7 @@ import binascii
 from collections.abc import Iterable, Sequence
 
 import attrs
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -39,6 +39,7 @@ from twisted_dhm.versions import HybridLogicalClock, Version, b64url_decode
 log = Logger(namespace="dhashmap.coordinator")
 
 ANY = "*"
+MAX_SCAN = 40_000  # entries one replica examines for one listing page (replicas cap requests here)
 """A precondition that matches any existing value (``If-Match: *``)."""
 
 Match = None | str | Sequence[Version]
@@ -224,7 +225,8 @@ class Coordinator:
         gather = _Gather(len(nodes), need, "read")
         for node in nodes:
             gather.add(node, self.replicas.read(node, [key], for_write).addCallback(lambda records: records[0]))
-        gather.done.addCallback(lambda answers: self._repair(key, answers))
+        gather.done.addCallback(lambda answers: self._repair(key, answers)).addErrback(
+            lambda f: log.failure("read repair of {key!r} failed", f, key=key))
         return gather.quorum.addCallback(
             lambda answers: (newest(answers.values()), [rec.version for rec in answers.values() if rec])
         )
@@ -340,11 +342,12 @@ class Coordinator:
             after = decode_cursor(cursor) if cursor else None
         except InvalidRequest:
             return fail()
-        budget = 4 * limit + 100
+        budget = min(4 * limit + 100, MAX_SCAN)
         nodes = [m.id for m in self.routing.view.members() if m.routable]
         gather = _Gather(len(nodes), 1, "list")
+        gather.quorum.addErrback(lambda _: None)  # the page is built from `done`, whatever answered
         for node in nodes:
-            gather.add(node, self.replicas.scan(node, prefix, after, budget))
+            gather.add(node, maybeDeferred(self.replicas.scan, node, prefix, after, budget))
         return gather.done.addCallback(self._page, limit, budget, len(nodes))
 
     def _page(self, answers: dict[str, list[ScanEntry]], limit: int, budget: int, asked: int) -> Page:

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import re
-
 from twisted.internet.defer import Deferred, fail, succeed
 
-from twisted_dhm.cluster.coordinator import ANY, NO_CONDITION, Coordinator, Precondition
+from twisted_dhm.cluster.coordinator import ANY, MAX_SCAN, NO_CONDITION, Coordinator, Precondition
 from twisted_dhm.cluster.replica import LocalReplica
 from twisted_dhm.errors import Forbidden, InvalidRequest, KeyTooLong, KVError, ValueTooLarge
 from twisted_dhm.peer import peer_pb2 as pb
 from twisted_dhm.peer.codec import FrameError, key_records_from_pb, key_records_to_pb
-from twisted_dhm.versions import Version, VersionDecodeError
+from twisted_dhm.versions import NODE_ID, Version, VersionDecodeError
 
 MAX_BATCH = 10000
 MAX_TTL_SECONDS = 10 * 365 * 24 * 3600  # as REST
-NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _LEVELS = {pb.Consistency.LEVEL_ONE: "one", pb.Consistency.LEVEL_QUORUM: "quorum", pb.Consistency.LEVEL_ALL: "all"}
 
 
@@ -74,9 +71,18 @@ class PeerHandler:
     def _replica_get(self, msg: pb.ReplicaGet) -> Deferred:
         if len(msg.keys) > MAX_BATCH:
             raise InvalidRequest(f"at most {MAX_BATCH} keys per request")
+        # An answer must fit in one frame: the first record always goes, then as many as fit.
+        budget = self.max_value_size + self.max_key_size
+        items, size = [], 0
+        for key, record in zip(msg.keys, self.replica.read(msg.keys, msg.include_pending), strict=True):
+            grows = len(key) + (len(record.value) if record is not None else 0)
+            if items and size + grows > budget:
+                break
+            items.append((key, record))
+            size += grows
         answer = pb.Frame()
-        key_records_to_pb(list(zip(msg.keys, self.replica.read(msg.keys, msg.include_pending), strict=True)),
-                          answer.replica_get_result.records)
+        key_records_to_pb(items, answer.replica_get_result.records)
+        answer.replica_get_result.partial = len(items) < len(msg.keys)
         return succeed(answer)
 
     def _replica_put(self, msg: pb.ReplicaPut) -> Deferred:
@@ -97,7 +103,7 @@ class PeerHandler:
         return self.replica.apply(items, msg.hint_for).addCallback(answer)
 
     def _replica_scan(self, msg: pb.ReplicaScan) -> Deferred:
-        limit = min(max(msg.limit, 1), 4 * MAX_BATCH)
+        limit = min(max(msg.limit, 1), MAX_SCAN)
         entries = self.replica.scan(msg.prefix, msg.after if msg.has_after else None, limit)
         answer = pb.Frame()
         for entry in entries:

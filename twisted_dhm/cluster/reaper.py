@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from twisted_dhm.storage import IStorageEngine
 from twisted_dhm.versions import stamp_millis
@@ -74,6 +75,14 @@ class Reaper(Service):
                 removals.append(self.engine.write(entry.key, None))
         if not removals:
             return succeed(0)
-        self.reclaimed += len(removals)
-        log.debug("reclaimed {n} tombstones and expired values", n=len(removals))
-        return gatherResults(removals, consumeErrors=True).addCallback(len)
+
+        def done(results: list) -> int:
+            self.reclaimed += len(results)
+            return len(results)
+
+        def failed(failure: Failure) -> int:
+            # Keep the loop alive: what failed is still there and is tried again next pass.
+            log.warn("could not purge tombstones: {e}", e=failure.getErrorMessage())
+            return 0
+
+        return gatherResults(removals, consumeErrors=True).addCallbacks(done, failed)

@@ -99,12 +99,22 @@ class Replicas:
         return self._batch(self._gets, (node, include_pending), self._flush_gets, len(keys), size).add(keys, size)
 
     def _send_get(self, node: str, keys: list[bytes], include_pending: bool) -> Deferred:
+        """Records for every key: a ``partial`` answer (it would not fit a frame) is followed up."""
         frame = pb.Frame()
         frame.replica_get.keys.extend(keys)
         frame.replica_get.include_pending = include_pending
-        return self._remote(node, frame).addCallback(
-            lambda answer: [record for _, record in key_records_from_pb(answer.replica_get_result.records)]
-        )
+
+        def answered(answer: pb.Frame) -> list[Record | None] | Deferred:
+            result = answer.replica_get_result
+            records = [record for _, record in key_records_from_pb(result.records)]
+            if not result.partial:
+                return records
+            if not records or len(records) >= len(keys):
+                raise ConnectionError(f"{node} sent a partial answer with {len(records)} of {len(keys)} keys")
+            rest = self._send_get(node, keys[len(records):], include_pending)
+            return rest.addCallback(lambda more: records + more)
+
+        return self._remote(node, frame).addCallback(answered)
 
     def _flush_gets(self, key: tuple[str, bool], batch: _Batch) -> None:
         if self._gets.get(key) is not batch:

@@ -18,7 +18,7 @@ class WritePlan:
     n: int  # replicas the key has (fewer than --replicas while the cluster is smaller)
     preference: tuple[str, ...]
     targets: tuple[tuple[str, str], ...]  # (node, hint_for): hint_for names the down node it stands in for
-    # Down nodes no fallback could stand in for (the cluster has no spare node): the
+    # Down nodes no fallback stands in for (no spare node, or strict quorum): the
     # coordinator keeps a hint for each, which does not count towards w.
     orphans: tuple[str, ...] = ()
 
@@ -73,4 +73,4 @@ class Routing:
                     break
                 if node not in preference and self.view.is_routable(node):
                     targets.append((node, missing.pop(0)))
-        return WritePlan(len(preference), preference, tuple(targets), tuple(missing) if sloppy else ())
+        return WritePlan(len(preference), preference, tuple(targets), tuple(missing))

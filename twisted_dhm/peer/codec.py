@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted_dhm.peer import peer_pb2 as pb
 from twisted_dhm.storage import Record
-from twisted_dhm.versions import MAX_CLOCK_ENTRIES, Version
+from twisted_dhm.versions import MAX_CLOCK_ENTRIES, MAX_STAMP, NODE_ID, Version
 
 
 class FrameError(ValueError):
@@ -24,8 +24,10 @@ def version_from_pb(msg: pb.Version) -> Version:
         raise FrameError(f"vector clock has {len(msg.clock)} entries; at most {MAX_CLOCK_ENTRIES}")
     entries = tuple((e.node, e.counter) for e in msg.clock)
     nodes = [node for node, _ in entries]
-    if nodes != sorted(set(nodes)) or any(not node for node in nodes):
-        raise FrameError("vector clock entries must be non-empty, sorted and unique")
+    if nodes != sorted(set(nodes)) or not all(NODE_ID.match(node) for node in nodes):
+        raise FrameError("vector clock entries must be node ids, sorted and unique")
+    if msg.hlc > MAX_STAMP or any(counter > MAX_STAMP for _, counter in entries):
+        raise FrameError("version stamps and counters must be below 2**63")
     return Version(entries, msg.hlc)
 
 

@@ -111,6 +111,9 @@ class PeerPool:
 
         def adopt(session: PeerProtocol) -> object:
             assert session.remote is not None
+            if self._closed:
+                session.transport.loseConnection()
+                raise PeerUnreachable("the peer pool is closed")
             node_id = session.remote.node_id
             if node_id and node_id != self.identity.node_id and node_id not in self._sessions:
                 self._register(node_id, session)

@@ -36,6 +36,7 @@ from twisted_dhm.storage import StorageError
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 MAX_IN_FLIGHT = 1024  # requests one connection may have waiting for answers here
+HANDSHAKE_TIMEOUT = 10.0  # seconds a connection may take to send its Hello
 
 REQUEST_BODIES = frozenset({"ping", "replica_get", "replica_put", "replica_scan", "get", "put", "delete"})
 RESPONSE_BODIES = frozenset({
@@ -99,6 +100,8 @@ class PeerProtocol(Int32StringReceiver):
         self._closed_waiters: list[Deferred] = []
         self._next_id = 1
         self._serving = 0
+        self._closing = False
+        self._handshake_timer: IDelayedCall | None = None
         self._pending: dict[int, tuple[Deferred, IDelayedCall]] = {}
         self._lost = False
 
@@ -108,6 +111,11 @@ class PeerProtocol(Int32StringReceiver):
         frame = pb.Frame(id=0)
         frame.hello.CopyFrom(self.identity.hello())
         self._send(frame)
+        self._handshake_timer = self.clock.callLater(HANDSHAKE_TIMEOUT, self._handshake_timed_out)
+
+    def _handshake_timed_out(self) -> None:
+        if self.remote is None and not self._lost:
+            self.close(pb.ERROR_CODE_BAD_FRAME, f"no Hello within {HANDSHAKE_TIMEOUT:g}s")
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._lost = True
@@ -138,6 +146,8 @@ class PeerProtocol(Int32StringReceiver):
         return d
 
     def _handshake_done(self, result: pb.Hello | Failure) -> None:
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
         if self._handshake_result is not None:
             return
         self._handshake_result = result
@@ -155,9 +165,10 @@ class PeerProtocol(Int32StringReceiver):
         return f"{who}@{where}" if who else where
 
     def close(self, code: int, message: str) -> None:
-        """Tell the other side why, then hang up."""
+        """Tell the other side why, then hang up; nothing more it sent is processed."""
         log.warn("closing native connection {peer}: {message}", peer=self.describe(), message=message)
         self._send(error_frame(code, message))
+        self._closing = True
         self.transport.loseConnection()
         self._handshake_done(Failure(HandshakeFailed(message)))
 
@@ -167,7 +178,7 @@ class PeerProtocol(Int32StringReceiver):
     # -- frames in ---------------------------------------------------------------------
 
     def stringReceived(self, data: bytes) -> None:
-        if self._lost:
+        if self._lost or self._closing:
             return
         frame = pb.Frame()
         try:

@@ -166,8 +166,9 @@ class LMDBEngine:
     def write(self, key: bytes, record: Record | None) -> Deferred:
         if self._env is None or self._closing:
             return fail(StorageError("the store is closed"))
+        encoded = None if record is None else encode_record(record)  # may raise: before any state changes
         self._pending[key] = record
-        self._queue[key] = None if record is None else encode_record(record)
+        self._queue[key] = encoded
         waiter: Deferred = Deferred()
         self._waiters.append(waiter)
         self.writes += 1

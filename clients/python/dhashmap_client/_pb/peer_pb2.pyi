@@ -156,10 +156,12 @@ class ReplicaGet(_message.Message):
     def __init__(self, keys: _Optional[_Iterable[bytes]] = ..., include_pending: _Optional[bool] = ...) -> None: ...
 
 class ReplicaGetResult(_message.Message):
-    __slots__ = ("records",)
+    __slots__ = ("records", "partial")
     RECORDS_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
     records: _containers.RepeatedCompositeFieldContainer[KeyRecord]
-    def __init__(self, records: _Optional[_Iterable[_Union[KeyRecord, _Mapping]]] = ...) -> None: ...
+    partial: bool
+    def __init__(self, records: _Optional[_Iterable[_Union[KeyRecord, _Mapping]]] = ..., partial: _Optional[bool] = ...) -> None: ...
 
 class ReplicaPut(_message.Message):
     __slots__ = ("records", "hint_for")
