@@ -235,6 +235,24 @@ class RequestTests(ProtocolTestCase):
         self.assertEqual(self.handled, [])
 
 
+class BackpressureTests(ProtocolTestCase):
+    def test_serving_side_stops_reading_while_answers_back_up(self):
+        from twisted_dhm.peer.protocol import PeerFactory
+
+        p = PeerFactory(ME, self.clock, self.handler).buildProtocol(None)
+        t = StringTransport()
+        p.makeConnection(t)
+        self.assertIs(t.producer, p)
+        p.pauseProducing()  # what the transport does when its write buffer is full
+        self.assertEqual(t.producerState, "paused")
+        p.resumeProducing()
+        self.assertEqual(t.producerState, "producing")
+
+    def test_requesting_side_does_not_register(self):
+        p, t = self.connect()
+        self.assertIsNone(t.producer)
+
+
 class HostileInputTests(ProtocolTestCase):
     def test_request_id_zero_closes(self):
         p, t = self.connect()

@@ -22,11 +22,12 @@ import attrs
 from google.protobuf.message import DecodeError
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from twisted_dhm.errors import KVError
 from twisted_dhm.peer import peer_pb2 as pb
@@ -84,8 +85,17 @@ class LocalIdentity:
 Handler = Callable[["PeerProtocol", pb.Frame], Deferred]
 
 
+@implementer(IPushProducer)
 class PeerProtocol(Int32StringReceiver):
-    """One connection; ``when_ready()`` fires with the other side's Hello."""
+    """One connection; ``when_ready()`` fires with the other side's Hello.
+
+    On the serving side (``serving=True``: connections a node accepted) the protocol is the
+    producer of its own answers: while they back up in the socket buffer (a client that
+    pipelines reads of large values and does not read the answers), it stops reading new
+    requests.  The requesting side never does this, so two nodes cannot stall each other.
+    """
+
+    serving = False
 
     def __init__(self, identity: LocalIdentity, clock: IReactorTime, handler: Handler | None,
                  max_frame: int = DEFAULT_MAX_FRAME, request_timeout: float = 5.0) -> None:
@@ -108,6 +118,8 @@ class PeerProtocol(Int32StringReceiver):
     # -- connection ------------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        if self.serving:
+            self.transport.registerProducer(self, True)
         frame = pb.Frame(id=0)
         frame.hello.CopyFrom(self.identity.hello())
         self._send(frame)
@@ -157,6 +169,16 @@ class PeerProtocol(Int32StringReceiver):
                 d.errback(result)
             else:
                 d.callback(result)
+
+    # IPushProducer, serving side: the transport's write buffer filled up or drained.
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
 
     def describe(self) -> str:
         peer = self.transport.getPeer() if self.transport is not None else None
@@ -323,6 +345,7 @@ class PeerFactory(Factory):
     def buildProtocol(self, addr: Any) -> PeerProtocol:
         protocol = PeerProtocol(self.identity, self.clock, self.handler, self.max_frame, self.request_timeout)
         protocol.factory = self
+        protocol.serving = True
         if self.on_connection is not None:
             self.on_connection(protocol)
         return protocol
