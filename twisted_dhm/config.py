@@ -236,6 +236,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Largest value accepted (413 beyond).", "SIZE"),
     Setting("http_idle_timeout", "HTTP_IDLE_TIMEOUT", _duration(1, 3600), 60.0,
             "Close HTTP connections idle (or stalled mid-request) this long.", "DURATION"),
+    Setting("lmdb_commit", "LMDB_COMMIT", _choice("process", "thread"), "process",
+            "Where LMDB commits run: a child process (its own GIL; faster under load) or a thread.",
+            "WHERE"),
     Setting("lmdb_map_size", "LMDB_MAP_SIZE", _size(1 << 20, 1 << 40), 16 << 30,
             "Largest size the LMDB store may grow to (address space, not disk).", "SIZE"),
 )
@@ -270,6 +273,7 @@ class Config:
     max_value_size: int
     http_idle_timeout: float
     lmdb_map_size: int
+    lmdb_commit: str
 
 
 

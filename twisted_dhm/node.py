@@ -52,7 +52,7 @@ def make_engines(config: Config, reactor: Any) -> tuple[IStorageEngine, IStorage
     if config.storage == "memory":
         return MemoryEngine(), MemoryEngine()
     return (
-        LMDBEngine(config.data_dir, reactor, map_size=config.lmdb_map_size),
+        LMDBEngine(config.data_dir, reactor, map_size=config.lmdb_map_size, commit_in=config.lmdb_commit),
         LMDBEngine(os.path.join(config.data_dir, "hints"), reactor, map_size=config.lmdb_map_size),
     )
 

@@ -11,17 +11,22 @@ commit) and the reactor never waits for the disk.
 from __future__ import annotations
 
 import os
+import struct
+import sys
 from collections.abc import Callable
 
 import lmdb
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads, IReactorTime
+from twisted.internet.error import ProcessDone
+from twisted.internet.interfaces import IReactorFromThreads, IReactorProcess, IReactorThreads, IReactorTime
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from twisted_dhm.storage import lmdb_writer
 from twisted_dhm.storage.interface import (
     IStorageEngine,
     Record,
@@ -36,8 +41,96 @@ from twisted_dhm.storage.interface import (
 
 RunInThread = Callable[..., Deferred]
 
-_RECORDS_DB = b"records"
+_RECORDS_DB = lmdb_writer.RECORDS_DB
 _ABSENT = object()
+
+
+class ProcessCommitter(ProcessProtocol):
+    """Runs each commit in a child process (``lmdb_writer``): it has a GIL of its own.
+
+    Called like ``run_in_thread(f, batch)`` (``f`` is ignored: the child does the work);
+    batches go one at a time, so answers come back in order.
+    """
+
+    log = Logger(namespace="dhashmap.storage")
+
+    def __init__(self, reactor: IReactorProcess, path: str, map_size: int) -> None:
+        self._reactor = reactor
+        self._path = path
+        self._map_size = map_size
+        self._waiting: list[Deferred] = []
+        self._buffer = b""
+        self._ended: Deferred | None = None
+        self.dead: str | None = None
+
+    def start(self) -> None:
+        args = [sys.executable, "-m", "twisted_dhm.storage.lmdb_writer", self._path, str(self._map_size)]
+        self._ended = Deferred()
+        self._reactor.spawnProcess(self, sys.executable, args, env=dict(os.environ))
+
+    def __call__(self, f: object, batch: dict[bytes, bytes | None]) -> Deferred:
+        if self.dead is not None:
+            return fail(StorageError(self.dead))
+        d: Deferred = Deferred()
+        self._waiting.append(d)
+        self.transport.write(lmdb_writer.encode_batch(batch))
+        return d
+
+    def outReceived(self, data: bytes) -> None:
+        self._buffer += data
+        while self._buffer:
+            if self._buffer[:1] == b"K":
+                self._buffer = self._buffer[1:]
+                self._answer(None)
+            elif self._buffer[:1] == b"E" and len(self._buffer) >= 6:
+                kind = self._buffer[1]
+                (size,) = struct.unpack(">I", self._buffer[2:6])
+                if len(self._buffer) < 6 + size:
+                    return
+                message = self._buffer[6 : 6 + size].decode("utf-8", "replace")
+                self._buffer = self._buffer[6 + size :]
+                error = StorageFull(message + "; raise --lmdb-map-size") if kind == lmdb_writer.FULL \
+                    else StorageError(message)
+                self._answer(Failure(error))
+            elif self._buffer[:1] == b"E":
+                return  # the rest of the error is on its way
+            else:
+                self.transport.loseConnection()
+                self._fail_all(f"the LMDB commit process said something unexpected: {self._buffer[:16]!r}")
+                return
+
+    def _answer(self, result: Failure | None) -> None:
+        if not self._waiting:
+            return
+        d = self._waiting.pop(0)
+        if result is None:
+            d.callback(None)
+        else:
+            d.errback(result)
+
+    def errReceived(self, data: bytes) -> None:
+        self.log.error("LMDB commit process: {text}", text=data.decode("utf-8", "replace").rstrip())
+
+    def processEnded(self, reason: Failure) -> None:
+        if not reason.check(ProcessDone):
+            self._fail_all(f"the LMDB commit process for {self._path} exited: {reason.getErrorMessage()}")
+        else:
+            self._fail_all(f"the LMDB commit process for {self._path} has exited")
+        if self._ended is not None and not self._ended.called:
+            self._ended.callback(None)
+
+    def _fail_all(self, message: str) -> None:
+        self.dead = message
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.errback(StorageError(message))
+
+    def stop(self) -> Deferred:
+        """Close its input: it finishes nothing more (no batch is in flight) and exits."""
+        if self._ended is None or self._ended.called:
+            return succeed(None)
+        self.transport.closeStdin()
+        return self._ended
 
 
 @implementer(IStorageEngine)
@@ -57,11 +150,14 @@ class LMDBEngine:
         reactor: IReactorFromThreads | IReactorThreads | IReactorTime,
         map_size: int = 16 << 30,
         run_in_thread: RunInThread | None = None,
+        commit_in: str = "thread",
     ) -> None:
         self.path = path
         self._reactor = reactor
         self._map_size = map_size
         self._run_in_thread = run_in_thread
+        self._commit_in = commit_in  # "thread" or "process"
+        self._process: ProcessCommitter | None = None
         self._pool: ThreadPool | None = None
         self._env: lmdb.Environment | None = None
         self._db = None
@@ -93,6 +189,10 @@ class LMDBEngine:
         except (lmdb.Error, OSError) as e:
             raise StorageError(f"cannot open LMDB store at {self.path}: {e}") from None
         self._db = self._env.open_db(_RECORDS_DB)
+        if self._run_in_thread is None and self._commit_in == "process":
+            self._process = ProcessCommitter(self._reactor, self.path, self._map_size)  # type: ignore[arg-type]
+            self._process.start()
+            self._run_in_thread = self._process
         if self._run_in_thread is None:
             self._pool = ThreadPool(minthreads=1, maxthreads=1, name="dhashmap-lmdb-commit")
             self._pool.start()
@@ -110,13 +210,17 @@ class LMDBEngine:
         d.addCallback(lambda _: self._release())
         return d
 
-    def _release(self) -> None:
+    def _release(self) -> Deferred | None:
+        if self._process is not None:
+            process, self._process = self._process, None
+            return process.stop().addCallback(lambda _: self._release())
         if self._pool is not None:
             self._pool.stop()
             self._pool = None
         if self._env is not None:
             self._env.close()
             self._env = None
+        return None
 
     # -- reads ------------------------------------------------------------------------
 
@@ -193,6 +297,8 @@ class LMDBEngine:
 
         def finished(result: object) -> None:
             self._committing = None
+            if not isinstance(result, Failure):
+                self.commits += 1
             for key, record in landed.items():
                 # A newer write to the same key may already be queued behind this batch.
                 if self._pending.get(key, _ABSENT) is record:
@@ -237,4 +343,3 @@ class LMDBEngine:
             ) from None
         except lmdb.Error as e:
             raise StorageError(f"LMDB commit failed: {e}") from None
-        self.commits += 1
