@@ -31,6 +31,20 @@ class FormationTests(ClusterTestCase):
         tables = {tuple(n.routing.table.as_dict().items()) for n in self.sim.nodes.values()}
         self.assertEqual(len(tables), 1)
 
+    def test_partition_table_rebuilt_on_membership_changes_only(self):
+        routing = self.sim.nodes["node1"].routing
+        before = routing.rebuilds
+        for i in range(50):
+            self.sim.result(self.sim.nodes["node1"].coordinator.put(b"r%d" % i, b"v"))
+        self.sim.crash("node3")
+        self.sim.run(3)
+        self.assertEqual(self.sim.nodes["node1"].view.get("node3").state, "dead")
+        self.assertEqual(routing.rebuilds, before, "requests and liveness changes reuse the table")
+        self.sim.start("node4")
+        self.sim.run(3)
+        self.assertEqual(routing.rebuilds, before + 1, "a new member changes the table")
+        self.assertIn("node4", routing.table.nodes)
+
     def test_other_cluster_or_partition_count_is_refused(self):
         self.sim.start("stranger", cluster="other")
         self.sim.start("misfit", partitions="128")

@@ -191,11 +191,6 @@ class PeerPool:
     def connected(self, node_id: str) -> bool:
         return node_id in self._sessions
 
-    def disconnect(self, node_id: str) -> None:
-        session = self._sessions.pop(node_id, None)
-        if session is not None:
-            session.transport.loseConnection()
-
     def close(self) -> None:
         self._closed = True
         for session in list(self._sessions.values()):
