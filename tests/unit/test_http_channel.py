@@ -20,6 +20,8 @@ class ChannelTests(SynchronousTestCase):
             coordinator, NodeMetrics(self.engine, process=False), self.clock,
             Limits(max_key_size=64, max_value_size=1000), 30, "n1", lambda: True,
         )
+        self.site.doStart()  # as listening does: starts the idle sweep
+        self.addCleanup(self.site.doStop)
 
     def connect(self):
         protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 12345))
@@ -66,12 +68,24 @@ class ChannelTests(SynchronousTestCase):
         fast.dataReceived(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertTrue(fast_transport.value().startswith(b"HTTP/1.1 200 "))
         self.clock.advance(29)
-        slow.dataReceived(b"c")  # a trickle resets the idle timer, as in any server ...
+        slow.dataReceived(b"c")  # a trickle resets the idle time, as in any server ...
         self.clock.advance(29)
         self.assertFalse(slow_transport.disconnecting)
-        self.clock.advance(2)  # ... but a stall of the idle timeout ends the connection
+        self.clock.advance(8)  # ... but a stall of the idle timeout (found by a sweep every 7.5 s) ends it
         self.assertTrue(slow_transport.disconnecting or slow_transport.disconnected)
         self.assertIsNone(self.engine.get(b"k"))
+
+    def test_connection_waiting_for_its_answer_is_not_idle(self):
+        from twisted.internet.defer import Deferred
+
+        protocol, transport = self.connect()
+        hold = Deferred()
+        self.site.kv_resource._coordinator.get = lambda key, r=None: hold  # an answer that takes long
+        protocol.dataReceived(b"GET /v1/kv/k HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.clock.advance(120)
+        self.assertFalse(transport.disconnecting, "the server is working on its request")
+        hold.callback(None)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 404 "))
 
     def test_garbage_request_line(self):
         protocol, transport = self.connect()

@@ -21,6 +21,7 @@ import attrs
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
@@ -483,9 +484,37 @@ def _raw_error(transport: Any, status: bytes, body: bytes) -> None:
 
 
 class DhashmapChannel(http.HTTPChannel):
-    """HTTP/1.1 channel that answers an over-long request line with 414, not silence."""
+    """HTTP/1.1 channel that answers an over-long request line with 414, not silence.
+
+    Idle connections are found by the site's periodic sweep (``last_data``), not by Twisted's
+    per-connection timer, which is cancelled and re-created for every request.
+    """
 
     _host = None
+    last_data = 0.0
+
+    def connectionMade(self) -> None:
+        self.last_data = self.site.reactor.seconds()
+        self.site.channels.add(self)
+        super().connectionMade()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.last_data = self.site.reactor.seconds()
+        super().dataReceived(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.site.channels.discard(self)
+        super().connectionLost(reason)
+
+    @property
+    def idle(self) -> bool:
+        """Not working on a request (a stalled upload counts as idle: it is the client's)."""
+        return not self._handlingRequest
+
+    def time_out(self) -> None:
+        """Twisted's timeout (log, close, abort later if need be), once per connection."""
+        self.site.channels.discard(self)
+        self.timeoutConnection()
 
     def getHost(self) -> Any:
         # Every request asks; the answer is a getsockname() system call that cannot change.
@@ -505,11 +534,31 @@ class DhashmapSite(server.Site):
 
     def __init__(self, resource: Resource, reactor: IReactorTime, limits: Limits,
                  idle_timeout: float, kv_resource: Resource | None = None) -> None:
-        super().__init__(resource, timeout=idle_timeout, reactor=reactor)
+        super().__init__(resource, timeout=None, reactor=reactor)
         self.max_body_size = limits.max_value_size
         self.kv_resource = kv_resource
+        self.idle_timeout = idle_timeout
+        self.channels: set[DhashmapChannel] = set()
+        self._sweeper = LoopingCall(self.close_idle)
+        self._sweeper.clock = reactor
         self._date_second = -1
         self._date = b""
+
+    def startFactory(self) -> None:
+        super().startFactory()
+        if not self._sweeper.running:
+            self._sweeper.start(max(self.idle_timeout / 4, 0.25), now=False)
+
+    def stopFactory(self) -> None:
+        if self._sweeper.running:
+            self._sweeper.stop()
+        super().stopFactory()
+
+    def close_idle(self) -> None:
+        """Close connections idle, or stalled mid-request by the client, for the idle timeout."""
+        cutoff = self.reactor.seconds() - self.idle_timeout
+        for channel in [c for c in self.channels if c.idle and c.last_data <= cutoff]:
+            channel.time_out()
 
     def http_date(self) -> bytes:
         """The ``Date`` header value, formatted at most once per second of the injected clock."""

@@ -290,7 +290,11 @@ class Coordinator:
             return replicate((local, [local.version]), local)
 
         if precondition == NO_CONDITION and self.node_id in plan.preference:
-            return self.replicas.read(self.node_id, [key], True).addCallback(from_local)
+            try:
+                records = self.replicas.local.read([key], True)  # type: ignore[attr-defined]
+            except Exception:
+                return fail()
+            return from_local(records)
         return self._read(key, "quorum", for_write=True).addCallback(replicate)
 
     def _next_version(self, seen: list[Version]) -> Version:
