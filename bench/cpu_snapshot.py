@@ -7,7 +7,8 @@
     python3 bench/cpu_snapshot.py --diff before after
 
 A snapshot is one line: seconds since boot, busy CPU seconds of the whole machine
-(/proc/stat), CPU seconds of the servers (utime+stime of each pid) plus the reaped children
+(/proc/stat), CPU seconds of the servers (utime+stime of each pid and of its child processes,
+such as a node's LMDB commit process) plus the reaped children
 of the script (cutime+cstime: the wrk processes once waited for).  ``--diff`` prints the
 share of the machine's cores used by other processes during the run, as "other=<cores>"
 (0.35 = a third of one core), with the benchmark's own use beside it.
@@ -39,6 +40,22 @@ def proc_cpu(pid: int, children: bool) -> float:
     return (cutime + cstime if children else utime + stime) / HZ
 
 
+def children_of(pids: set[int]) -> list[int]:
+    """Processes whose parent is one of ``pids`` (a dhashmap node's LMDB commit process)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid in pids:
+            found.append(int(entry))
+    return found
+
+
 def main() -> int:
     if sys.argv[1:2] == ["--diff"]:
         (t0, b0, o0), (t1, b1, o1) = (
@@ -52,6 +69,7 @@ def main() -> int:
     script, *servers = (int(x) for x in sys.argv[1:])
     with open("/proc/uptime") as f:
         now = float(f.read().split()[0])
+    servers += children_of(set(servers))  # the servers' own helpers count as theirs
     ours = proc_cpu(script, children=True) + sum(proc_cpu(p, children=False) for p in servers)
     print(f"{now:.2f} {busy():.2f} {ours:.2f}")
     return 0
