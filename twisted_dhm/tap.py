@@ -62,4 +62,22 @@ def makeService(options: Options) -> IService:
     from twisted_dhm.node import DhashmapNode
 
     rng = random.Random(os.urandom(16))
-    return DhashmapNode(options.config, reactor=reactor, rng=rng)
+    node = DhashmapNode(options.config, reactor=reactor, rng=rng)
+    tune_garbage_collector()
+    return node
+
+
+def tune_garbage_collector() -> None:
+    """Keep the cyclic GC's pauses out of request latency (a process-wide setting: daemon only).
+
+    Everything built at start-up (Twisted, Klein, protobuf, the node itself) lives as long as
+    the process, yet every full collection walked it.  ``gc.freeze()`` moves it out of the
+    collector's way, and young objects are collected less often.  Measured with wrk at 50
+    connections: PUT p99 from 23-30 ms to 7-9 ms, throughput the same or better
+    (docs/benchmarks.md).
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
