@@ -13,6 +13,7 @@ import json
 
 __all__ = [
     "DhashmapError",
+    "Forbidden",
     "NotFound",
     "PreconditionFailed",
     "InvalidRequest",
