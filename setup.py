@@ -24,10 +24,14 @@ setup(
         "zope.interface>=6",
         "xxhash>=3.4,<5",
         "protobuf>=7.35.1,<8",
+        # AES-GCM for gossip encryption (membership.swim).
+        "cryptography>=42,<52",
     ],
     extras_require={
         # The generator behind `make proto`; pinned so the generated code is reproducible.
         "proto": ["grpcio-tools==1.85.1"],
+        # Plots for bench/swim_eval.py (docs/swim.md).
+        "bench": ["matplotlib>=3.8,<4"],
         "test": [
             "pytest>=8,<10",
             "hypothesis>=6.100,<7",
