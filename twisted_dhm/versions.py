@@ -23,7 +23,7 @@ from twisted.internet.interfaces import IReactorTime
 
 LOGICAL_BITS = 16
 MAX_STAMP = (1 << 63) - 1  # counters and HLC stamps from elsewhere must stay below this
-NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # \Z: no trailing newline
 # How far ahead of this node's physical clock a stamp seen elsewhere may be and still move
 # the HLC: a peer with a wildly wrong clock (or a hostile frame) must not drag every node's
 # stamps into the future.

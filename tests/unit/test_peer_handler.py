@@ -6,8 +6,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted_dhm.cluster.handler import PeerHandler
 from twisted_dhm.errors import InvalidRequest
 from twisted_dhm.peer import peer_pb2 as pb
-from twisted_dhm.peer.codec import record_to_pb
 from twisted_dhm.storage import Record
+from twisted_dhm.storage.interface import decode_record, encode_record
 from twisted_dhm.storage.memory import MemoryEngine
 from twisted_dhm.testing.stack import single_node_coordinator
 from twisted_dhm.versions import Version
@@ -38,8 +38,7 @@ class HandlerTests(SynchronousTestCase):
     def replica_put(self, key, record, hint_for=""):
         frame = pb.Frame()
         kr = frame.replica_put.records.add()
-        kr.key, kr.found = key, True
-        record_to_pb(record, kr.record)
+        kr.key, kr.found, kr.record = key, True, encode_record(record)
         frame.replica_put.hint_for = hint_for
         return frame
 
@@ -67,11 +66,26 @@ class HandlerTests(SynchronousTestCase):
 
     def test_hostile_versions_refused(self):
         for version in (Version((("evil", 1),), 2**64 - 1), Version((("evil", 2**63),), 1),
-                        Version((("bad id!", 1),), 1)):
+                        Version((("bad id!", 1),), 1), Version((("evil\n", 1),), 1), Version((("", 1),), 1)):
             frame = self.replica_put(b"k", Record(b"v", version))
             self.failureResultOf(self.handler(PEER, frame), InvalidRequest)
         self.assertIsNone(self.engine.get(b"k"))
         self.successResultOf(self.coordinator.put(b"ok", b"v"))  # the node's clock is unharmed
+
+    def test_undecodable_records_refused(self):
+        good = encode_record(Record(b"v", Version().increment("a", 1)))
+        for bad in (b"", b"\x01", b"\x02" + good[1:], good[:12], good[:20] + b"\xff"):
+            frame = pb.Frame()
+            frame.replica_put.records.add(key=b"k", found=True, record=bad)
+            self.failureResultOf(self.handler(PEER, frame), InvalidRequest)
+        self.assertIsNone(self.engine.get(b"k"))
+
+    def test_stored_bytes_are_the_bytes_sent(self):
+        record = Record(b"v", Version().increment("a", 7), expires_at=0)
+        self.call(self.replica_put(b"k", record))
+        raw = self.engine.get(b"k")
+        self.assertEqual(encode_record(raw), encode_record(record))
+        self.assertEqual(decode_record(encode_record(record)), record)
 
     def test_replica_get_answers_fit_one_frame(self):
         for i in range(5):
@@ -84,8 +98,8 @@ class HandlerTests(SynchronousTestCase):
     def test_replica_get_and_scan(self):
         self.call(self.replica_put(b"p/1", Record(b"1", Version().increment("a", 5))))
         answer = self.call(pb.Frame(replica_get=pb.ReplicaGet(keys=[b"p/1", b"nope"])))
-        found = [(r.key, r.found, r.record.value) for r in answer.replica_get_result.records]
-        self.assertEqual(found, [(b"p/1", True, b"1"), (b"nope", False, b"")])
+        found = [(r.key, r.found, r.found and decode_record(r.record).value) for r in answer.replica_get_result.records]
+        self.assertEqual(found, [(b"p/1", True, b"1"), (b"nope", False, False)])
         scan = self.call(pb.Frame(replica_scan=pb.ReplicaScan(prefix=b"p/", limit=10)))
         self.assertEqual([(e.key, e.hlc) for e in scan.replica_scan_result.entries], [(b"p/1", 5)])
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\npeer.proto\x12\x0b\x64hashmap.v1\"+\n\nClockEntry\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07\x63ounter\x18\x02 \x01(\x04\">\n\x07Version\x12\x0b\n\x03hlc\x18\x01 \x01(\x04\x12&\n\x05\x63lock\x18\x02 \x03(\x0b\x32\x17.dhashmap.v1.ClockEntry\"e\n\x06Record\x12\r\n\x05value\x18\x01 \x01(\x0c\x12%\n\x07version\x18\x02 \x01(\x0b\x32\x14.dhashmap.v1.Version\x12\x11\n\ttombstone\x18\x03 \x01(\x08\x12\x12\n\nexpires_at\x18\x04 \x01(\x04\"L\n\tKeyRecord\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12#\n\x06record\x18\x02 \x01(\x0b\x32\x13.dhashmap.v1.Record\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\"g\n\tAddresses\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x11\n\tpeer_port\x18\x02 \x01(\r\x12\x11\n\trest_port\x18\x03 \x01(\r\x12\x11\n\tgrpc_port\x18\x04 \x01(\r\x12\x13\n\x0bgossip_port\x18\x05 \x01(\r\"\xcd\x01\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x1f\n\x04role\x18\x04 \x01(\x0e\x32\x11.dhashmap.v1.Role\x12)\n\taddresses\x18\x05 \x01(\x0b\x32\x16.dhashmap.v1.Addresses\x12\x0e\n\x06weight\x18\x06 \x01(\r\x12\x18\n\x10software_version\x18\x07 \x01(\t\x12\x12\n\npartitions\x18\x08 \x01(\r\"^\n\x05\x45rror\x12$\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x16.dhashmap.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0c\n\x04\x61\x63ks\x18\x03 \x01(\r\x12\x10\n\x08required\x18\x04 \x01(\r\"\x1a\n\x04Ping\x12\x12\n\nsent_at_ms\x18\x01 \x01(\x04\"+\n\x04Pong\x12\x12\n\nsent_at_ms\x18\x01 \x01(\x04\x12\x0f\n\x07node_id\x18\x02 \x01(\t\"3\n\nReplicaGet\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\x12\x17\n\x0finclude_pending\x18\x02 \x01(\x08\"L\n\x10ReplicaGetResult\x12\'\n\x07records\x18\x01 \x03(\x0b\x32\x16.dhashmap.v1.KeyRecord\x12\x0f\n\x07partial\x18\x02 \x01(\x08\"G\n\nReplicaPut\x12\'\n\x07records\x18\x01 \x03(\x0b\x32\x16.dhashmap.v1.KeyRecord\x12\x10\n\x08hint_for\x18\x02 \x01(\t\"\"\n\x10ReplicaPutResult\x12\x0e\n\x06stored\x18\x01 \x01(\r\"N\n\x0bReplicaScan\x12\x0e\n\x06prefix\x18\x01 \x01(\x0c\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x0c\x12\x11\n\thas_after\x18\x03 \x01(\x08\x12\r\n\x05limit\x18\x04 \x01(\r\"L\n\tScanEntry\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x11\n\ttombstone\x18\x02 \x01(\x08\x12\x12\n\nexpires_at\x18\x03 \x01(\x04\x12\x0b\n\x03hlc\x18\x04 \x01(\x04\"<\n\x11ReplicaScanResult\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.dhashmap.v1.ScanEntry\"\x97\x01\n\x0b\x43onsistency\x12-\n\x05level\x18\x01 \x01(\x0e\x32\x1e.dhashmap.v1.Consistency.Level\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"J\n\x05Level\x12\x11\n\rLEVEL_DEFAULT\x10\x00\x12\r\n\tLEVEL_ONE\x10\x01\x12\x10\n\x0cLEVEL_QUORUM\x10\x02\x12\r\n\tLEVEL_ALL\x10\x03\"7\n\x03Get\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12#\n\x01r\x18\x02 \x01(\x0b\x32\x18.dhashmap.v1.Consistency\":\n\tGetResult\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07version\x18\x03 \x01(\t\"\x84\x01\n\x03Put\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x04\x12\x10\n\x08if_match\x18\x04 \x01(\t\x12\x15\n\rif_none_match\x18\x05 \x01(\x08\x12#\n\x01w\x18\x06 \x01(\x0b\x32\x18.dhashmap.v1.Consistency\"-\n\tPutResult\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"L\n\x06\x44\x65lete\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x10\n\x08if_match\x18\x02 \x01(\t\x12#\n\x01w\x18\x03 \x01(\x0b\x32\x18.dhashmap.v1.Consistency\"\x1f\n\x0c\x44\x65leteResult\x12\x0f\n\x07version\x18\x01 \x01(\t\"\xef\x05\n\x05\x46rame\x12\n\n\x02id\x18\x01 \x01(\x04\x12#\n\x05hello\x18\x02 \x01(\x0b\x32\x12.dhashmap.v1.HelloH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.dhashmap.v1.ErrorH\x00\x12!\n\x04ping\x18\x04 \x01(\x0b\x32\x11.dhashmap.v1.PingH\x00\x12!\n\x04pong\x18\x05 \x01(\x0b\x32\x11.dhashmap.v1.PongH\x00\x12.\n\x0breplica_get\x18\n \x01(\x0b\x32\x17.dhashmap.v1.ReplicaGetH\x00\x12;\n\x12replica_get_result\x18\x0b \x01(\x0b\x32\x1d.dhashmap.v1.ReplicaGetResultH\x00\x12.\n\x0breplica_put\x18\x0c \x01(\x0b\x32\x17.dhashmap.v1.ReplicaPutH\x00\x12;\n\x12replica_put_result\x18\r \x01(\x0b\x32\x1d.dhashmap.v1.ReplicaPutResultH\x00\x12\x30\n\x0creplica_scan\x18\x0e \x01(\x0b\x32\x18.dhashmap.v1.ReplicaScanH\x00\x12=\n\x13replica_scan_result\x18\x0f \x01(\x0b\x32\x1e.dhashmap.v1.ReplicaScanResultH\x00\x12\x1f\n\x03get\x18\x14 \x01(\x0b\x32\x10.dhashmap.v1.GetH\x00\x12,\n\nget_result\x18\x15 \x01(\x0b\x32\x16.dhashmap.v1.GetResultH\x00\x12\x1f\n\x03put\x18\x16 \x01(\x0b\x32\x10.dhashmap.v1.PutH\x00\x12,\n\nput_result\x18\x17 \x01(\x0b\x32\x16.dhashmap.v1.PutResultH\x00\x12%\n\x06\x64\x65lete\x18\x18 \x01(\x0b\x32\x13.dhashmap.v1.DeleteH\x00\x12\x32\n\rdelete_result\x18\x19 \x01(\x0b\x32\x19.dhashmap.v1.DeleteResultH\x00\x42\x06\n\x04\x62ody*<\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_PEER\x10\x01\x12\x0f\n\x0bROLE_CLIENT\x10\x02*\xb3\x03\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45RROR_CODE_BAD_FRAME\x10\x01\x12\x1f\n\x1b\x45RROR_CODE_VERSION_MISMATCH\x10\x02\x12\x1f\n\x1b\x45RROR_CODE_CLUSTER_MISMATCH\x10\x03\x12\x18\n\x14\x45RROR_CODE_NOT_FOUND\x10\x04\x12\"\n\x1e\x45RROR_CODE_PRECONDITION_FAILED\x10\x05\x12\x1e\n\x1a\x45RROR_CODE_INVALID_REQUEST\x10\x06\x12\x1a\n\x16\x45RROR_CODE_UNAVAILABLE\x10\x07\x12\x16\n\x12\x45RROR_CODE_TIMEOUT\x10\x08\x12\x16\n\x12\x45RROR_CODE_STORAGE\x10\t\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\n\x12\x18\n\x14\x45RROR_CODE_TOO_LARGE\x10\x0b\x12\"\n\x1e\x45RROR_CODE_PARTITIONS_MISMATCH\x10\x0c\x12\x18\n\x14\x45RROR_CODE_FORBIDDEN\x10\r\x12\x13\n\x0f\x45RROR_CODE_BUSY\x10\x0e\x42?Z=github.com/dhashmap/dhashmap/clients/go/dhashmappb;dhashmappbb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\npeer.proto\x12\x0b\x64hashmap.v1\"=\n\tKeyRecord\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\x12\x0e\n\x06record\x18\x04 \x01(\x0cJ\x04\x08\x02\x10\x03\"g\n\tAddresses\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x11\n\tpeer_port\x18\x02 \x01(\r\x12\x11\n\trest_port\x18\x03 \x01(\r\x12\x11\n\tgrpc_port\x18\x04 \x01(\r\x12\x13\n\x0bgossip_port\x18\x05 \x01(\r\"\xcd\x01\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x1f\n\x04role\x18\x04 \x01(\x0e\x32\x11.dhashmap.v1.Role\x12)\n\taddresses\x18\x05 \x01(\x0b\x32\x16.dhashmap.v1.Addresses\x12\x0e\n\x06weight\x18\x06 \x01(\r\x12\x18\n\x10software_version\x18\x07 \x01(\t\x12\x12\n\npartitions\x18\x08 \x01(\r\"^\n\x05\x45rror\x12$\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x16.dhashmap.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0c\n\x04\x61\x63ks\x18\x03 \x01(\r\x12\x10\n\x08required\x18\x04 \x01(\r\"\x1a\n\x04Ping\x12\x12\n\nsent_at_ms\x18\x01 \x01(\x04\"+\n\x04Pong\x12\x12\n\nsent_at_ms\x18\x01 \x01(\x04\x12\x0f\n\x07node_id\x18\x02 \x01(\t\"3\n\nReplicaGet\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\x12\x17\n\x0finclude_pending\x18\x02 \x01(\x08\"L\n\x10ReplicaGetResult\x12\'\n\x07records\x18\x01 \x03(\x0b\x32\x16.dhashmap.v1.KeyRecord\x12\x0f\n\x07partial\x18\x02 \x01(\x08\"G\n\nReplicaPut\x12\'\n\x07records\x18\x01 \x03(\x0b\x32\x16.dhashmap.v1.KeyRecord\x12\x10\n\x08hint_for\x18\x02 \x01(\t\"\"\n\x10ReplicaPutResult\x12\x0e\n\x06stored\x18\x01 \x01(\r\"N\n\x0bReplicaScan\x12\x0e\n\x06prefix\x18\x01 \x01(\x0c\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x0c\x12\x11\n\thas_after\x18\x03 \x01(\x08\x12\r\n\x05limit\x18\x04 \x01(\r\"L\n\tScanEntry\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x11\n\ttombstone\x18\x02 \x01(\x08\x12\x12\n\nexpires_at\x18\x03 \x01(\x04\x12\x0b\n\x03hlc\x18\x04 \x01(\x04\"<\n\x11ReplicaScanResult\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.dhashmap.v1.ScanEntry\"\x97\x01\n\x0b\x43onsistency\x12-\n\x05level\x18\x01 \x01(\x0e\x32\x1e.dhashmap.v1.Consistency.Level\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"J\n\x05Level\x12\x11\n\rLEVEL_DEFAULT\x10\x00\x12\r\n\tLEVEL_ONE\x10\x01\x12\x10\n\x0cLEVEL_QUORUM\x10\x02\x12\r\n\tLEVEL_ALL\x10\x03\"7\n\x03Get\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12#\n\x01r\x18\x02 \x01(\x0b\x32\x18.dhashmap.v1.Consistency\":\n\tGetResult\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07version\x18\x03 \x01(\t\"\x84\x01\n\x03Put\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x04\x12\x10\n\x08if_match\x18\x04 \x01(\t\x12\x15\n\rif_none_match\x18\x05 \x01(\x08\x12#\n\x01w\x18\x06 \x01(\x0b\x32\x18.dhashmap.v1.Consistency\"-\n\tPutResult\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"L\n\x06\x44\x65lete\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x10\n\x08if_match\x18\x02 \x01(\t\x12#\n\x01w\x18\x03 \x01(\x0b\x32\x18.dhashmap.v1.Consistency\"\x1f\n\x0c\x44\x65leteResult\x12\x0f\n\x07version\x18\x01 \x01(\t\"\xef\x05\n\x05\x46rame\x12\n\n\x02id\x18\x01 \x01(\x04\x12#\n\x05hello\x18\x02 \x01(\x0b\x32\x12.dhashmap.v1.HelloH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.dhashmap.v1.ErrorH\x00\x12!\n\x04ping\x18\x04 \x01(\x0b\x32\x11.dhashmap.v1.PingH\x00\x12!\n\x04pong\x18\x05 \x01(\x0b\x32\x11.dhashmap.v1.PongH\x00\x12.\n\x0breplica_get\x18\n \x01(\x0b\x32\x17.dhashmap.v1.ReplicaGetH\x00\x12;\n\x12replica_get_result\x18\x0b \x01(\x0b\x32\x1d.dhashmap.v1.ReplicaGetResultH\x00\x12.\n\x0breplica_put\x18\x0c \x01(\x0b\x32\x17.dhashmap.v1.ReplicaPutH\x00\x12;\n\x12replica_put_result\x18\r \x01(\x0b\x32\x1d.dhashmap.v1.ReplicaPutResultH\x00\x12\x30\n\x0creplica_scan\x18\x0e \x01(\x0b\x32\x18.dhashmap.v1.ReplicaScanH\x00\x12=\n\x13replica_scan_result\x18\x0f \x01(\x0b\x32\x1e.dhashmap.v1.ReplicaScanResultH\x00\x12\x1f\n\x03get\x18\x14 \x01(\x0b\x32\x10.dhashmap.v1.GetH\x00\x12,\n\nget_result\x18\x15 \x01(\x0b\x32\x16.dhashmap.v1.GetResultH\x00\x12\x1f\n\x03put\x18\x16 \x01(\x0b\x32\x10.dhashmap.v1.PutH\x00\x12,\n\nput_result\x18\x17 \x01(\x0b\x32\x16.dhashmap.v1.PutResultH\x00\x12%\n\x06\x64\x65lete\x18\x18 \x01(\x0b\x32\x13.dhashmap.v1.DeleteH\x00\x12\x32\n\rdelete_result\x18\x19 \x01(\x0b\x32\x19.dhashmap.v1.DeleteResultH\x00\x42\x06\n\x04\x62ody*<\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_PEER\x10\x01\x12\x0f\n\x0bROLE_CLIENT\x10\x02*\xb3\x03\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45RROR_CODE_BAD_FRAME\x10\x01\x12\x1f\n\x1b\x45RROR_CODE_VERSION_MISMATCH\x10\x02\x12\x1f\n\x1b\x45RROR_CODE_CLUSTER_MISMATCH\x10\x03\x12\x18\n\x14\x45RROR_CODE_NOT_FOUND\x10\x04\x12\"\n\x1e\x45RROR_CODE_PRECONDITION_FAILED\x10\x05\x12\x1e\n\x1a\x45RROR_CODE_INVALID_REQUEST\x10\x06\x12\x1a\n\x16\x45RROR_CODE_UNAVAILABLE\x10\x07\x12\x16\n\x12\x45RROR_CODE_TIMEOUT\x10\x08\x12\x16\n\x12\x45RROR_CODE_STORAGE\x10\t\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\n\x12\x18\n\x14\x45RROR_CODE_TOO_LARGE\x10\x0b\x12\"\n\x1e\x45RROR_CODE_PARTITIONS_MISMATCH\x10\x0c\x12\x18\n\x14\x45RROR_CODE_FORBIDDEN\x10\r\x12\x13\n\x0f\x45RROR_CODE_BUSY\x10\x0e\x42?Z=github.com/dhashmap/dhashmap/clients/go/dhashmappb;dhashmappbb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,58 +32,52 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'peer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z=github.com/dhashmap/dhashmap/clients/go/dhashmappb;dhashmappb'
-  _globals['_ROLE']._serialized_start=2577
-  _globals['_ROLE']._serialized_end=2637
-  _globals['_ERRORCODE']._serialized_start=2640
-  _globals['_ERRORCODE']._serialized_end=3075
-  _globals['_CLOCKENTRY']._serialized_start=27
-  _globals['_CLOCKENTRY']._serialized_end=70
-  _globals['_VERSION']._serialized_start=72
-  _globals['_VERSION']._serialized_end=134
-  _globals['_RECORD']._serialized_start=136
-  _globals['_RECORD']._serialized_end=237
-  _globals['_KEYRECORD']._serialized_start=239
-  _globals['_KEYRECORD']._serialized_end=315
-  _globals['_ADDRESSES']._serialized_start=317
-  _globals['_ADDRESSES']._serialized_end=420
-  _globals['_HELLO']._serialized_start=423
-  _globals['_HELLO']._serialized_end=628
-  _globals['_ERROR']._serialized_start=630
-  _globals['_ERROR']._serialized_end=724
-  _globals['_PING']._serialized_start=726
-  _globals['_PING']._serialized_end=752
-  _globals['_PONG']._serialized_start=754
-  _globals['_PONG']._serialized_end=797
-  _globals['_REPLICAGET']._serialized_start=799
-  _globals['_REPLICAGET']._serialized_end=850
-  _globals['_REPLICAGETRESULT']._serialized_start=852
-  _globals['_REPLICAGETRESULT']._serialized_end=928
-  _globals['_REPLICAPUT']._serialized_start=930
-  _globals['_REPLICAPUT']._serialized_end=1001
-  _globals['_REPLICAPUTRESULT']._serialized_start=1003
-  _globals['_REPLICAPUTRESULT']._serialized_end=1037
-  _globals['_REPLICASCAN']._serialized_start=1039
-  _globals['_REPLICASCAN']._serialized_end=1117
-  _globals['_SCANENTRY']._serialized_start=1119
-  _globals['_SCANENTRY']._serialized_end=1195
-  _globals['_REPLICASCANRESULT']._serialized_start=1197
-  _globals['_REPLICASCANRESULT']._serialized_end=1257
-  _globals['_CONSISTENCY']._serialized_start=1260
-  _globals['_CONSISTENCY']._serialized_end=1411
-  _globals['_CONSISTENCY_LEVEL']._serialized_start=1337
-  _globals['_CONSISTENCY_LEVEL']._serialized_end=1411
-  _globals['_GET']._serialized_start=1413
-  _globals['_GET']._serialized_end=1468
-  _globals['_GETRESULT']._serialized_start=1470
-  _globals['_GETRESULT']._serialized_end=1528
-  _globals['_PUT']._serialized_start=1531
-  _globals['_PUT']._serialized_end=1663
-  _globals['_PUTRESULT']._serialized_start=1665
-  _globals['_PUTRESULT']._serialized_end=1710
-  _globals['_DELETE']._serialized_start=1712
-  _globals['_DELETE']._serialized_end=1788
-  _globals['_DELETERESULT']._serialized_start=1790
-  _globals['_DELETERESULT']._serialized_end=1821
-  _globals['_FRAME']._serialized_start=1824
-  _globals['_FRAME']._serialized_end=2575
+  _globals['_ROLE']._serialized_start=2350
+  _globals['_ROLE']._serialized_end=2410
+  _globals['_ERRORCODE']._serialized_start=2413
+  _globals['_ERRORCODE']._serialized_end=2848
+  _globals['_KEYRECORD']._serialized_start=27
+  _globals['_KEYRECORD']._serialized_end=88
+  _globals['_ADDRESSES']._serialized_start=90
+  _globals['_ADDRESSES']._serialized_end=193
+  _globals['_HELLO']._serialized_start=196
+  _globals['_HELLO']._serialized_end=401
+  _globals['_ERROR']._serialized_start=403
+  _globals['_ERROR']._serialized_end=497
+  _globals['_PING']._serialized_start=499
+  _globals['_PING']._serialized_end=525
+  _globals['_PONG']._serialized_start=527
+  _globals['_PONG']._serialized_end=570
+  _globals['_REPLICAGET']._serialized_start=572
+  _globals['_REPLICAGET']._serialized_end=623
+  _globals['_REPLICAGETRESULT']._serialized_start=625
+  _globals['_REPLICAGETRESULT']._serialized_end=701
+  _globals['_REPLICAPUT']._serialized_start=703
+  _globals['_REPLICAPUT']._serialized_end=774
+  _globals['_REPLICAPUTRESULT']._serialized_start=776
+  _globals['_REPLICAPUTRESULT']._serialized_end=810
+  _globals['_REPLICASCAN']._serialized_start=812
+  _globals['_REPLICASCAN']._serialized_end=890
+  _globals['_SCANENTRY']._serialized_start=892
+  _globals['_SCANENTRY']._serialized_end=968
+  _globals['_REPLICASCANRESULT']._serialized_start=970
+  _globals['_REPLICASCANRESULT']._serialized_end=1030
+  _globals['_CONSISTENCY']._serialized_start=1033
+  _globals['_CONSISTENCY']._serialized_end=1184
+  _globals['_CONSISTENCY_LEVEL']._serialized_start=1110
+  _globals['_CONSISTENCY_LEVEL']._serialized_end=1184
+  _globals['_GET']._serialized_start=1186
+  _globals['_GET']._serialized_end=1241
+  _globals['_GETRESULT']._serialized_start=1243
+  _globals['_GETRESULT']._serialized_end=1301
+  _globals['_PUT']._serialized_start=1304
+  _globals['_PUT']._serialized_end=1436
+  _globals['_PUTRESULT']._serialized_start=1438
+  _globals['_PUTRESULT']._serialized_end=1483
+  _globals['_DELETE']._serialized_start=1485
+  _globals['_DELETE']._serialized_end=1561
+  _globals['_DELETERESULT']._serialized_start=1563
+  _globals['_DELETERESULT']._serialized_end=1594
+  _globals['_FRAME']._serialized_start=1597
+  _globals['_FRAME']._serialized_end=2348
 # @@protoc_insertion_point(module_scope)

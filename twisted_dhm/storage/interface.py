@@ -41,6 +41,10 @@ class Record:
     version: Version
     tombstone: bool = False
     expires_at: int = 0
+    # The storage encoding, made once: a write is encoded for the local disk and for every
+    # peer's frame, and a record read or received keeps the bytes it came as.
+    # (Not an __init__ argument, so attrs.evolve cannot carry stale bytes into a changed record.)
+    _encoded: bytes | None = attrs.field(default=None, init=False, eq=False, hash=False, repr=False)
 
     def is_live(self, now_ms: int) -> bool:
         return not self.tombstone and (self.expires_at == 0 or now_ms < self.expires_at)
@@ -66,14 +70,19 @@ class StorageStats:
 
 
 def encode_record(record: Record) -> bytes:
+    """``format:u8 | flags:u8 | expires_at:u64 | version | value`` (big-endian; docs/protocol.md)."""
+    if record._encoded is not None:
+        return record._encoded
     flags = FLAG_TOMBSTONE if record.tombstone else 0
-    return b"".join(
+    encoded = b"".join(
         (
             _HEADER.pack(FORMAT_V1, flags, record.expires_at),
             encode_version(record.version),
             record.value,
         )
     )
+    object.__setattr__(record, "_encoded", encoded)
+    return encoded
 
 
 def decode_record(data: bytes) -> Record:
@@ -87,7 +96,10 @@ def decode_record(data: bytes) -> Record:
         version, end = decode_version(data, _HEADER.size)
     except VersionDecodeError as e:
         raise CorruptRecord(f"bad version in record: {e}") from None
-    return Record(bytes(data[end:]), version, bool(flags & FLAG_TOMBSTONE), expires_at)
+    data = bytes(data)
+    record = Record(data[end:], version, bool(flags & FLAG_TOMBSTONE), expires_at)
+    object.__setattr__(record, "_encoded", data)
+    return record
 
 
 def peek_entry(key: bytes, data: bytes) -> ScanEntry:

@@ -425,7 +425,7 @@ class FakeNode:
         self.listener.close()
 
 
-def _node_hello(cluster: str = "dhashmap", version: int = 1) -> pb.Frame:
+def _node_hello(cluster: str = "dhashmap", version: int = 2) -> pb.Frame:
     frame = pb.Frame(id=0)
     frame.hello.protocol_version = version
     frame.hello.cluster = cluster
@@ -546,7 +546,7 @@ def test_an_error_frame_with_id_zero_fails_the_largest_request_with_value_too_la
 
 
 def test_a_node_of_another_protocol_version_raises_handshake_error(fake_nodes: list[FakeNode]) -> None:
-    fake = FakeNode(lambda conn, next_frame: None, hello=_node_hello(version=2))
+    fake = FakeNode(lambda conn, next_frame: None, hello=_node_hello(version=99))
     fake_nodes.append(fake)
     with NativeClient("127.0.0.1", fake.port, timeout=5.0) as db:
         with pytest.raises(HandshakeError) as info:

@@ -78,7 +78,7 @@ def test_the_client_and_the_server_agree_on_the_constants() -> None:
 
 def test_the_client_hello_is_the_bytes_the_spec_shows() -> None:
     data = native.encode(native.hello_frame("dhashmap"))
-    assert data.hex() == "00000010120e0801120864686173686d61702002"
+    assert data.hex() == "00000010120e0802120864686173686d61702002"
     spec = (ROOT / "docs/protocol.md").read_text()
     shown = re.search(r"```text\n# client Hello\n(.*?)```", spec, re.S)
     assert shown is not None, "docs/protocol.md lost its worked example"
@@ -88,7 +88,7 @@ def test_the_client_hello_is_the_bytes_the_spec_shows() -> None:
 def test_the_hello_says_client_and_names_no_node() -> None:
     frame = pb.Frame.FromString(native.encode(native.hello_frame("c1"))[4:])
     assert frame.id == 0
-    assert frame.hello.protocol_version == 1
+    assert frame.hello.protocol_version == PROTOCOL_VERSION
     assert frame.hello.cluster == "c1"
     assert frame.hello.role == pb.ROLE_CLIENT
     assert frame.hello.node_id == "" and frame.hello.partitions == 0
@@ -122,7 +122,7 @@ def test_an_undecodable_frame_is_a_connection_error() -> None:
 # -- the handshake -----------------------------------------------------------------------------
 
 
-def _server_hello(cluster: str = "dhashmap", version: int = 1) -> pb.Frame:
+def _server_hello(cluster: str = "dhashmap", version: int = 2) -> pb.Frame:
     frame = pb.Frame(id=0)
     frame.hello.protocol_version = version
     frame.hello.cluster = cluster
@@ -137,7 +137,7 @@ def test_a_compatible_hello_is_accepted() -> None:
 
 @pytest.mark.parametrize(("frame", "code"), [
     (_server_hello(cluster="other"), "cluster_mismatch"),
-    (_server_hello(version=2), "version_mismatch"),
+    (_server_hello(version=99), "version_mismatch"),
     (server_errors.error_frame(server_pb.ERROR_CODE_CLUSTER_MISMATCH, "no"), "cluster_mismatch"),
     (server_errors.error_frame(server_pb.ERROR_CODE_VERSION_MISMATCH, "no"), "version_mismatch"),
 ])

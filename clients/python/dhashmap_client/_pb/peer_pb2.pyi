@@ -49,43 +49,15 @@ ERROR_CODE_PARTITIONS_MISMATCH: ErrorCode
 ERROR_CODE_FORBIDDEN: ErrorCode
 ERROR_CODE_BUSY: ErrorCode
 
-class ClockEntry(_message.Message):
-    __slots__ = ("node", "counter")
-    NODE_FIELD_NUMBER: _ClassVar[int]
-    COUNTER_FIELD_NUMBER: _ClassVar[int]
-    node: str
-    counter: int
-    def __init__(self, node: _Optional[str] = ..., counter: _Optional[int] = ...) -> None: ...
-
-class Version(_message.Message):
-    __slots__ = ("hlc", "clock")
-    HLC_FIELD_NUMBER: _ClassVar[int]
-    CLOCK_FIELD_NUMBER: _ClassVar[int]
-    hlc: int
-    clock: _containers.RepeatedCompositeFieldContainer[ClockEntry]
-    def __init__(self, hlc: _Optional[int] = ..., clock: _Optional[_Iterable[_Union[ClockEntry, _Mapping]]] = ...) -> None: ...
-
-class Record(_message.Message):
-    __slots__ = ("value", "version", "tombstone", "expires_at")
-    VALUE_FIELD_NUMBER: _ClassVar[int]
-    VERSION_FIELD_NUMBER: _ClassVar[int]
-    TOMBSTONE_FIELD_NUMBER: _ClassVar[int]
-    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
-    value: bytes
-    version: Version
-    tombstone: bool
-    expires_at: int
-    def __init__(self, value: _Optional[bytes] = ..., version: _Optional[_Union[Version, _Mapping]] = ..., tombstone: _Optional[bool] = ..., expires_at: _Optional[int] = ...) -> None: ...
-
 class KeyRecord(_message.Message):
-    __slots__ = ("key", "record", "found")
+    __slots__ = ("key", "found", "record")
     KEY_FIELD_NUMBER: _ClassVar[int]
-    RECORD_FIELD_NUMBER: _ClassVar[int]
     FOUND_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
     key: bytes
-    record: Record
     found: bool
-    def __init__(self, key: _Optional[bytes] = ..., record: _Optional[_Union[Record, _Mapping]] = ..., found: _Optional[bool] = ...) -> None: ...
+    record: bytes
+    def __init__(self, key: _Optional[bytes] = ..., found: _Optional[bool] = ..., record: _Optional[bytes] = ...) -> None: ...
 
 class Addresses(_message.Message):
     __slots__ = ("host", "peer_port", "rest_port", "grpc_port", "gossip_port")
