@@ -40,6 +40,8 @@ proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iproto/dhashmap/v1 --python_out=twisted_dhm/peer \
 		--pyi_out=twisted_dhm/peer proto/dhashmap/v1/peer.proto
 	$(BIN)/python -m grpc_tools.protoc -Iproto/dhashmap/v1 --python_out=clients/python/dhashmap_client/_pb --pyi_out=clients/python/dhashmap_client/_pb proto/dhashmap/v1/peer.proto
+	$(BIN)/python -m grpc_tools.protoc -Iproto/dhashmap/v1 --python_out=twisted_dhm/membership/swim \
+		--pyi_out=twisted_dhm/membership/swim proto/dhashmap/v1/gossip.proto
 
 clean:
 	rm -rf $(VENV) data build dist *.egg-info clients/python/*.egg-info twisted/plugins/dropin.cache
