@@ -79,7 +79,8 @@ class BroadcastQueue:
                         break
             if done:
                 break
-        for level, key in taken:
+        # Oldest first, so that within the next level the newest news still comes first.
+        for level, key in reversed(taken):
             item = buckets[level].pop(key)
             nxt = level + 1
             if nxt >= limit:
