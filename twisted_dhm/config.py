@@ -7,6 +7,8 @@ from that table, so they cannot drift apart.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 import re
@@ -127,6 +129,37 @@ def _seed_list(raw: Any) -> tuple[tuple[str, int], ...]:
     return tuple(seeds)
 
 
+def _key_list(raw: Any) -> tuple[bytes, ...]:
+    """Base64 AES keys of 16, 24 or 32 bytes (a list, or a comma-separated string)."""
+    items = raw if isinstance(raw, list | tuple) else str(raw).split(",")
+    keys = []
+    for item in items:
+        item = str(item).strip()
+        if not item:
+            continue
+        try:
+            key = base64.b64decode(item, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("each key must be base64, like the output of `openssl rand -base64 32`") from None
+        if len(key) not in (16, 24, 32):
+            raise ValueError(f"each key must be 16, 24 or 32 bytes (AES-128/192/256), not {len(key)}")
+        if key not in keys:
+            keys.append(key)
+    return tuple(keys)
+
+
+def _profile(knob: str) -> Callable[[Mapping[str, Any]], Any]:
+    """A gossip setting's default: its number in the chosen --gossip-profile."""
+
+    def default(values: Mapping[str, Any]) -> Any:
+        from twisted_dhm.membership.swim.config import SwimConfig  # only when the default is needed
+
+        return getattr(SwimConfig.profile(values["gossip_profile"]), knob)
+
+    default.__doc__ = "per --gossip-profile"
+    return default
+
+
 def _bool(raw: Any) -> bool:
     if isinstance(raw, bool):
         return raw
@@ -199,15 +232,50 @@ SETTINGS: tuple[Setting, ...] = (
             "Storage engine: lmdb (durable, on disk) or memory (lost on exit).", "ENGINE"),
     Setting("log_format", "LOG_FORMAT", _choice("text", "json"), "text",
             "Log format on standard output: text, or json (one object per line).", "FORMAT"),
-    Setting("discovery", "DISCOVERY_MODE", _choice("static"), "static",
-            "How members find each other. This version: static (the --seed-nodes list).", "MODE"),
+    Setting("discovery", "DISCOVERY_MODE", _choice("static", "swim"), "static",
+            "How members find each other: static (the --seed-nodes list, health checks over the native "
+            "protocol) or swim (gossip on --gossip-port; --seed-nodes are gossip addresses).", "MODE"),
     Setting("cluster", "CLUSTER_NAME", _cluster_name, "dhashmap",
             "Cluster name; nodes of other clusters are refused at the handshake.", "NAME"),
     Setting("peer_port", "PEER_PORT", _int_range(0, 65535), 7000,
             "Native protocol port (replication between nodes, fast clients).", "PORT"),
     Setting("seed_nodes", "SEED_NODES", _seed_list, (),
-            "Comma-separated host:peer-port of other members (listing this node too is fine).",
-            "HOST:PORT,..."),
+            "Comma-separated host:port of other members (listing this node too is fine): their --peer-port "
+            "with static discovery, their --gossip-port with swim.", "HOST:PORT,..."),
+    Setting("gossip_port", "GOSSIP_PORT", _int_range(0, 65535), 7946,
+            "SWIM gossip port, UDP and TCP (--discovery swim).", "PORT"),
+    Setting("gossip_profile", "GOSSIP_PROFILE", _choice("lan", "wan", "local"), "lan",
+            "SWIM timing defaults, as memberlist's: lan, wan or local. Each gossip setting below "
+            "overrides its own number.", "PROFILE"),
+    Setting("gossip_probe_interval", "GOSSIP_PROBE_INTERVAL", _duration(0.01, 600), _profile("probe_interval"),
+            "How often a member probes another (default: from --gossip-profile; lan 1s).", "DURATION"),
+    Setting("gossip_probe_timeout", "GOSSIP_PROBE_TIMEOUT", _duration(0.005, 600), _profile("probe_timeout"),
+            "How long a direct probe waits for its ack before asking others (lan 500ms).", "DURATION"),
+    Setting("gossip_indirect_checks", "GOSSIP_INDIRECT_CHECKS", _int_range(0, 16), _profile("indirect_checks"),
+            "Members asked to probe a member that missed its direct probe (lan 3).", "K"),
+    Setting("gossip_suspicion_mult", "GOSSIP_SUSPICION_MULT", _int_range(1, 100), _profile("suspicion_mult"),
+            "Suspicion timeout multiplier: a suspect is declared dead after suspicion-mult x max(1, log10 N) "
+            "x probe-interval at the least (lan 4).", "N"),
+    Setting("gossip_retransmit_mult", "GOSSIP_RETRANSMIT_MULT", _int_range(1, 100), _profile("retransmit_mult"),
+            "Each update is gossiped retransmit-mult x log10(N+1) times (lan 4).", "N"),
+    Setting("gossip_interval", "GOSSIP_INTERVAL", _duration(0.005, 600), _profile("gossip_interval"),
+            "How often queued updates are gossiped to --gossip-nodes random members (lan 200ms).", "DURATION"),
+    Setting("gossip_nodes", "GOSSIP_NODES", _int_range(1, 64), _profile("gossip_nodes"),
+            "Members each gossip round goes to (lan 3).", "N"),
+    Setting("gossip_push_pull_interval", "GOSSIP_PUSH_PULL_INTERVAL", _duration(0.1, 86400),
+            _profile("push_pull_interval"),
+            "How often a member syncs its whole member list with a random other over TCP (lan 30s).",
+            "DURATION"),
+    Setting("gossip_mtu", "GOSSIP_MTU", _int_range(576, 65000), 1400,
+            "Largest gossip datagram, in bytes.", "BYTES"),
+    Setting("gossip_lifeguard", "GOSSIP_LIFEGUARD", _bool, True,
+            "Lifeguard: local health awareness, suspicion timeouts that shrink with confirmations, and "
+            "the buddy system (false: classic SWIM).", "BOOL"),
+    Setting("gossip_keys", "GOSSIP_KEYS", _key_list, (),
+            "Encrypt and authenticate gossip with AES-GCM: comma-separated base64 keys of 16, 24 or 32 "
+            "bytes, the first one primary. Every member needs a key in common. A key ring changed at run "
+            "time (POST /v1/cluster/gossip/keys) is kept in <data-dir>/gossip-keyring and wins over this "
+            "setting at the next start.", "KEY,..."),
     Setting("replicas", "REPLICAS", _int_range(1, 9), 3,
             "N: how many nodes hold each key. The same on every node.", "N"),
     Setting("partitions", "PARTITIONS", _int_range(1, 65536), 1024,
@@ -259,6 +327,19 @@ class Config:
     cluster: str
     peer_port: int
     seed_nodes: tuple[tuple[str, int], ...]
+    gossip_port: int
+    gossip_profile: str
+    gossip_probe_interval: float
+    gossip_probe_timeout: float
+    gossip_indirect_checks: int
+    gossip_suspicion_mult: int
+    gossip_retransmit_mult: int
+    gossip_interval: float
+    gossip_nodes: int
+    gossip_push_pull_interval: float
+    gossip_mtu: int
+    gossip_lifeguard: bool
+    gossip_keys: tuple[bytes, ...]
     replicas: int
     partitions: int
     weight: int
@@ -342,7 +423,10 @@ def settings_markdown() -> str:
     """The settings table for docs/configuration.md."""
     rows = ["| flag | environment | YAML key | default | meaning |", "|---|---|---|---|---|"]
     for s in SETTINGS:
-        default = "(derived)" if callable(s.default) else f"`{_show(s.default)}`"
+        if callable(s.default):
+            default = f"({s.default.__doc__})" if s.default.__doc__ else "(derived)"
+        else:
+            default = f"`{_show(s.default)}`"
         rows.append(f"| `{s.flag}` | `{s.env}` | `{s.name}` | {default} | {s.help} |")
     return "\n".join(rows) + "\n"
 

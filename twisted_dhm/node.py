@@ -12,6 +12,7 @@ import os
 import random
 from typing import Any
 
+import attrs
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import CannotListenError
@@ -163,10 +164,7 @@ class DhashmapNode(MultiService):
                                   on_stop=self.pool.close)
         self.peer.setServiceParent(self)
 
-        self.membership = StaticMembership(
-            self.view, self.pool, reactor, config.seed_nodes, config.health_interval, config.health_timeout,
-            config.health_threshold,
-        )
+        self.membership = self._make_membership(config, reactor, rng)
         self.membership.setServiceParent(self)
 
         self.handoff = HintedHandoff(self.replica, self.view, self.replicas, reactor, config.handoff_interval)
@@ -183,6 +181,35 @@ class DhashmapNode(MultiService):
         )
         self.rest = ListenService("rest", self.network, config.bind, config.port, self.site)
         self.rest.setServiceParent(self)
+
+    def _make_membership(self, config: Config, reactor: Any, rng: random.Random) -> Service:
+        if config.discovery == "swim":
+            # Imported here: the static world need not load the gossip code (or cryptography).
+            from twisted_dhm.membership.swim.config import SwimConfig
+            from twisted_dhm.membership.swim.service import KEYRING_FILE, GossipError, SwimMembership, encode_meta
+
+            swim_config = SwimConfig.profile(
+                config.gossip_profile,
+                probe_interval=config.gossip_probe_interval, probe_timeout=config.gossip_probe_timeout,
+                indirect_checks=config.gossip_indirect_checks, suspicion_mult=config.gossip_suspicion_mult,
+                retransmit_mult=config.gossip_retransmit_mult, gossip_interval=config.gossip_interval,
+                gossip_nodes=config.gossip_nodes, push_pull_interval=config.gossip_push_pull_interval,
+                mtu=config.gossip_mtu, lifeguard=config.gossip_lifeguard,
+            )
+            meta = encode_meta(config.peer_port, config.port, config.weight, __version__)
+            keyring_path = os.path.join(config.data_dir, KEYRING_FILE) if config.storage == "lmdb" else None
+            self.view.upsert(attrs.evolve(self.view.local, gossip_port=config.gossip_port))
+            try:
+                return SwimMembership(
+                    self.view, self.network, reactor, rng, swim_config, config.bind, config.advertise,
+                    config.gossip_port, config.seed_nodes, meta, config.gossip_keys, keyring_path,
+                )
+            except GossipError as e:
+                raise SystemExit(f"dhashmap: cannot start: {e}") from None
+        return StaticMembership(
+            self.view, self.pool, reactor, config.seed_nodes, config.health_interval, config.health_timeout,
+            config.health_threshold,
+        )
 
     def _address_of(self, node_id: str) -> tuple[str, int] | None:
         member = self.view.get(node_id)

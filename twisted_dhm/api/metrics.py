@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
@@ -84,6 +84,58 @@ class _ClusterCollector(Collector):
                                   node.reaper.reclaimed)
 
 
+# Gossip counters from the SWIM core's stats: metric name suffix and help.
+GOSSIP_COUNTERS = {
+    "probes": "Direct probes this node started.",
+    "probe_failures": "Probes that got no ack, direct or indirect, in their protocol period.",
+    "indirect_probes": "Probes that needed ping-req through other members.",
+    "nacks_received": "Nacks from helpers that could not reach a probe's target (Lifeguard).",
+    "suspicions": "Members this node started to suspect.",
+    "refutations": "Times this node refuted a suspicion or death of itself (raised its incarnation).",
+    "dead_declared": "Members this node declared dead after their suspicion timed out.",
+    "packets_sent": "Gossip datagrams sent.",
+    "packets_received": "Gossip datagrams received.",
+    "bytes_sent": "Gossip datagram bytes sent.",
+    "bytes_received": "Gossip datagram bytes received.",
+    "decode_errors": "Gossip packets and streams dropped because they did not decode.",
+    "auth_failures": "Gossip packets and streams dropped because no installed key opened them (or they "
+                     "were plaintext on an encrypted node, or the other way round).",
+    "push_pulls": "Full state syncs over TCP, served and started.",
+    "stream_failures": "State syncs this node started that failed.",
+}
+
+
+class _GossipCollector(Collector):
+    """SWIM's counters, health score and queue, read from the membership service when scraped."""
+
+    def __init__(self, node: Any) -> None:
+        self._node = node
+
+    def collect(self) -> Iterator:
+        membership = getattr(self._node, "membership", None)
+        core = getattr(membership, "core", None)
+        if core is None:
+            return
+        for key, help_text in GOSSIP_COUNTERS.items():
+            yield CounterMetricFamily(f"dhashmap_gossip_{key}", help_text, core.stats.get(key, 0))
+        yield GaugeMetricFamily("dhashmap_gossip_health_score",
+                                "Lifeguard local health: 0 is healthy; each point slows probing and widens "
+                                "timeouts.", core.health_score)
+        yield GaugeMetricFamily("dhashmap_gossip_queue_depth", "Updates waiting to be gossiped.", core.queue_depth)
+        yield GaugeMetricFamily("dhashmap_gossip_incarnation", "This node's own incarnation number.",
+                                core.incarnation)
+        sizes = HistogramMetricFamily("dhashmap_gossip_packet_bytes", "Sizes of gossip datagrams.",
+                                      labels=("direction",))
+        for direction, counts in membership.packet_sizes.items():
+            buckets, total = [], 0
+            for bound, count in zip(membership.PACKET_BUCKETS, counts, strict=True):
+                total += count
+                buckets.append((str(bound), total))
+            buckets.append(("+Inf", total))
+            sizes.add_metric((direction,), buckets, membership.packet_size_sums[direction])
+        yield sizes
+
+
 class NodeMetrics:
     def __init__(self, engine: IStorageEngine, process: bool = True, cluster: Any = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -103,6 +155,7 @@ class NodeMetrics:
         self.registry.register(_StorageCollector(engine))
         if cluster is not None:
             self.registry.register(_ClusterCollector(cluster))
+            self.registry.register(_GossipCollector(cluster))
         if process:
             ProcessCollector(registry=self.registry)
         # Label children looked up once: .labels() costs more than .observe().

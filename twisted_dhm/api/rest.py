@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import Resource
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import Conflict, HTTPException
 
 from twisted_dhm.api.metrics import NodeMetrics
 from twisted_dhm.cluster.coordinator import ANY, NO_CONDITION, Coordinator, Page, Precondition, parse_level
@@ -281,6 +281,7 @@ class RestAPI:
     metrics: NodeMetrics
     clock: IReactorTime
     is_ready: Callable[[], bool]
+    cluster: Any = None  # the node: its membership service serves the gossip key ring
     app = Klein()
 
     @app.handle_errors(HTTPException)
@@ -341,6 +342,45 @@ class RestAPI:
         request.setHeader(b"content-type", JSON_TYPE)
         view = self.coordinator.routing.view
         return json.dumps({"node": self.node_id, "members": [m.to_json() for m in view.members()]}).encode()
+
+    def _gossip(self) -> Any:
+        membership = getattr(self.cluster, "membership", None)
+        if membership is None or not hasattr(membership, "change_keys"):
+            raise Conflict("this node does not use SWIM gossip (--discovery swim)")
+        return membership
+
+    @app.route("/v1/cluster/gossip/keys", methods=["GET"])
+    def gossip_keys(self, request: server.Request) -> bytes:
+        request.setHeader(b"content-type", JSON_TYPE)
+        return json.dumps(self._gossip().keys()).encode()
+
+    @app.route("/v1/cluster/gossip/keys", methods=["POST"])
+    def change_gossip_keys(self, request: server.Request) -> bytes:
+        """``{"install"|"use"|"remove": "<base64 key>"}``: one step of a key rotation, on this node."""
+        from twisted_dhm.membership.swim.service import GossipError
+
+        membership = self._gossip()
+        try:
+            body = json.loads(request.content.read())
+        except ValueError:
+            raise InvalidRequest("the body must be JSON, like {\"install\": \"<base64 key>\"}") from None
+        if not isinstance(body, dict) or len(body) != 1:
+            raise InvalidRequest("the body must name one action: install, use or remove")
+        ((action, raw),) = body.items()
+        if action not in ("install", "use", "remove"):
+            raise InvalidRequest(f"unknown action {action!r}: install, use or remove")
+        try:
+            key = base64.b64decode(str(raw), validate=True)
+        except ValueError:
+            raise InvalidRequest("the key must be base64") from None
+        if len(key) not in (16, 24, 32):
+            raise InvalidRequest(f"the key must be 16, 24 or 32 bytes, not {len(key)}")
+        try:
+            keys = membership.change_keys(action, key)
+        except GossipError as e:
+            raise Conflict(str(e)) from None
+        request.setHeader(b"content-type", JSON_TYPE)
+        return json.dumps(keys).encode()
 
     @app.route("/v1/cluster/ring", methods=["GET"])
     def ring(self, request: server.Request) -> bytes:
@@ -576,5 +616,5 @@ def build_site(coordinator: Coordinator, metrics: NodeMetrics, clock: IReactorTi
                limits: Limits, idle_timeout: float, node_id: str,
                is_ready: Callable[[], bool], cluster: Any = None) -> DhashmapSite:
     kv = KVResource(coordinator, metrics, clock, limits)
-    api = RestAPI(node_id, coordinator, metrics, clock, is_ready)
+    api = RestAPI(node_id, coordinator, metrics, clock, is_ready, cluster)
     return DhashmapSite(RootResource(kv, api.app.resource()), clock, limits, idle_timeout, kv_resource=kv)

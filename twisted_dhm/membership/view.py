@@ -24,17 +24,26 @@ class Member:
     state: str = ALIVE
     weight: int = 1
     software_version: str = ""
-    incarnation: int = 0  # bumped on every change of state or address
+    # Static membership bumps it on every change of state or address; SWIM reports the
+    # member's own incarnation number (raised by the member to refute suspicion).
+    incarnation: int = 0
+    gossip_port: int = 0  # SWIM's UDP/TCP port; 0 with other membership sources
 
     @property
     def routable(self) -> bool:
         return self.state in (ALIVE, SUSPECT)
 
+    def _addresses(self) -> dict:
+        addresses: dict = {"host": self.host, "peer": self.peer_port, "rest": self.rest_port}
+        if self.gossip_port:
+            addresses["gossip"] = self.gossip_port
+        return addresses
+
     def to_json(self) -> dict:
         return {
             "id": self.id,
             "state": self.state,
-            "addresses": {"host": self.host, "peer": self.peer_port, "rest": self.rest_port},
+            "addresses": self._addresses(),
             "weight": self.weight,
             "version": self.software_version,
             "incarnation": self.incarnation,
@@ -73,14 +82,21 @@ class MembershipView:
         member = self._members.get(member_id)
         return member is not None and member.routable
 
-    def upsert(self, member: Member) -> Member:
-        """Add or update a member; listeners hear of real changes only."""
+    def upsert(self, member: Member, source_incarnation: bool = False) -> Member:
+        """Add or update a member; listeners hear of real changes only.
+
+        The view numbers the changes itself (``incarnation`` + 1 each), unless
+        ``source_incarnation``: then the member's incarnation is the source's own (SWIM).
+        """
         old = self._members.get(member.id)
         if old is not None:
-            same = attrs.evolve(member, incarnation=old.incarnation) == old
-            if same:
-                return old
-            member = attrs.evolve(member, incarnation=old.incarnation + 1)
+            if source_incarnation:
+                if member == old:
+                    return old
+            else:
+                if attrs.evolve(member, incarnation=old.incarnation) == old:
+                    return old
+                member = attrs.evolve(member, incarnation=old.incarnation + 1)
         self._members[member.id] = member
         for listener in list(self._listeners):
             listener(self, member, old)

@@ -20,6 +20,7 @@ from twisted_dhm.storage.memory import MemoryEngine
 
 PEER_PORT = 7000
 REST_PORT = 8080
+GOSSIP_PORT = 7946
 
 
 def run_for(clock: Clock, seconds: float) -> None:
@@ -50,10 +51,15 @@ class SimCluster:
             self.start(host)
 
     def config(self, host: str, **overrides: object):  # type: ignore[no-untyped-def]
-        seeds = ",".join(f"{h}:{PEER_PORT}" for h in self.hosts)
+        settings = {**self.settings, **overrides}
+        if settings.get("discovery") == "swim":
+            # Gossip joins through one seed: the first node (which seeds itself, harmlessly).
+            seeds = f"{self.hosts[0]}:{GOSSIP_PORT}"
+        else:
+            seeds = ",".join(f"{h}:{PEER_PORT}" for h in self.hosts)
         flags = {"node_id": host, "bind": host, "advertise": host, "port": str(REST_PORT),
                  "peer_port": str(PEER_PORT), "seed_nodes": seeds, "storage": "memory",
-                 **{k: str(v) for k, v in {**self.settings, **overrides}.items()}}
+                 "gossip_port": str(GOSSIP_PORT), **{k: str(v) for k, v in settings.items()}}
         return load_config(flags, {})
 
     def start(self, host: str, **overrides: object) -> DhashmapNode:
@@ -74,7 +80,11 @@ class SimCluster:
         node = self.nodes.pop(host)
         for name in ("membership", "handoff"):
             service = node.getServiceNamed(name)
-            service.stopService()  # its timers die with the process
+            halt = getattr(service, "halt", None)  # SWIM: no graceful leave from a dead process
+            if halt is not None:
+                halt()
+            else:
+                service.stopService()  # its timers die with the process
 
     def run(self, seconds: float) -> None:
         run_for(self.clock, seconds)
