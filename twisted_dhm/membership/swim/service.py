@@ -125,6 +125,8 @@ def fingerprint(key: bytes) -> str:
 
 
 class _Datagrams(DatagramProtocol):
+    noisy = False
+
     def __init__(self, service: SwimMembership) -> None:
         self.service = service
 
@@ -197,6 +199,8 @@ class _StreamClient(Int32StringReceiver):
 
 
 class _Factory(Factory):
+    noisy = False  # a push-pull every few seconds: no "Starting factory" lines for each
+
     def __init__(self, build: Any) -> None:
         self._build = build
 
