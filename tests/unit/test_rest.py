@@ -251,5 +251,11 @@ class OperationalEndpointTests(RestTestCase):
         self.assertTrue(doc["openapi"].startswith("3."))
         for path in ("/v1/kv/{key}", "/v1/kv", "/health", "/ready", "/metrics"):
             self.assertIn(path, doc["paths"])
+        from twisted_dhm.api.rest import RestAPI
+
+        for rule in RestAPI.app.url_map.iter_rules():  # every Klein route, with each of its methods
+            self.assertIn(rule.rule, doc["paths"], "undocumented endpoint")
+            for method in rule.methods - {"HEAD", "OPTIONS"}:
+                self.assertIn(method.lower(), doc["paths"][rule.rule], f"undocumented {method} {rule.rule}")
         docs_copy = pathlib.Path(__file__).parents[2] / "docs" / "openapi.json"
         self.assertEqual(json.loads(docs_copy.read_text()), doc, "docs/openapi.json is current")

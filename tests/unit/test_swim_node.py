@@ -126,3 +126,38 @@ class SwimNodeTests(SynchronousTestCase):
         ):
             with self.assertRaises(ValueError):
                 decode_meta(bad)
+
+
+class GossipKeysEndpointTests(SynchronousTestCase):
+    """``/v1/cluster/gossip/keys`` on a simulated node, through its real site (treq's StubTreq)."""
+
+    def request(self, node, method, body=None):
+        import json
+
+        from treq.testing import StubTreq
+
+        treq = StubTreq(node.site.resource)
+        d = treq.request(method, "http://node/v1/cluster/gossip/keys",
+                         data=None if body is None else (body if isinstance(body, bytes) else json.dumps(body)))
+        treq.flush()
+        response = self.successResultOf(d)
+        return response.code, json.loads(self.successResultOf(response.content()))
+
+    def test_refusals_are_clear(self):
+        sim = SimCluster(1, discovery="swim", gossip_keys=KEY_A)
+        node = sim.nodes["node1"]
+        code, body = self.request(node, "GET")
+        self.assertEqual((code, body["encrypted"], len(body["keys"])), (200, True, 1))
+        for bad, status in ((b"not json", 400), ({"install": KEY_B, "use": KEY_B}, 400), ({"rotate": KEY_B}, 400),
+                            ({"install": "***"}, 400), ({"install": base64.b64encode(b"short").decode()}, 400),
+                            ({"use": KEY_B}, 409), ({"remove": KEY_A}, 409)):
+            code, body = self.request(node, "POST", bad)
+            self.assertEqual(code, status, (bad, body))
+            self.assertIn("message", body["error"])
+        code, body = self.request(node, "POST", {"install": KEY_B})
+        self.assertEqual((code, len(body["keys"])), (200, 2))
+
+    def test_static_nodes_have_no_gossip_keys(self):
+        sim = SimCluster(1)
+        code, body = self.request(sim.nodes["node1"], "GET")
+        self.assertEqual((code, body["error"]["code"]), (409, "conflict"))
