@@ -189,7 +189,7 @@ def push_pull_scale(interval: float, n: int) -> float:
 
 
 class Swim:
-    """One member's SWIM protocol engine.  See the module docstring and /work/notes/swim-api.md."""
+    """One member's SWIM protocol engine (see the module docstring for where it departs from memberlist)."""
 
     def __init__(
         self,
