@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 NODES ?= 3
+DISCOVERY ?= static
 
 .PHONY: run test lint clean bench bench-cluster proto
 
@@ -14,9 +15,10 @@ $(STAMP): setup.py clients/python/pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]' -e clients/python
 	touch $(STAMP)
 
-## run: set up and start a local cluster in the foreground (REST on :8080-8082, data in ./data/)
+## run: set up and start a local cluster in the foreground (REST on :8080-8082, data in ./data/;
+##      DISCOVERY=swim for gossip membership on :7946-7948)
 run: $(STAMP)
-	$(BIN)/python -m twisted_dhm.devcluster --nodes $(NODES)
+	$(BIN)/python -m twisted_dhm.devcluster --nodes $(NODES) --discovery $(DISCOVERY)
 
 ## test: set up and run the whole suite (lint, unit, integration, client)
 test: $(STAMP)

@@ -1,7 +1,8 @@
 """``python -m twisted_dhm.devcluster``: a local cluster in the foreground (what ``make run`` starts).
 
 Starts ``--nodes`` (3) real nodes on 127.0.0.1 with consecutive ports, data under
-``./data/<node-id>``, each listing all of them as seeds; prefixes their logs
+``./data/<node-id>``, each listing all of them as seeds (``--discovery static``) or
+joining through the first one's gossip port (``--discovery swim``); prefixes their logs
 with the node name; prints each REST URL once the cluster is up; and stops
 them all on Ctrl-C or SIGTERM (or when one of them dies).
 """
@@ -43,11 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer-port", type=int, default=7000, help="native port of the first node")
     parser.add_argument("--data-dir", default="./data")
     parser.add_argument("--storage", default="lmdb", choices=("lmdb", "memory"))
+    parser.add_argument("--discovery", default="static", choices=("static", "swim"))
+    parser.add_argument("--gossip-port", type=int, default=7946, help="gossip port of the first node (swim)")
     args = parser.parse_args(argv)
 
     twistd = str(Path(sys.executable).with_name("twistd"))
     names = [f"node{i + 1}" for i in range(args.nodes)]
-    seeds = ",".join(f"{args.host}:{args.peer_port + i}" for i in range(args.nodes))
+    if args.discovery == "swim":
+        seeds = f"{args.host}:{args.gossip_port}"  # everyone joins through node1
+    else:
+        seeds = ",".join(f"{args.host}:{args.peer_port + i}" for i in range(args.nodes))
     lock = threading.Lock()
     children: list[subprocess.Popen] = []
     stopping = threading.Event()
@@ -62,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             twistd, "--nodaemon", "--pidfile=", "dhashmap", "--node-id", name, "--bind", args.host,
             "--port", str(args.port + i), "--peer-port", str(args.peer_port + i), "--seed-nodes", seeds,
             "--data-dir", str(Path(args.data_dir) / name), "--storage", args.storage,
+            "--discovery", args.discovery, "--gossip-port", str(args.gossip_port + i),
         ]
         child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  start_new_session=True)
