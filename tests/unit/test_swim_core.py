@@ -496,6 +496,21 @@ def test_join_retries_a_seed_that_was_not_up_yet():
     assert net.node(2).stats["rejoin_attempts"] >= 1
 
 
+def test_a_failed_join_is_retried_with_backoff_not_only_at_the_rejoin_interval():
+    net = Net()
+    net.add(1)
+    net.add(2)  # rejoin_interval 30 s: without the backoff the join would wait 15-45 s
+    net.start(2, [1])
+    net.stop(1)
+    net.run_until(8.0)  # retries at about 1, 2 and 4 s later, all failing
+    failures = net.node(2).stats["stream_failures"]
+    assert 3 <= failures <= 5, failures
+    net.down.clear()
+    net.start(1, [])
+    net.run_until(8.0 + 12.0)  # the next retry is at most 8 s (x 1.25) away
+    assert net.view(2) == {"node1": ALIVE, "node2": ALIVE}
+
+
 def test_leave_is_seen_as_left_not_dead():
     net = cluster(5, settle=10.0)
     t_leave = net.now

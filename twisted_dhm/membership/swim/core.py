@@ -229,6 +229,8 @@ class Swim:
         self._probe_list: list[str] = []
         self._probe_index = 0
         self._seeds: list[Address] = []
+        self._join_backoff = 0.0  # seconds until the next join retry while we know nobody
+        self._join_retry: _Timer | None = None
         self._started = False
         self._left = False
         self._out: list[Output] = []
@@ -362,9 +364,27 @@ class Swim:
         return self._flush()
 
     def stream_failed(self, now: float, addr: Address) -> list[Output]:
-        """A push-pull we opened failed; the periodic push-pull and rejoin passes retry."""
+        """A push-pull we opened failed; the periodic push-pull and rejoin passes retry.
+
+        A join that failed because no seed was up yet (nodes started together) is
+        retried sooner: after 1 s, then twice as long each time up to ``rejoin_interval``.
+        """
         self.stats["stream_failures"] += 1
+        if self._started and not self._left and self._live == 1 and addr in self._seeds and self._join_retry is None:
+            self._join_backoff = min(max(1.0, 2 * self._join_backoff), self.config.rejoin_interval)
+            delay = self._join_backoff * (0.75 + 0.5 * self.rng.random())
+            self._join_retry = self._schedule(now + delay, self._retry_join)
         return self._flush()
+
+    def _retry_join(self, now: float) -> None:
+        self._join_retry = None
+        if self._live > 1:
+            self._join_backoff = 0.0
+            return
+        request = self._push_pull_frame(join=True)
+        for addr in self._seeds:
+            self.stats["rejoin_attempts"] += 1
+            self._out.append(OpenStream(addr, request))
 
     def leave(self, now: float) -> list[Output]:
         """Announce a graceful leave and stop every timer.
