@@ -1,0 +1,692 @@
+#!/usr/bin/env python3
+"""Evaluate the SWIM core in the deterministic simulator and write docs/swim.md with plots.
+
+    .venv/bin/python bench/swim_eval.py                 # the full run (docs/swim.md, docs/img/swim_*.png)
+    .venv/bin/python bench/swim_eval.py --quick         # a smoke run (to /tmp/swim-quick/ unless --out)
+    .venv/bin/python bench/swim_eval.py --seed 7 --workers 1 --out /tmp/x/swim.md
+
+Two scenarios, both on ``twisted_dhm.testing.swim_sim.SwimSimulation`` (the real ``Swim``
+core, simulated time and network):
+
+* **steady**: for each N and for Lifeguard on and off, a cluster forms (loss-free), then runs
+  one phase per loss rate (0 %, 5 %, 10 %; see ``plan`` for lengths and seeds).  In every
+  phase a random member crashes at 30 s, 90 s, 150 s, ... and a new member joins 30 s after
+  each crash, so each phase gives crash-detection and join-propagation samples while the
+  rest of the cluster is healthy, and every ``dead`` about a member that had not crashed is
+  a false positive.
+* **stall**: N = 100, no loss, k members stall intermittently (two stall profiles),
+  Lifeguard on and off; counts false positives about healthy members and about the stalled
+  ones separately.
+
+Runs are spread over at most ``--workers`` processes (default 2); each returns plain
+numbers, so the report is a pure function of ``--seed`` and the plan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from twisted_dhm.membership.swim.config import SwimConfig  # noqa: E402
+from twisted_dhm.testing.swim_sim import (  # noqa: E402
+    SwimSimulation,
+    detection,
+    false_dead,
+    join_everywhere,
+    suspicion_min,
+)
+
+LOSSES = (0.0, 0.05, 0.10)
+STALL_PROFILES = {
+    # name: (stall length range, running gap range) in seconds, both uniform
+    "short": ((0.5, 3.0), (1.0, 10.0)),
+    "medium": ((1.0, 8.0), (0.5, 6.0)),
+    "long": ((4.0, 16.0), (0.5, 4.0)),
+}
+
+
+# -- the plan ---------------------------------------------------------------------------
+
+
+def plan(quick: bool, seed: int) -> dict:
+    """The runs: ("steady", n, lifeguard, seed, minutes per phase, losses) and ("stall", n, lifeguard, k, profile,
+    seed, minutes).  Longest first, so two workers finish together."""
+    if quick:
+        steady_runs = [("steady", n, lg, seed, 2.0, LOSSES) for n in (100, 10) for lg in (True, False)]
+        stall_runs = [("stall", 100, lg, 4, "long", seed, 2.0) for lg in (True, False)]
+        return {"steady": steady_runs, "stall": stall_runs}
+    # N = 1,000 costs about 100 CPU seconds per simulated minute at 10 % loss (every member gossips at
+    # full rate, carrying suspicions and refutations), so: Lifeguard on gets the full 10 minutes per loss
+    # rate, one cluster per loss rate so they run in parallel; Lifeguard off (a comparison) gets 3 minutes.
+    steady_runs = [("steady", 1000, True, seed, 10.0, (loss,)) for loss in reversed(LOSSES)]
+    steady_runs.append(("steady", 1000, False, seed, 3.0, LOSSES))
+    steady_runs += [("steady", 100, lg, seed + s, 10.0, LOSSES) for s in range(2) for lg in (True, False)]
+    steady_runs += [("steady", 10, lg, seed + s, 10.0, LOSSES) for s in range(5) for lg in (True, False)]
+    stall_runs = [("stall", 100, lg, k, prof, seed + s, 10.0) for k in (16, 4, 1) for prof in STALL_PROFILES
+                  for lg in (True, False) for s in range(2)]
+    return {"steady": steady_runs, "stall": stall_runs}
+
+
+# -- one run each ----------------------------------------------------------------------
+
+
+def cpu() -> float:
+    return time.process_time()
+
+
+def steady(n: int, lifeguard: bool, seed: int, minutes: float, losses: tuple[float, ...]) -> dict:
+    t0 = cpu()
+    config = SwimConfig.profile("lan", lifeguard=lifeguard)
+    sim = SwimSimulation(n, seed=seed, config=config, recording=False, join_spacing=0.02)
+    formed = sim.run_until_converged(timeout=600, quiet=True)
+    out = {"n": n, "lifeguard": lifeguard, "seed": seed, "formed_at": formed, "form_cpu": cpu() - t0,
+           "phases": []}
+    for loss in losses:
+        out["phases"].append(steady_phase(sim, loss, minutes * 60.0))
+        sim.loss = 0.0
+        sim.run_until_converged(timeout=120, quiet=True)
+    out["cpu"] = cpu() - t0
+    out["sim_seconds"] = sim.now
+    return out
+
+
+def steady_phase(sim: SwimSimulation, loss: float, length: float) -> dict:
+    """One loss rate: a crash at 30 s, 90 s, ... and a join 30 s after each; detection, joins, false positives."""
+    t1 = cpu()
+    config = sim.config
+    sent0 = sim.stats["sent"]
+    sim.loss = loss
+    sim.events = []
+    sim.recording = True
+    start = sim.now
+    end = start + length
+    crashed: dict[str, float] = {}
+    crashes, joins = [], []
+    next_crash, next_join = start + 30.0, start + 60.0
+    while sim.now < end - 1e-9:
+        sim.run_until(min(next_crash, next_join, end))
+        if sim.now >= next_crash and next_crash < end:
+            up = sim.up()
+            victim = sim.rng.choice(up)
+            sim.crash(victim.name)
+            crashed[victim.name] = sim.now
+            crashes.append((victim.name, sim.now, len(up)))
+            next_crash += 60.0
+        if sim.now >= next_join and next_join < end:
+            node = sim.join()
+            joins.append((node.name, sim.now))
+            next_join += 60.0
+    events = sim.events
+    sim.recording = False
+    sim.events = []
+
+    def observers_of(subject: str, t: float, until: float) -> list[str]:
+        """Members up at ``t`` (started by then, not crashed) that stayed up until ``until``."""
+        return [nd.name for nd in sim.nodes if nd.name != subject and nd.started_at <= t
+                and (nd.stopped_at is None or nd.stopped_at > until)]
+
+    crash_rows = []
+    for name, t, n_up in crashes:
+        window_end = min(t + 60.0, end)
+        observers = observers_of(name, t, window_end)
+        det = detection(events, name, t, observers)
+        row = {"n_up": n_up, "window": window_end - t,
+               "bound": suspicion_min(config, n_up) + 3 * config.probe_interval,
+               "first_suspect": det.first_suspect, "first_dead": det.first_dead,
+               "dead_everywhere": det.dead_everywhere, "missing": len(det.missing)}
+        if not crash_rows:  # the whole curve for the first crash, for the spread plot
+            watching = set(observers)
+            dead_at: dict[str, float] = {}
+            for ev in events:
+                if ev.subject == name and ev.time >= t and ev.state in ("dead", "left") and ev.observer in watching:
+                    dead_at.setdefault(ev.observer, ev.time - t)
+            row["curve"] = sorted(dead_at.values())
+            row["observers"] = len(observers)
+        crash_rows.append(row)
+    join_rows = []
+    for name, t in joins:
+        window_end = min(t + 30.0, end)
+        observers = [o for o in observers_of(name, t, window_end) if sim.node(o).started_at < t]
+        join_rows.append({"time": join_everywhere(events, name, t, observers), "window": window_end - t})
+    def healthy(subject: str, at: float) -> bool:
+        stopped = sim.node(subject).stopped_at
+        return stopped is None or stopped > at
+
+    fps = false_dead(events, healthy, since=start)
+    return {
+        "loss": loss, "start": start, "seconds": end - start, "crashes": crash_rows, "joins": join_rows,
+        "fp_events": len(fps), "fp_episodes": len({(e.subject, e.incarnation) for e in fps}),
+        "fp_subjects": len({e.subject for e in fps}), "fp_list": [tuple(e) for e in fps[:50]],
+        "packets": sim.stats["sent"] - sent0, "cpu": cpu() - t1,
+    }
+
+
+def stall(n: int, lifeguard: bool, k: int, profile: str, seed: int, minutes: float) -> dict:
+    t0 = cpu()
+    config = SwimConfig.profile("lan", lifeguard=lifeguard)
+    sim = SwimSimulation(n, seed=seed, config=config, recording=False, join_spacing=0.02)
+    formed = sim.run_until_converged(timeout=300, quiet=True)
+    start = sim.now
+    end = start + minutes * 60.0
+    stall_range, gap_range = STALL_PROFILES[profile]
+    victims = [node.name for node in sim.rng.sample(sim.up(), k)]
+    stalled_time = 0.0
+    for name in victims:
+        sim.intermittent_stalls(name, stall_range, gap_range, until=end)
+    sim.events = []
+    sim.recording = True
+    # How much of the run the victims spent stalled (for the report), sampled every 0.1 s.
+    samples = 0
+    while sim.now < end - 1e-9:
+        sim.run(0.1)
+        samples += 1
+        stalled_time += sum(1 for name in victims if sim.node(name).stalled)
+    fps = false_dead(sim.events, lambda subject, at: True, since=start)
+    victim_set = set(victims)
+    healthy = [e for e in fps if e.subject not in victim_set]
+    by_healthy = [e for e in healthy if e.observer not in victim_set]
+    slow = [e for e in fps if e.subject in victim_set]
+    return {
+        "n": n, "lifeguard": lifeguard, "k": k, "profile": profile, "seed": seed, "formed_at": formed,
+        "stalled_fraction": stalled_time / (samples * k) if samples else 0.0,
+        "healthy_events": len(healthy), "healthy_episodes": len({(e.subject, e.incarnation) for e in healthy}),
+        "healthy_by_healthy": len(by_healthy),
+        "stalled_events": len(slow), "stalled_episodes": len({(e.subject, e.incarnation) for e in slow}),
+        "cpu": cpu() - t0, "packets": sim.stats["sent"], "overflow": sim.stats["overflow"],
+    }
+
+
+def run_task(task: tuple) -> tuple[tuple, dict]:
+    kind, args = task[0], task[1:]
+    if kind == "steady":
+        return task, steady(*args)
+    return task, stall(*args)
+
+
+# -- statistics and formatting ------------------------------------------------------------
+
+
+def quantile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    if not values:
+        return math.nan
+    pos = q * (len(values) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+
+
+def fmt(x: float | None, digits: int = 1) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.{digits}f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# -- the report ---------------------------------------------------------------------------
+
+
+def collect(results: list[tuple[tuple, dict]]) -> dict:
+    steady_runs = [r for t, r in results if t[0] == "steady"]
+    stall_runs = [r for t, r in results if t[0] == "stall"]
+    return {"steady": steady_runs, "stall": stall_runs}
+
+
+def steady_cells(runs: list[dict]) -> dict:
+    """(n, lifeguard, loss) → pooled samples over seeds."""
+    cells: dict = {}
+    for run in runs:
+        for phase in run["phases"]:
+            key = (run["n"], run["lifeguard"], phase["loss"])
+            cell = cells.setdefault(key, {"crashes": [], "joins": [], "fp_events": 0, "fp_episodes": 0,
+                                          "fp_subjects": 0, "seconds": 0.0, "member_seconds": 0.0,
+                                          "runs": 0, "cpu": 0.0, "packets": 0, "fp_list": []})
+            cell["crashes"] += phase["crashes"]
+            cell["joins"] += phase["joins"]
+            for f in ("fp_events", "fp_episodes", "fp_subjects", "cpu", "packets", "seconds"):
+                cell[f] += phase[f]
+            cell["member_seconds"] += phase["seconds"] * run["n"]
+            cell["runs"] += 1
+            cell["fp_list"] += phase["fp_list"]
+    return cells
+
+
+def plots(data: dict, img_dir: Path, rel: str) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    img_dir.mkdir(parents=True, exist_ok=True)
+    cells = steady_cells(data["steady"])
+    sizes = sorted({k[0] for k in cells})
+    out = {}
+    lan = SwimConfig.profile("lan")
+
+    # 1. detection: first suspicion and dead-everywhere, Lifeguard on, per N × loss.
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 4), squeeze=False, sharey=False)
+    for ax, n in zip(axes[0], sizes, strict=True):
+        pos, labels = 0, []
+        for loss in LOSSES:
+            for lg, color in ((True, "tab:blue"), (False, "tab:orange")):
+                cell = cells.get((n, lg, loss))
+                if not cell:
+                    continue
+                dead = [c["dead_everywhere"] for c in cell["crashes"] if c["dead_everywhere"] is not None]
+                sus = [c["first_suspect"] for c in cell["crashes"] if c["first_suspect"] is not None]
+                if dead:
+                    ax.boxplot([dead], positions=[pos], widths=0.6, patch_artist=True,
+                               boxprops={"facecolor": color, "alpha": 0.5}, medianprops={"color": "black"})
+                if sus:
+                    ax.scatter([pos] * len(sus), sus, marker="_", color="gray", s=40, zorder=3)
+                labels.append((pos, f"{int(loss * 100)}%\n{'LG' if lg else 'no LG'}"))
+                pos += 1
+        bound = suspicion_min(lan, n) + 3 * lan.probe_interval
+        ax.axhline(bound, color="red", linestyle="--", linewidth=1, label=f"suspicion-min + 3 periods = {bound:g} s")
+        ax.set_xticks([p for p, _ in labels], [lbl for _, lbl in labels], fontsize=7)
+        ax.set_title(f"N = {n}")
+        ax.set_ylabel("seconds after the crash")
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle("Crash detection: dead everywhere (boxes) and first suspicion (grey ticks)")
+    fig.tight_layout()
+    fig.savefig(img_dir / "swim_detection.png", dpi=110)
+    plt.close(fig)
+    out["detection"] = f"{rel}/swim_detection.png"
+
+    # 2. spread of the dead verdict after one crash, per N (Lifeguard on, loss 0, first crash of the first seed).
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for n in sizes:
+        for loss, style in zip(LOSSES, ("-", "--", ":"), strict=True):
+            phase = next((ph for r in data["steady"] if r["n"] == n and r["lifeguard"] for ph in r["phases"]
+                          if ph["loss"] == loss), None)
+            if phase is None or not phase["crashes"] or "curve" not in phase["crashes"][0]:
+                continue
+            first = phase["crashes"][0]
+            curve, total = first["curve"], max(1, first["observers"])
+            ax.step([0.0] + curve, [0.0] + [(i + 1) / total for i in range(len(curve))], where="post",
+                    linestyle=style, label=f"N={n}, loss {int(loss * 100)}%")
+    ax.set_xlabel("seconds after the crash")
+    ax.set_ylabel("fraction of members that consider it dead")
+    ax.set_title("How the dead verdict spreads (one crash each, Lifeguard on)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(img_dir / "swim_spread.png", dpi=110)
+    plt.close(fig)
+    out["spread"] = f"{rel}/swim_spread.png"
+
+    # 3. join propagation.
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    pos, labels = 0, []
+    for n in sizes:
+        for loss in LOSSES:
+            cell = cells.get((n, True, loss))
+            if not cell:
+                continue
+            times = [j["time"] for j in cell["joins"] if j["time"] is not None]
+            if times:
+                ax.boxplot([times], positions=[pos], widths=0.6)
+            labels.append((pos, f"N={n}\n{int(loss * 100)}%"))
+            pos += 1
+    ax.set_xticks([p for p, _ in labels], [lbl for _, lbl in labels], fontsize=7)
+    ax.set_ylabel("seconds until every member knows the new one")
+    ax.set_title("Join propagation (Lifeguard on)")
+    fig.tight_layout()
+    fig.savefig(img_dir / "swim_join.png", dpi=110)
+    plt.close(fig)
+    out["join"] = f"{rel}/swim_join.png"
+
+    # 4. false positives in the steady runs, Lifeguard on vs off.
+    fig, ax = plt.subplots(figsize=(7, 4))
+    keys = [(n, loss) for n in sizes for loss in LOSSES]
+    width = 0.4
+    for j, (lg, color) in enumerate(((True, "tab:blue"), (False, "tab:orange"))):
+        vals = []
+        for n, loss in keys:
+            cell = cells.get((n, lg, loss))
+            vals.append(cell["fp_episodes"] / (cell["member_seconds"] / 3600.0) if cell else 0.0)
+        ax.bar([i + (j - 0.5) * width for i in range(len(keys))], vals, width, color=color,
+               label="Lifeguard on" if lg else "Lifeguard off")
+    ax.set_xticks(range(len(keys)), [f"N={n}\n{int(loss * 100)}%" for n, loss in keys], fontsize=7)
+    ax.set_ylabel("false dead verdicts per member-hour")
+    ax.set_title("False positives with random packet loss (no stalls)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(img_dir / "swim_false_positives.png", dpi=110)
+    plt.close(fig)
+    out["fp"] = f"{rel}/swim_false_positives.png"
+
+    # 5. stalled members.
+    if data["stall"]:
+        groups: dict = {}
+        for r in data["stall"]:
+            g = groups.setdefault((r["profile"], r["k"], r["lifeguard"]), {"healthy": 0, "stalled": 0})
+            g["healthy"] += r["healthy_episodes"]
+            g["stalled"] += r["stalled_episodes"]
+        profiles = [p for p in STALL_PROFILES if any(k[0] == p for k in groups)]
+        fig, axes = plt.subplots(1, len(profiles), figsize=(5.5 * len(profiles), 4), squeeze=False)
+        for ax, prof in zip(axes[0], profiles, strict=True):
+            ks = sorted({k[1] for k in groups if k[0] == prof})
+            for j, (lg, color) in enumerate(((True, "tab:blue"), (False, "tab:orange"))):
+                vals = [groups.get((prof, k, lg), {"healthy": 0})["healthy"] for k in ks]
+                ax.bar([i + (j - 0.5) * width for i in range(len(ks))], [max(v, 0.5) for v in vals], width,
+                       color=color, label=("Lifeguard on" if lg else "Lifeguard off") + " (0 drawn as 0.5)")
+            ax.set_yscale("log")
+            ax.set_xticks(range(len(ks)), [f"{k} stalled" for k in ks])
+            ax.set_ylabel("false dead verdicts about healthy members")
+            s, g = STALL_PROFILES[prof]
+            ax.set_title(f"'{prof}' stalls: {s[0]:g}–{s[1]:g} s, every {g[0]:g}–{g[1]:g} s")
+            ax.legend(fontsize=7)
+        fig.suptitle("Stalled members (N = 100): false positives about healthy members, all seeds")
+        fig.tight_layout()
+        fig.savefig(img_dir / "swim_stall.png", dpi=110)
+        plt.close(fig)
+        out["stall"] = f"{rel}/swim_stall.png"
+    return out
+
+
+def report(data: dict, meta: dict, images: dict[str, str]) -> str:
+    lan = SwimConfig.profile("lan")
+    cells = steady_cells(data["steady"])
+    sizes = sorted({k[0] for k in cells})
+    p = []
+    w = p.append
+    w("# SWIM failure detection: evaluation in the simulator\n")
+    w(f"Generated by `{meta['command']}` at commit `{meta['commit']}` "
+      f"({'QUICK SMOKE RUN, not the evaluation; ' if meta['quick'] else ''}"
+      f"base seed {meta['seed']}). Wall time {meta['wall']:.0f} s, CPU time {meta['cpu']:.0f} s "
+      f"over {meta['workers']} worker process(es) on {meta['machine']}.\n")
+    w("## Method\n")
+    w("Every number here comes from `twisted_dhm/testing/swim_sim.py`: the real `Swim` core of "
+      "`twisted_dhm/membership/swim/` (the state machine the daemon runs), N of them in one process on a "
+      "simulated clock and an in-memory network with seeded loss and delay. The model (datagram loss and "
+      "jitter, TCP streams, crashes, stalls) is described in that module's docstring; in short: each "
+      f"datagram is lost independently with the given probability, one-way delay is "
+      f"{meta['delay'][0] * 1000:g} ms + U(0, {meta['delay'][1] * 1000:g} ms), push-pull streams are "
+      "reliable, a crashed node is silent (its host is down), and a stalled node runs nothing while "
+      "datagrams queue in a 200-packet socket buffer; when it resumes its overdue timers fire before it "
+      "reads the queue. Same seed, same numbers.\n")
+    w("Configuration: memberlist's LAN profile (`SwimConfig.profile(\"lan\")`): probe interval "
+      f"{lan.probe_interval:g} s, probe timeout {lan.probe_timeout:g} s, {lan.indirect_checks} indirect checks, "
+      f"suspicion mult {lan.suspicion_mult}, suspicion max timeout mult {lan.suspicion_max_timeout_mult}, "
+      f"retransmit mult {lan.retransmit_mult}, gossip every {lan.gossip_interval:g} s to {lan.gossip_nodes} "
+      f"members, push-pull every {lan.push_pull_interval:g} s (scaled up above 32 members), awareness max "
+      f"multiplier {lan.awareness_max_multiplier}. \"Lifeguard off\" is `lifeguard=False`: classic SWIM with a "
+      "fixed suspicion timeout equal to Lifeguard's minimum, no local health multiplier, no nacks, no "
+      "buddy system.\n")
+    w("The suspicion minimum is memberlist's `suspicion_mult × max(1, log10 N) × probe_interval`: "
+      + ", ".join(f"{suspicion_min(lan, n):g} s at N = {n}" for n in sizes)
+      + ". The goal for crash detection is *dead everywhere within suspicion-min + 3 probe periods at the "
+      "median*: " + ", ".join(f"{suspicion_min(lan, n) + 3 * lan.probe_interval:g} s at N = {n}" for n in sizes)
+      + ".\n")
+    runs_desc = []
+    for n in sizes:
+        for lg in (True, False):
+            rs = [r for r in data["steady"] if r["n"] == n and r["lifeguard"] == lg]
+            if not rs:
+                continue
+            phase_min = sorted({ph["seconds"] / 60.0 for r in rs for ph in r["phases"]})
+            per_run = sorted({len(r["phases"]) for r in rs})
+            runs_desc.append(f"N = {n}, Lifeguard {'on' if lg else 'off'}: {len(rs)} run(s) (seeds "
+                             f"{', '.join(str(r['seed']) for r in rs)}), "
+                             f"{' or '.join(str(x) for x in per_run)} loss phase(s) per run, "
+                             f"{' or '.join(f'{m:g}' for m in phase_min)} simulated minutes per phase")
+    w("**Steady scenario.** A cluster forms without loss (node 0 starts alone, node i joins 20 ms × i "
+      "later through one earlier node chosen at random) and runs until every member sees every other and "
+      "no broadcasts are queued. Then it runs one phase per loss rate (0 %, 5 %, 10 % in that order when a "
+      "run has several), with a loss-free pause to reconverge between phases. In each phase a member "
+      "chosen at random crashes at 30 s, 90 s, 150 s, … and a new member joins (through a random member) "
+      "30 s after each crash. Crash metrics: *first suspicion* = time from the crash until the first member "
+      "marked it suspect (or dead); *dead everywhere* = until the last member that was up at the crash (and "
+      "stayed up for the next 60 s) had it dead; a crash not dead everywhere within 60 s (30 s for the last "
+      "one of a phase) is counted as a miss, not as a number. Join metric: time from the new member's start "
+      "until every other member (up before it and for the next 30 s) had it alive. False positives: every "
+      "`dead` verdict about a member that had not crashed, over the whole phase (the joins and crashes "
+      "included). Runs:\n")
+    w("\n".join(f"* {d}" for d in runs_desc) + "\n")
+    w("At N = 1,000 one simulated minute at 10 % loss costs about 100 CPU seconds (every member gossips at "
+      "full rate, carrying a steady stream of suspicions and refutations), so N = 1,000 has one seed; with "
+      "Lifeguard on each loss rate is its own run (its own cluster, so the two workers share the load) "
+      "for the full 10 minutes, and the Lifeguard-off comparison runs 3 minutes per loss rate.\n")
+    w("Counting false positives: an *episode* is one member declared dead at one incarnation (however "
+      "many members then heard it); *verdicts* counts each member that recorded it. The rate is episodes "
+      "per member-hour (N × phase length).\n")
+
+    # crash detection table
+    w("## Crash detection\n")
+    w(f"![crash detection]({images['detection']})\n")
+    rows = []
+    for n in sizes:
+        for loss in LOSSES:
+            for lg in (True, False):
+                cell = cells.get((n, lg, loss))
+                if not cell:
+                    continue
+                cr = cell["crashes"]
+                sus = [c["first_suspect"] for c in cr if c["first_suspect"] is not None]
+                dead = [c["dead_everywhere"] for c in cr if c["dead_everywhere"] is not None]
+                misses = sum(1 for c in cr if c["dead_everywhere"] is None)
+                bound = suspicion_min(lan, n) + 3 * lan.probe_interval
+                med = statistics.median(dead) if dead else None
+                ok = "yes" if med is not None and med <= bound and not misses else "**no**"
+                rows.append([f"{n}", f"{int(loss * 100)} %", "on" if lg else "off", f"{len(cr)}",
+                             fmt(statistics.median(sus) if sus else None), fmt(quantile(sus, 0.9) if sus else None),
+                             fmt(med), fmt(quantile(dead, 0.9) if dead else None),
+                             fmt(max(dead) if dead else None), f"{misses}", f"{bound:g}", ok])
+    w(table(["N", "loss", "Lifeguard", "crashes", "first suspicion median (s)", "p90", "dead everywhere median (s)",
+             "p90", "max", "missed", "goal (s)", "median within goal"], rows) + "\n")
+    w(f"![spread of the dead verdict]({images['spread']})\n")
+
+    # join table
+    w("## Join propagation\n")
+    w(f"![join propagation]({images['join']})\n")
+    rows = []
+    for n in sizes:
+        for loss in LOSSES:
+            for lg in (True, False):
+                cell = cells.get((n, lg, loss))
+                if not cell:
+                    continue
+                times = [j["time"] for j in cell["joins"] if j["time"] is not None]
+                misses = sum(1 for j in cell["joins"] if j["time"] is None)
+                rows.append([f"{n}", f"{int(loss * 100)} %", "on" if lg else "off", f"{len(cell['joins'])}",
+                             fmt(statistics.median(times) if times else None, 2),
+                             fmt(quantile(times, 0.9) if times else None, 2), fmt(max(times) if times else None, 2),
+                             f"{misses}"])
+    w(table(["N", "loss", "Lifeguard", "joins", "known to all, median (s)", "p90", "max", "not known to all in 30 s"],
+            rows) + "\n")
+
+    # false positives table
+    w("## False positives under packet loss\n")
+    w(f"![false positives]({images['fp']})\n")
+    rows = []
+    for n in sizes:
+        for loss in LOSSES:
+            for lg in (True, False):
+                cell = cells.get((n, lg, loss))
+                if not cell:
+                    continue
+                hours = cell["member_seconds"] / 3600.0
+                rows.append([f"{n}", f"{int(loss * 100)} %", "on" if lg else "off",
+                             f"{cell['seconds'] / 60:.0f}", f"{cell['fp_episodes']}", f"{cell['fp_subjects']}",
+                             f"{cell['fp_events']}", fmt(cell["fp_episodes"] / hours, 3) if hours else "–"])
+    w(table(["N", "loss", "Lifeguard", "simulated minutes (all seeds)", "episodes", "members affected", "verdicts",
+             "episodes per member-hour"], rows) + "\n")
+    detail = [(n, loss, ev) for (n, lg, loss), cell in sorted(cells.items()) if lg for ev in cell["fp_list"]]
+    if detail:
+        w("Every false `dead` verdict with Lifeguard on (who recorded it, about whom):\n")
+        w("\n".join(f"* N = {n}, loss {int(loss * 100)} %: {ev[1]} declared {ev[2]} dead at incarnation {ev[4]}"
+                     for n, loss, ev in detail[:30]) + "\n")
+
+    # stall table
+    if data["stall"]:
+        w("## Stalled members (Lifeguard's slow-node scenario)\n")
+        w(f"![stalled members]({images['stall']})\n")
+        stall_minutes = sorted({t[6] for t in meta["plan"]["stall"]})
+        w("N = 100, no packet loss, " + " or ".join(f"{m:g}" for m in stall_minutes)
+          + " simulated minutes per run after the cluster formed. k members chosen at random stall again and again "
+          "for the whole run: each runs for U(gap) seconds, then stalls for U(stall) seconds. A stalled member "
+          "neither runs timers nor reads packets; on resume its overdue timers fire first, then it reads "
+          "its queue (so an ack that arrived during the stall loses to the probe's timeout), which is how a "
+          "CPU-starved or GC-paused member ends up suspecting healthy ones. Profiles: "
+          + "; ".join(f"**{name}**: stall U({s[0]:g}, {s[1]:g}) s, gap U({g[0]:g}, {g[1]:g}) s"
+                      for name, (s, g) in STALL_PROFILES.items())
+          + ". A false positive about a *healthy* member is a `dead` verdict about a member that never "
+          "stalls; verdicts about the stalled members are counted separately (they were, at times, "
+          "unresponsive for longer than a probe period, so being declared dead is arguably not wrong).\n")
+        groups: dict = {}
+        for r in data["stall"]:
+            g = groups.setdefault((r["profile"], r["k"], r["lifeguard"]), {"runs": 0, "he": 0, "hv": 0, "hh": 0,
+                                                                            "se": 0, "sv": 0, "frac": []})
+            g["runs"] += 1
+            g["he"] += r["healthy_episodes"]
+            g["hv"] += r["healthy_events"]
+            g["hh"] += r["healthy_by_healthy"]
+            g["se"] += r["stalled_episodes"]
+            g["sv"] += r["stalled_events"]
+            g["frac"].append(r["stalled_fraction"])
+        rows = []
+        for (prof, k, lg), g in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], not kv[0][2])):
+            if lg:
+                off = groups.get((prof, k, False))
+                if off is None:
+                    factor = "–"
+                elif g["he"] == 0:
+                    factor = f"≥ {off['he']}× (on: 0)" if off["he"] else "– (both 0)"
+                else:
+                    factor = f"{off['he'] / g['he']:.1f}×"
+            else:
+                factor = ""
+            rows.append([prof, f"{k}", "on" if lg else "off", f"{g['runs']}",
+                         f"{statistics.mean(g['frac']) * 100:.0f} %", f"{g['he']}", f"{g['hv']}", f"{g['hh']}",
+                         f"{g['se']}", f"{g['sv']}", factor])
+        w(table(["profile", "k stalled", "Lifeguard", "runs", "time stalled", "healthy: episodes", "healthy: verdicts",
+                 "healthy: verdicts by healthy members", "stalled: episodes", "stalled: verdicts",
+                 "reduction (healthy episodes, off/on)"], rows) + "\n")
+
+    # goals
+    w("## Against the goals\n")
+    w(goals(data, cells, lan) + "\n")
+
+    # speed
+    w("## Simulator speed\n")
+    rows = []
+    for r in sorted(data["steady"], key=lambda r: (r["n"], not r["lifeguard"], r["seed"])):
+        sim_min = sum(ph["seconds"] for ph in r["phases"]) / 60.0
+        phase_cpu = sum(ph["cpu"] for ph in r["phases"])
+        rows.append([f"{r['n']}", "on" if r["lifeguard"] else "off", f"{r['seed']}",
+                     fmt(r["formed_at"]), f"{r['form_cpu']:.1f}", f"{sim_min:.0f}", f"{phase_cpu:.1f}",
+                     f"{phase_cpu / sim_min:.2f}" if sim_min else "–",
+                     " / ".join(f"{ph['cpu'] / (ph['seconds'] / 60):.1f}" for ph in r["phases"]),
+                     f"{sum(ph['packets'] for ph in r['phases']) / max(1.0, sim_min * 60):.0f}"])
+    w("CPU seconds of one core per simulated minute (the whole process: cores, simulator and metric "
+      "bookkeeping). *Formed at* is the simulated time at which formation converged (all joined, all see "
+      "all, no broadcasts queued).\n")
+    w(table(["N", "Lifeguard", "seed", "formed at (s)", "formation CPU (s)", "measured sim minutes", "CPU (s)",
+             "CPU s per sim minute", "per loss 0/5/10 %", "datagrams per sim second"], rows) + "\n")
+    return "\n".join(p)
+
+
+def goals(data: dict, cells: dict, lan: SwimConfig) -> str:
+    lines = []
+    fp10 = [(n, c["fp_episodes"]) for (n, lg, loss), c in sorted(cells.items()) if lg and loss == 0.10]
+    ok = all(e == 0 for _, e in fp10)
+    lines.append(f"* **No false positives at 10 % loss with Lifeguard on**: {'met' if ok else 'NOT met'} ("
+                 + ", ".join(f"N = {n}: {e} episodes" for n, e in fp10) + ").")
+    parts, all_ok = [], True
+    for (n, lg, loss), c in sorted(cells.items()):
+        if not lg:
+            continue
+        dead = [x["dead_everywhere"] for x in c["crashes"] if x["dead_everywhere"] is not None]
+        bound = suspicion_min(lan, n) + 3 * lan.probe_interval
+        med = statistics.median(dead) if dead else None
+        misses = sum(1 for x in c["crashes"] if x["dead_everywhere"] is None)
+        good = med is not None and med <= bound
+        all_ok &= good
+        parts.append(f"N = {n} at {int(loss * 100)} %: {fmt(med)} s vs {bound:g} s"
+                     + (f" ({misses} missed)" if misses else ""))
+    lines.append(f"* **Dead everywhere within suspicion-min + 3 periods at the median (Lifeguard on)**: "
+                 f"{'met' if all_ok else 'NOT met everywhere'}: " + "; ".join(parts) + ".")
+    if data["stall"]:
+        on = sum(r["healthy_episodes"] for r in data["stall"] if r["lifeguard"])
+        off = sum(r["healthy_episodes"] for r in data["stall"] if not r["lifeguard"])
+        if on:
+            factor = f"{off / on:.1f}×"
+        else:
+            factor = f"at least {off}× (no false positive with Lifeguard on)" if off else "not measurable (0 both)"
+        lines.append(f"* **At least 10× fewer false positives with Lifeguard in the stalled-member scenario**: "
+                     f"over all stall runs, {off} episodes about healthy members with Lifeguard off vs {on} "
+                     f"with it on: {factor}.")
+    return "\n".join(lines)
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small N, short runs: a smoke test of the pipeline")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="Markdown report (default docs/swim.md, or /tmp/swim-quick/swim.md with --quick); "
+                         "plots go to img/ beside it")
+    ap.add_argument("--seed", type=int, default=1, help="base seed (run i of a cell uses seed + i)")
+    ap.add_argument("--workers", type=int, default=2, help="processes (at most 2 on a shared machine)")
+    ap.add_argument("--only", choices=("steady", "stall"), default=None, help="run one scenario only")
+    args = ap.parse_args()
+    out = args.out or (Path("/tmp/swim-quick/swim.md") if args.quick else Path("docs/swim.md"))
+    the_plan = plan(args.quick, args.seed)
+    tasks = []
+    if args.only in (None, "steady"):
+        tasks += the_plan["steady"]
+    if args.only in (None, "stall"):
+        tasks += the_plan["stall"]
+    wall0 = time.time()
+    results = []
+    if args.workers <= 1:
+        for task in tasks:
+            results.append(run_task(task))
+            print(f"done {task} cpu={results[-1][1]['cpu']:.1f}s", flush=True)
+    else:
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(args.workers, maxtasksperchild=1) as pool:
+            for task, result in pool.imap_unordered(run_task, tasks):
+                results.append((task, result))
+                print(f"done {task} cpu={result['cpu']:.1f}s wall={time.time() - wall0:.0f}s", flush=True)
+    order = {task: i for i, task in enumerate(tasks)}
+    results.sort(key=lambda tr: order[tr[0]])
+    wall = time.time() - wall0
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_total = usage.ru_utime + usage.ru_stime + time.process_time()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=False).stdout.strip() or "unknown"
+    except OSError:
+        commit = "unknown"
+    data = collect(results)
+    meta = {"command": " ".join(["bench/swim_eval.py", *sys.argv[1:]]), "commit": commit, "quick": args.quick,
+            "seed": args.seed, "wall": wall, "cpu": cpu_total, "workers": max(1, args.workers),
+            "machine": f"{platform.machine()} / Python {platform.python_version()} / {os.cpu_count()} CPUs",
+            "delay": (0.0005, 0.001), "plan": the_plan}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    images = plots(data, out.parent / "img", "img")
+    out.write_text(report(data, meta, images))
+    print(f"wrote {out} (wall {wall:.0f} s, CPU {cpu_total:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
