@@ -25,6 +25,7 @@ numbers, so the report is a pure function of ``--seed`` and the plan.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import multiprocessing
 import os
@@ -646,8 +647,20 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1, help="base seed (run i of a cell uses seed + i)")
     ap.add_argument("--workers", type=int, default=2, help="processes (at most 2 on a shared machine)")
     ap.add_argument("--only", choices=("steady", "stall"), default=None, help="run one scenario only")
+    ap.add_argument("--from-results", type=Path, default=None,
+                    help="write the report from a results file of an earlier run instead of running")
     args = ap.parse_args()
     out = args.out or (Path("/tmp/swim-quick/swim.md") if args.quick else Path("docs/swim.md"))
+    saved = out.with_name(out.stem + "-results.json")
+    if args.from_results:
+        blob = json.loads(args.from_results.read_text())
+        data, meta = blob["data"], blob["meta"]
+        meta["plan"] = {k: [tuple(t[:5]) + (tuple(t[5]),) if k == "steady" else tuple(t) for t in v]
+                        for k, v in meta["plan"].items()}
+        images = plots(data, out.parent / "img", "img")
+        out.write_text(report(data, meta, images))
+        print(f"wrote {out} from {args.from_results}")
+        return 0
     the_plan = plan(args.quick, args.seed)
     tasks = []
     if args.only in (None, "steady"):
@@ -682,9 +695,10 @@ def main() -> int:
             "machine": f"{platform.machine()} / Python {platform.python_version()} / {os.cpu_count()} CPUs",
             "delay": (0.0005, 0.001), "plan": the_plan}
     out.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps({"data": data, "meta": meta}, indent=1))
     images = plots(data, out.parent / "img", "img")
     out.write_text(report(data, meta, images))
-    print(f"wrote {out} (wall {wall:.0f} s, CPU {cpu_total:.0f} s)")
+    print(f"wrote {out} and {saved} (wall {wall:.0f} s, CPU {cpu_total:.0f} s)")
     return 0
 
 
