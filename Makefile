@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 NODES ?= 3
 DISCOVERY ?= static
 
-.PHONY: run test lint clean bench bench-cluster proto
+.PHONY: run test lint clean bench bench-cluster proto etcd
 
 $(STAMP): setup.py clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,17 @@ $(STAMP): setup.py clients/python/pyproject.toml
 run: $(STAMP)
 	$(BIN)/python -m twisted_dhm.devcluster --nodes $(NODES) --discovery $(DISCOVERY)
 
-## test: set up and run the whole suite (lint, unit, integration, client)
-test: $(STAMP)
+## test: set up and run the whole suite (lint, unit, integration, client); the integration
+##       tests run a real etcd, installed with apt-get (etcd-server) when missing and run as root
+test: $(STAMP) etcd
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q tests clients/python/tests
+
+etcd:
+	@command -v etcd >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server; \
+	  else echo "make test needs etcd for its integration tests: sudo apt-get install etcd-server" >&2; exit 1; fi; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -26,6 +26,8 @@ setup(
         "protobuf>=7.35.1,<8",
         # AES-GCM for gossip encryption (membership.swim).
         "cryptography>=42,<52",
+        # HTTP to registries (etcd's JSON gateway, Consul), non-blocking on the reactor.
+        "treq>=24.9,<27",
     ],
     extras_require={
         # The generator behind `make proto`; pinned so the generated code is reproducible.
@@ -35,7 +37,6 @@ setup(
         "test": [
             "pytest>=8,<10",
             "hypothesis>=6.100,<7",
-            "treq>=24.9,<27",
             "ruff>=0.6",
         ],
     },

@@ -148,6 +148,36 @@ def _key_list(raw: Any) -> tuple[bytes, ...]:
     return tuple(keys)
 
 
+def _endpoint_list(raw: Any) -> tuple[str, ...]:
+    items = raw if isinstance(raw, list | tuple) else str(raw).split(",")
+    out = []
+    for item in items:
+        item = str(item).strip().rstrip("/")
+        if not item:
+            continue
+        scheme, sep, rest = item.partition("://")
+        if not sep:
+            scheme, rest = "http", item
+        if scheme not in ("http", "https"):
+            raise ValueError(f"each endpoint must be http(s)://host:port or host:port (not {item!r})")
+        host, colon, port = rest.rpartition(":")
+        if not colon or not host:
+            raise ValueError(f"each endpoint needs a port, like 127.0.0.1:2379 (not {item!r})")
+        _host(host.strip("[]"))
+        _int_range(1, 65535)(port)
+        out.append(f"{scheme}://{rest}")
+    if not out:
+        raise ValueError("give at least one endpoint")
+    return tuple(out)
+
+
+def _etcd_prefix(raw: Any) -> str:
+    value = str(raw)
+    if not value.startswith("/") or not value.endswith("/") or "\0" in value:
+        raise ValueError("must start and end with '/', like /dhashmap/prod/members/")
+    return value
+
+
 def _profile(knob: str) -> Callable[[Mapping[str, Any]], Any]:
     """A gossip setting's default: its number in the chosen --gossip-profile."""
 
@@ -232,9 +262,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Storage engine: lmdb (durable, on disk) or memory (lost on exit).", "ENGINE"),
     Setting("log_format", "LOG_FORMAT", _choice("text", "json"), "text",
             "Log format on standard output: text, or json (one object per line).", "FORMAT"),
-    Setting("discovery", "DISCOVERY_MODE", _choice("static", "swim"), "static",
+    Setting("discovery", "DISCOVERY_MODE", _choice("static", "swim", "etcd"), "static",
             "How members find each other: static (the --seed-nodes list, health checks over the native "
-            "protocol) or swim (gossip on --gossip-port; --seed-nodes are gossip addresses).", "MODE"),
+            "protocol), swim (gossip on --gossip-port; --seed-nodes are gossip addresses) or etcd "
+            "(--etcd-endpoints).", "MODE"),
     Setting("cluster", "CLUSTER_NAME", _cluster_name, "dhashmap",
             "Cluster name; nodes of other clusters are refused at the handshake.", "NAME"),
     Setting("peer_port", "PEER_PORT", _int_range(0, 65535), 7000,
@@ -276,6 +307,22 @@ SETTINGS: tuple[Setting, ...] = (
             "bytes, the first one primary. Every member needs a key in common. A key ring changed at run "
             "time (POST /v1/cluster/gossip/keys) is kept in <data-dir>/gossip-keyring and wins over this "
             "setting at the next start.", "KEY,..."),
+    Setting("etcd_endpoints", "ETCD_ENDPOINTS", _endpoint_list, ("127.0.0.1:2379",),
+            "etcd client URLs or host:port, comma-separated, tried in turn (--discovery etcd).", "URL,..."),
+    Setting("etcd_prefix", "ETCD_PREFIX", _etcd_prefix, lambda v: f"/dhashmap/{v['cluster']}/members/",
+            "Key prefix of the member records (default: /dhashmap/<cluster>/members/).", "PREFIX"),
+    Setting("etcd_ttl", "ETCD_TTL", _int_range(2, 3600), 10,
+            "Lease TTL in seconds: a node that stops renewing disappears after this long.", "SECONDS"),
+    Setting("etcd_poll_interval", "ETCD_POLL_INTERVAL", _duration(0.1, 3600), 5.0,
+            "How often to read the members when watching does not work.", "DURATION"),
+    Setting("etcd_username", "ETCD_USERNAME", str, "", "etcd user, when etcd has authentication on.", "NAME"),
+    Setting("etcd_password", "ETCD_PASSWORD", str, "", "That user's password.", "PASSWORD"),
+    Setting("etcd_ca_file", "ETCD_CA_FILE", _path, "",
+            "PEM file of the CA that signed etcd's certificate (https endpoints; default: the system's).",
+            "FILE"),
+    Setting("etcd_cert_file", "ETCD_CERT_FILE", _path, "", "PEM client certificate for etcd (mutual TLS).",
+            "FILE"),
+    Setting("etcd_key_file", "ETCD_KEY_FILE", _path, "", "PEM key of --etcd-cert-file.", "FILE"),
     Setting("replicas", "REPLICAS", _int_range(1, 9), 3,
             "N: how many nodes hold each key. The same on every node.", "N"),
     Setting("partitions", "PARTITIONS", _int_range(1, 65536), 1024,
@@ -340,6 +387,15 @@ class Config:
     gossip_mtu: int
     gossip_lifeguard: bool
     gossip_keys: tuple[bytes, ...]
+    etcd_endpoints: tuple[str, ...]
+    etcd_prefix: str
+    etcd_ttl: int
+    etcd_poll_interval: float
+    etcd_username: str
+    etcd_password: str
+    etcd_ca_file: str
+    etcd_cert_file: str
+    etcd_key_file: str
     replicas: int
     partitions: int
     weight: int

@@ -206,6 +206,20 @@ class DhashmapNode(MultiService):
                 )
             except GossipError as e:
                 raise SystemExit(f"dhashmap: cannot start: {e}") from None
+        if config.discovery == "etcd":
+            from twisted_dhm.httpclient import TLSFiles
+            from twisted_dhm.membership.etcd import EtcdGateway, EtcdMembership, MemberRecord
+
+            tls = TLSFiles(config.etcd_ca_file or None, config.etcd_cert_file or None, config.etcd_key_file or None)
+            gateway = EtcdGateway(self.network, reactor, config.etcd_endpoints, config.request_timeout,
+                                  config.etcd_username or None, config.etcd_password or None, tls)
+            record = MemberRecord(config.node_id, config.advertise, config.peer_port, config.port, config.weight,
+                                  __version__, int(reactor.seconds() * 1000))
+            return EtcdMembership(
+                self.view, self.pool, reactor, rng, gateway, config.etcd_prefix, config.etcd_ttl,
+                config.etcd_poll_interval, record, config.health_interval, config.health_timeout,
+                config.health_threshold,
+            )
         return StaticMembership(
             self.view, self.pool, reactor, config.seed_nodes, config.health_interval, config.health_timeout,
             config.health_threshold,

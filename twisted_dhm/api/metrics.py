@@ -105,6 +105,23 @@ GOSSIP_COUNTERS = {
 }
 
 
+class _DiscoveryCollector(Collector):
+    """A registry (etcd, Consul) as the membership source: reachable or not, and errors."""
+
+    def __init__(self, node: Any) -> None:
+        self._node = node
+
+    def collect(self) -> Iterator:
+        membership = getattr(self._node, "membership", None)
+        if membership is None or not hasattr(membership, "problems"):
+            return
+        yield GaugeMetricFamily("dhashmap_discovery_healthy",
+                                "1 when the membership registry answered our last request, 0 when it did not "
+                                "(the node keeps its last known members).", 0 if membership.problems() else 1)
+        yield CounterMetricFamily("dhashmap_discovery_errors", "Failed requests to the membership registry.",
+                                  membership.errors)
+
+
 class _GossipCollector(Collector):
     """SWIM's counters, health score and queue, read from the membership service when scraped."""
 
@@ -156,6 +173,7 @@ class NodeMetrics:
         if cluster is not None:
             self.registry.register(_ClusterCollector(cluster))
             self.registry.register(_GossipCollector(cluster))
+            self.registry.register(_DiscoveryCollector(cluster))
         if process:
             ProcessCollector(registry=self.registry)
         # Label children looked up once: .labels() costs more than .observe().

@@ -323,6 +323,10 @@ class RestAPI:
     def ready(self, request: server.Request) -> bytes:
         request.setHeader(b"content-type", JSON_TYPE)
         if self.is_ready():
+            # Degraded (the registry is unreachable) still serves from the last known members.
+            problems = getattr(getattr(self.cluster, "membership", None), "problems", lambda: [])()
+            if problems:
+                return json.dumps({"status": "degraded", "node": self.node_id, "problems": problems}).encode()
             return json.dumps({"status": "ready", "node": self.node_id}).encode()
         request.setResponseCode(503)
         return json.dumps({"status": "not_ready", "node": self.node_id}).encode()

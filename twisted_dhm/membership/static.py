@@ -77,6 +77,13 @@ class StaticMembership(Service):
         self.view.upsert(attrs.evolve(member, state=ALIVE))
         self.missed.pop(member.id, None)
 
+    def health_changed(self, member_id: str, state: str, reason: str) -> None:
+        """What the pings say of a member; here it is the member's state (a registry may say more)."""
+        current = self.view.get(member_id)
+        if current is not None and current.state != state:
+            log.info("member {id} is {state}: {reason}", id=member_id, state=state, reason=reason)
+            self.view.set_state(member_id, state)
+
     def check(self) -> None:
         """One round: identify unknown seeds, ping known members."""
         known_addresses = {(m.host, m.peer_port) for m in self.view.members()}
@@ -108,8 +115,7 @@ class StaticMembership(Service):
         def answered(_: object) -> None:
             self._in_flight.discard(member.id)
             self.missed.pop(member.id, None)
-            if self.view.set_state(member.id, ALIVE) is not None and member.state != ALIVE:
-                log.info("member {id} is alive", id=member.id)
+            self.health_changed(member.id, ALIVE, "it answered a ping")
 
         def missed(failure: Failure) -> None:
             self._in_flight.discard(member.id)
@@ -117,9 +123,7 @@ class StaticMembership(Service):
             self.missed[member.id] = count
             state = DEAD if count >= self.threshold else SUSPECT
             current = self.view.get(member.id)
-            if current is not None and current.state != state and current.state != DEAD:
-                log.info("member {id} is {state}: {reason}", id=member.id, state=state,
-                         reason=failure.getErrorMessage())
-                self.view.set_state(member.id, state)
+            if current is not None and current.state != DEAD:
+                self.health_changed(member.id, state, failure.getErrorMessage())
 
         return self.pool.request(member.id, frame, timeout=self.timeout).addCallbacks(answered, missed)
