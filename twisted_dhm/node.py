@@ -208,7 +208,8 @@ class DhashmapNode(MultiService):
                 raise SystemExit(f"dhashmap: cannot start: {e}") from None
         if config.discovery == "etcd":
             from twisted_dhm.httpclient import TLSFiles
-            from twisted_dhm.membership.etcd import EtcdGateway, EtcdMembership, MemberRecord
+            from twisted_dhm.membership.etcd import EtcdGateway, EtcdMembership
+            from twisted_dhm.membership.registry import MemberRecord
 
             tls = TLSFiles(config.etcd_ca_file or None, config.etcd_cert_file or None, config.etcd_key_file or None)
             gateway = EtcdGateway(self.network, reactor, config.etcd_endpoints, config.request_timeout,

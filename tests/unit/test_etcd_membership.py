@@ -10,7 +10,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_dhm.config import ConfigError, load_config
 from twisted_dhm.membership import ALIVE, DEAD, Member, MembershipView
-from twisted_dhm.membership.etcd import EtcdError, EtcdMembership, MemberRecord, Unreachable, prefix_end
+from twisted_dhm.membership.etcd import EtcdError, EtcdMembership, prefix_end
+from twisted_dhm.membership.registry import MemberRecord, Unreachable
 
 PREFIX = "/dhashmap/c/members/"
 

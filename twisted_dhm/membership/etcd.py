@@ -9,15 +9,9 @@ expires.  Every node reads the prefix and then watches it (the streaming
 after a disconnect; if watching does not work it polls every
 ``--etcd-poll-interval``.
 
-A registered member is as alive as the native-protocol health checks say (they
-run as with static membership, so a hung node that keeps its lease alive is
-still routed around); a member whose record is gone is ``dead``: routed
-around, with hints kept for it, until it registers again.
-
-When etcd cannot be reached the node keeps its last view, keeps serving,
-retries with backoff, and says so in ``/ready`` and in
-``dhashmap_discovery_healthy``; once etcd answers again it re-registers (with a
-new lease if the old one expired).
+What a registered or vanished member means, and what happens while etcd is
+down, is shared with Consul: see ``registry.py``.  Once etcd answers again the
+node re-registers, with a new lease if the old one expired.
 
 The gateway's JSON follows the protobuf JSON mapping: bytes are base64, 64-bit
 numbers are strings, and fields with default values are left out.
@@ -31,40 +25,37 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-import attrs
 from treq import collect
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twisted_dhm.httpclient import TLSFiles, http_client
-from twisted_dhm.membership.static import StaticMembership
-from twisted_dhm.membership.view import ALIVE, DEAD, Member, MembershipView
+from twisted_dhm.membership.registry import (
+    BadAnswer,
+    MemberRecord,
+    RegistryError,
+    RegistryMembership,
+    Unreachable,
+    decode_json,
+    read_limited,
+)
+from twisted_dhm.membership.view import MembershipView
 from twisted_dhm.network import INetwork
 from twisted_dhm.peer.pool import PeerPool
 from twisted_dhm.versions import NODE_ID
 
 log = Logger(namespace="dhashmap.etcd")
 
-#: Largest answer read from etcd (a range of every member record fits easily).
-MAX_BODY = 16 * 1024 * 1024
 #: Largest single line of the watch stream.
 MAX_WATCH_LINE = 4 * 1024 * 1024
 #: Watch attempts that fail in a row before falling back to polling.
 WATCH_FAILURES_BEFORE_POLLING = 3
 
 
-class EtcdError(Exception):
+class EtcdError(RegistryError):
     """etcd answered, but not with what we asked for; the message says what it said."""
-
-
-class BadAnswer(EtcdError):
-    """Something answered that is not etcd's gateway (not JSON, not an object, far too big)."""
-
-
-class Unreachable(Exception):
-    """No endpoint answered."""
 
 
 class WatchCanceled(Exception):
@@ -96,51 +87,6 @@ def _int(value: Any, what: str) -> int:
         return int(value)
     except ValueError:
         raise EtcdError(f"{what} is not a number: {value!r}") from None
-
-
-@attrs.frozen
-class MemberRecord:
-    """What a node writes about itself under the prefix."""
-
-    id: str
-    host: str
-    peer: int
-    rest: int
-    weight: int
-    version: str
-    started_at_ms: int
-
-    def to_json(self) -> bytes:
-        return json.dumps({
-            "id": self.id, "addresses": {"host": self.host, "peer": self.peer, "rest": self.rest},
-            "weight": self.weight, "version": self.version, "started_at_ms": self.started_at_ms,
-        }, separators=(",", ":")).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> MemberRecord:
-        try:
-            data = json.loads(raw)
-            addresses = data["addresses"]
-            record = cls(
-                id=data["id"], host=addresses["host"], peer=addresses["peer"], rest=addresses["rest"],
-                weight=data.get("weight", 1), version=data.get("version", ""),
-                started_at_ms=data.get("started_at_ms", 0),
-            )
-        except (ValueError, TypeError, KeyError) as e:
-            raise ValueError(f"not a member record: {e!r}") from None
-        if not isinstance(record.id, str) or not NODE_ID.match(record.id):
-            raise ValueError(f"member record id {record.id!r} is not a node id")
-        if not isinstance(record.host, str) or not record.host or len(record.host) > 253:
-            raise ValueError("member record host must be a host name or address")
-        for name, value, low in (("peer", record.peer, 1), ("rest", record.rest, 0), ("weight", record.weight, 1)):
-            if type(value) is not int or not low <= value <= (100 if name == "weight" else 65535):
-                raise ValueError(f"member record {name} is out of range: {value!r}")
-        if not isinstance(record.version, str) or type(record.started_at_ms) is not int:
-            raise ValueError("member record version/started_at_ms have the wrong type")
-        return record
-
-    def member(self, state: str) -> Member:
-        return Member(self.id, self.host, self.peer, self.rest, state, self.weight, self.version)
 
 
 class EtcdGateway:
@@ -198,7 +144,7 @@ class EtcdGateway:
         headers = yield self._auth_headers(url)
         response = yield self._client.post(url + path, data=json.dumps(body).encode(), headers=headers,
                                            reactor=self.clock, timeout=self.timeout)
-        raw = yield _read_limited(response, MAX_BODY)
+        raw = yield read_limited(response)
         return _decode_answer(response.code, raw, path)
 
     @inlineCallbacks
@@ -210,7 +156,7 @@ class EtcdGateway:
                     url + "/v3/auth/authenticate",
                     data=json.dumps({"name": self.username, "password": self.password or ""}).encode(),
                     reactor=self.clock, timeout=self.timeout)
-                raw = yield _read_limited(response, MAX_BODY)
+                raw = yield read_limited(response)
                 token = _decode_answer(response.code, raw, "/v3/auth/authenticate").get("token")
                 if not isinstance(token, str) or not token:
                     raise EtcdError("etcd authentication gave no token")
@@ -233,7 +179,7 @@ class EtcdGateway:
             self._failover(url)
             raise
         if response.code != 200:
-            raw = yield _read_limited(response, MAX_BODY)
+            raw = yield read_limited(response)
             _decode_answer(response.code, raw, path)
             raise EtcdError(f"{path}: HTTP {response.code}")
         buffer = bytearray()
@@ -258,24 +204,10 @@ class EtcdGateway:
         yield collect(response, chunk)
 
 
-def _read_limited(response: Any, limit: int) -> Deferred:
-    chunks: list[bytes] = []
-    size = [0]
-
-    def chunk(data: bytes) -> None:
-        size[0] += len(data)
-        if size[0] > limit:
-            raise BadAnswer(f"an answer of more than {limit} bytes")
-        chunks.append(data)
-
-    return collect(response, chunk).addCallback(lambda _: b"".join(chunks))
-
-
 def _decode_answer(code: int, raw: bytes, path: str) -> dict:
-    try:
-        answer = json.loads(raw) if raw else {}
-    except ValueError:
-        raise BadAnswer(f"{path}: HTTP {code} with a body that is not JSON: {raw[:80]!r}") from None
+    answer = decode_json(code, raw, path)
+    if answer is None:
+        answer = {}
     if not isinstance(answer, dict):
         raise BadAnswer(f"{path}: HTTP {code} with JSON that is not an object")
     if code != 200 or "error" in answer:
@@ -284,42 +216,31 @@ def _decode_answer(code: int, raw: bytes, path: str) -> dict:
     return answer
 
 
-class EtcdMembership(StaticMembership):
+class EtcdMembership(RegistryMembership):
     """``--discovery etcd``: register with a lease, watch the prefix, health-check the members."""
 
-    name = "membership"
+    registry = "etcd"
 
     def __init__(self, view: MembershipView, pool: PeerPool, clock: IReactorTime, rng: random.Random,
                  gateway: EtcdGateway, prefix: str, ttl: int, poll_interval: float, record: MemberRecord,
                  interval: float = 1.0, timeout: float = 1.0, threshold: int = 3) -> None:
-        super().__init__(view, pool, clock, (), interval, timeout, threshold)
-        self.rng = rng
+        super().__init__(view, pool, clock, rng, ttl, record, interval, timeout, threshold)
         self.gateway = gateway
         self.prefix = prefix.encode()
-        self.ttl = ttl
         self.poll_interval = poll_interval
-        self.record = record
         self.lease = 0
         self.revision = 0
-        self.registered: dict[str, MemberRecord] = {}
-        self.healthy = False  # etcd answered our last request
-        self.problem = "not yet in touch with etcd"
-        self.errors = 0
         self.polling = False
         self._watch_failures = 0
         self._watch_backoff = 0.0
-        self._timers: dict[str, IDelayedCall] = {}
-        self._backoff: dict[str, float] = {}
         self._watching: Deferred | None = None
         self._watch_started_unhealthy = True
         self._restart_watch = False
-        self._stopping = False
 
     # -- life cycle --------------------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
-        self._stopping = False
         log.info("registering with etcd at {urls} as {key}", urls=",".join(self.gateway.urls),
                  key=(self.prefix + self.record.id.encode()).decode(errors="replace"))
         self._run("register", self._register)
@@ -328,11 +249,6 @@ class EtcdMembership(StaticMembership):
     def stopService(self) -> Deferred:
         """Revoke the lease, so the record goes at once; then stop everything."""
         super().stopService()
-        self._stopping = True
-        for call in self._timers.values():
-            if call.active():
-                call.cancel()
-        self._timers.clear()
         if self._watching is not None:
             self._watching.cancel()
         if not self.lease:
@@ -349,56 +265,19 @@ class EtcdMembership(StaticMembership):
 
         return d.addCallbacks(revoked, failed)
 
-    # -- retries -----------------------------------------------------------------------------
+    def _recovered(self) -> None:
+        log.info("etcd answers at {url}", url=self.gateway.endpoint)
+        if self._watching is not None and self._watch_started_unhealthy is False:
+            # A watch stream from before the outage may be silently dead (no reset came):
+            # start a fresh one from the last revision seen.
+            self._restart_watch = True
+            self._watching.cancel()
 
-    def _run(self, job: str, fn: Any) -> None:
-        """Run a job now; on failure, mark etcd unhealthy and run it again after a backoff."""
-        if self._stopping:
-            return
-        d = fn()
-
-        def ok(_: object) -> None:
-            self._backoff.pop(job, None)
-
-        def failed(f: Failure) -> None:
-            if self._stopping:
-                return
-            self._trouble(f"{job}: {f.getErrorMessage()}")
-            delay = min(max(0.5, 2 * self._backoff.get(job, 0.25)), max(2.0, self.ttl / 3))
-            self._backoff[job] = delay
-            self._later(job, delay * (0.8 + 0.4 * self.rng.random()), self._run, job, fn)
-
-        d.addCallbacks(ok, failed)
-
-    def _later(self, job: str, delay: float, fn: Any, *args: Any) -> None:
-        old = self._timers.get(job)
-        if old is not None and old.active():
-            old.cancel()
-        self._timers[job] = self.clock.callLater(delay, fn, *args)
-
-    def _trouble(self, problem: str) -> None:
-        self.errors += 1
-        if self.healthy or not self.problem:
-            log.warn("etcd: {problem}; keeping the last known members and retrying", problem=problem)
-        else:
-            log.debug("etcd: {problem}", problem=problem)
-        self.healthy = False
-        self.problem = problem
-
-    def _fine(self) -> None:
-        if not self.healthy:
-            log.info("etcd reachable at {url}", url=self.gateway.endpoint)
-            if self._watching is not None and self._watch_started_unhealthy is False:
-                # A watch stream from before the outage may be silently dead (no reset came):
-                # start a fresh one from the last revision seen.
-                self._restart_watch = True
-                self._watching.cancel()
-        self.healthy = True
-        self.problem = ""
-
-    def problems(self) -> list[str]:
-        """What /ready reports as degraded."""
-        return [] if self.healthy else [f"etcd: {self.problem}"]
+    def _lost_own_record(self) -> None:
+        if self.lease:  # expired while etcd could not hear us, or deleted by hand
+            log.warn("this node's etcd record is gone; registering again")
+            self.lease = 0
+            self._run("register", self._register)
 
     # -- registration ------------------------------------------------------------------------
 
@@ -564,37 +443,3 @@ class EtcdMembership(StaticMembership):
             log.warn("ignoring the etcd record under {id}: it names {other}", id=member_id, other=record.id)
             return None
         return record
-
-    # -- the member view ---------------------------------------------------------------------
-
-    def _registered(self, record: MemberRecord) -> None:
-        known = self.registered.get(record.id)
-        self.registered[record.id] = record
-        if record.id == self.view.local_id:
-            return
-        current = self.view.get(record.id)
-        if known != record or current is None or current.state == DEAD:
-            log.info("member {id} registered at {host}:{port}", id=record.id, host=record.host, port=record.peer)
-            self.missed.pop(record.id, None)
-            self.view.upsert(record.member(ALIVE))
-
-    def _unregistered(self, member_id: str) -> None:
-        if self.registered.pop(member_id, None) is None:
-            return
-        if member_id == self.view.local_id:
-            if not self._stopping and self.lease:  # expired while etcd could not hear us, or deleted
-                log.warn("this node's etcd record is gone; registering again")
-                self.lease = 0
-                self._run("register", self._register)
-            return
-        log.info("member {id} is dead: its etcd record is gone (lease expired or revoked)", id=member_id)
-        self.view.set_state(member_id, DEAD)
-
-    def health_changed(self, member_id: str, state: str, reason: str) -> None:
-        """Pings decide only for registered members; one without a record stays dead."""
-        if member_id in self.registered:
-            super().health_changed(member_id, state, reason)
-
-    def introduce(self, hello: Any, host: str) -> None:
-        """etcd is the source of members; a Hello alone does not make one."""
-
