@@ -262,10 +262,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Storage engine: lmdb (durable, on disk) or memory (lost on exit).", "ENGINE"),
     Setting("log_format", "LOG_FORMAT", _choice("text", "json"), "text",
             "Log format on standard output: text, or json (one object per line).", "FORMAT"),
-    Setting("discovery", "DISCOVERY_MODE", _choice("static", "swim", "etcd"), "static",
+    Setting("discovery", "DISCOVERY_MODE", _choice("static", "swim", "etcd", "consul"), "static",
             "How members find each other: static (the --seed-nodes list, health checks over the native "
-            "protocol), swim (gossip on --gossip-port; --seed-nodes are gossip addresses) or etcd "
-            "(--etcd-endpoints).", "MODE"),
+            "protocol), swim (gossip on --gossip-port; --seed-nodes are gossip addresses), etcd "
+            "(--etcd-endpoints) or consul (the agent at --consul-addr).", "MODE"),
     Setting("cluster", "CLUSTER_NAME", _cluster_name, "dhashmap",
             "Cluster name; nodes of other clusters are refused at the handshake.", "NAME"),
     Setting("peer_port", "PEER_PORT", _int_range(0, 65535), 7000,
@@ -323,6 +323,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("etcd_cert_file", "ETCD_CERT_FILE", _path, "", "PEM client certificate for etcd (mutual TLS).",
             "FILE"),
     Setting("etcd_key_file", "ETCD_KEY_FILE", _path, "", "PEM key of --etcd-cert-file.", "FILE"),
+    Setting("consul_addr", "CONSUL_HTTP_ADDR", lambda raw: _endpoint_list(raw)[0], "http://127.0.0.1:8500",
+            "The local Consul agent's HTTP address, host:port or URL (--discovery consul).", "URL"),
+    Setting("consul_token", "CONSUL_HTTP_TOKEN", str, "", "Consul ACL token (better given in the environment).",
+            "TOKEN"),
+    Setting("consul_service", "CONSUL_SERVICE", _node_id, "dhashmap",
+            "Consul service name the nodes register as; their cluster name is in its Meta.", "NAME"),
+    Setting("consul_ttl", "CONSUL_TTL", _duration(2, 3600), 10.0,
+            "TTL of each node's Consul check: a node that stops passing it is dropped after this long.",
+            "DURATION"),
+    Setting("consul_ca_file", "CONSUL_CACERT", _path, "",
+            "PEM file of the CA that signed the agent's certificate (https addresses).", "FILE"),
     Setting("replicas", "REPLICAS", _int_range(1, 9), 3,
             "N: how many nodes hold each key. The same on every node.", "N"),
     Setting("partitions", "PARTITIONS", _int_range(1, 65536), 1024,
@@ -396,6 +407,11 @@ class Config:
     etcd_ca_file: str
     etcd_cert_file: str
     etcd_key_file: str
+    consul_addr: str
+    consul_token: str
+    consul_service: str
+    consul_ttl: float
+    consul_ca_file: str
     replicas: int
     partitions: int
     weight: int

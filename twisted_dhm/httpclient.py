@@ -13,12 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
-from twisted.web.iweb import IAgentEndpointFactory
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 from twisted_dhm.network import INetwork
@@ -75,6 +75,35 @@ class _EndpointFactory:
         return endpoint
 
 
+@implementer(IBodyProducer)
+class _BytesProducer:
+    """A request body written at once.  treq's default producer schedules its writes on the
+    global reactor's cooperator, which a node on an injected clock must not touch."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> Deferred:
+        consumer.write(self._data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+def _body(data: Any) -> IBodyProducer:
+    if isinstance(data, bytes):
+        return _BytesProducer(data)
+    raise TypeError(f"request bodies are bytes here, not {type(data).__name__}")
+
+
 class _QuietFactory(_HTTP11ClientFactory):
     noisy = False  # no "Starting factory" log line for every registry request
 
@@ -92,4 +121,4 @@ def http_client(network: INetwork, clock: Any, connect_timeout: float = 5.0, tls
     pool = _QuietPool(clock, persistent=persistent)
     pool.retryAutomatically = False
     agent = Agent.usingEndpointFactory(clock, _EndpointFactory(network, connect_timeout, tls), pool=pool)
-    return HTTPClient(agent)
+    return HTTPClient(agent, data_to_body_producer=_body)

@@ -209,22 +209,37 @@ class DhashmapNode(MultiService):
         if config.discovery == "etcd":
             from twisted_dhm.httpclient import TLSFiles
             from twisted_dhm.membership.etcd import EtcdGateway, EtcdMembership
-            from twisted_dhm.membership.registry import MemberRecord
 
             tls = TLSFiles(config.etcd_ca_file or None, config.etcd_cert_file or None, config.etcd_key_file or None)
             gateway = EtcdGateway(self.network, reactor, config.etcd_endpoints, config.request_timeout,
                                   config.etcd_username or None, config.etcd_password or None, tls)
-            record = MemberRecord(config.node_id, config.advertise, config.peer_port, config.port, config.weight,
-                                  __version__, int(reactor.seconds() * 1000))
             return EtcdMembership(
                 self.view, self.pool, reactor, rng, gateway, config.etcd_prefix, config.etcd_ttl,
-                config.etcd_poll_interval, record, config.health_interval, config.health_timeout,
+                config.etcd_poll_interval, self._member_record(), config.health_interval, config.health_timeout,
                 config.health_threshold,
+            )
+        if config.discovery == "consul":
+            from twisted_dhm.httpclient import TLSFiles
+            from twisted_dhm.membership.consul import ConsulAgent, ConsulMembership
+
+            agent = ConsulAgent(self.network, reactor, config.consul_addr, config.request_timeout,
+                                config.consul_token or None, TLSFiles(config.consul_ca_file or None))
+            return ConsulMembership(
+                self.view, self.pool, reactor, rng, agent, config.consul_service, config.cluster, config.consul_ttl,
+                self._member_record(), config.health_interval, config.health_timeout, config.health_threshold,
             )
         return StaticMembership(
             self.view, self.pool, reactor, config.seed_nodes, config.health_interval, config.health_timeout,
             config.health_threshold,
         )
+
+    def _member_record(self) -> Any:
+        """What this node publishes about itself in a registry (etcd, Consul)."""
+        from twisted_dhm.membership.registry import MemberRecord
+
+        c = self.config
+        return MemberRecord(c.node_id, c.advertise, c.peer_port, c.port, c.weight, __version__,
+                            int(self.reactor.seconds() * 1000))
 
     def _address_of(self, node_id: str) -> tuple[str, int] | None:
         member = self.view.get(node_id)
