@@ -2,7 +2,6 @@
 
 import json
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
@@ -11,22 +10,13 @@ import pytest
 
 from twisted_dhm.ring import partition_of
 from twisted_dhm.storage.interface import decode_record
-from twisted_dhm.testing.process import NodeProcess
+from twisted_dhm.testing.process import NodeProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 def kv(key: bytes, query: str = "") -> str:
     return "/v1/kv/" + quote(key, safe="") + query
-
-
-def wait_for(predicate, deadline=30.0, step=0.1):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
 
 
 def alive_members(node) -> set[str]:

@@ -9,21 +9,12 @@ import time
 import pytest
 
 from twisted_dhm.testing.etcd import EtcdProcess
-from twisted_dhm.testing.process import NodeProcess, free_port
+from twisted_dhm.testing.process import NodeProcess, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
 PREFIX = b"/dhashmap/dhashmap/members/"
 TTL = 3
-
-
-def wait_for(predicate, deadline=30.0, step=0.1):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
 
 
 def states(node) -> dict[str, str]:

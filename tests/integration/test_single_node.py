@@ -4,7 +4,6 @@ import json
 import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
@@ -12,7 +11,7 @@ from urllib.parse import quote
 import pytest
 
 from twisted_dhm.config import SETTINGS
-from twisted_dhm.testing.process import NodeProcess, free_port
+from twisted_dhm.testing.process import NodeProcess, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -22,12 +21,7 @@ def kv(key: bytes) -> str:
 
 
 def poll(predicate, deadline=10.0, step=0.05):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
+    return wait_for(predicate, deadline, step)
 
 
 def test_binary_round_trip(node):

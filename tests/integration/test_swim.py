@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from twisted_dhm.testing.process import NodeProcess, free_port
+from twisted_dhm.testing.process import NodeProcess, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -17,15 +17,6 @@ KEY_2 = base64.b64encode(bytes(range(100, 116))).decode()
 TIMING = ("--gossip-probe-interval", "0.5", "--gossip-probe-timeout", "0.2", "--gossip-suspicion-mult", "3",
           "--gossip-interval", "0.1")
 DEAD_BOUND = 9 + 3 * 0.5 + 2  # suspicion max + three protocol periods + slack for a loaded machine
-
-
-def wait_for(predicate, deadline=30.0, step=0.1):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
 
 
 def members(node) -> dict[str, dict]:

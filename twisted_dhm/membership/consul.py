@@ -226,16 +226,7 @@ class ConsulMembership(RegistryMembership):
     def _apply(self, entries: Any) -> None:
         if not isinstance(entries, list):
             raise BadAnswer("the health query did not answer a list")
-        seen: dict[str, MemberRecord] = {}
-        for entry in entries:
-            record = self._record_of(entry)
-            if record is not None:
-                seen[record.id] = record
-        for member_id in list(self.registered):
-            if member_id not in seen:
-                self._unregistered(member_id)
-        for record in seen.values():
-            self._registered(record)
+        self._listed(self._record_of(entry) for entry in entries)
 
     def _record_of(self, entry: Any) -> MemberRecord | None:
         try:

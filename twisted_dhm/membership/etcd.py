@@ -330,16 +330,7 @@ class EtcdMembership(RegistryMembership):
         kvs = answer.get("kvs") or []
         if not isinstance(kvs, list):
             raise EtcdError("range answer's kvs is not a list")
-        seen: dict[str, MemberRecord] = {}
-        for kv in kvs:
-            record = self._record_of(kv)
-            if record is not None:
-                seen[record.id] = record
-        for member_id in list(self.registered):
-            if member_id not in seen:
-                self._unregistered(member_id)
-        for record in seen.values():
-            self._registered(record)
+        self._listed(self._record_of(kv) for kv in kvs)
         self.revision = revision
         self._fine()
         if self.polling:

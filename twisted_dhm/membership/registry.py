@@ -210,6 +210,15 @@ class RegistryMembership(StaticMembership):
 
     # -- the member view ---------------------------------------------------------------------
 
+    def _listed(self, records: Any) -> None:
+        """The registry's whole list: members missing from it are unregistered, the rest registered."""
+        seen = {record.id: record for record in records if record is not None}
+        for member_id in list(self.registered):
+            if member_id not in seen:
+                self._unregistered(member_id)
+        for record in seen.values():
+            self._registered(record)
+
     def _registered(self, record: MemberRecord) -> None:
         known = self.registered.get(record.id)
         self.registered[record.id] = record

@@ -16,8 +16,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 STARTUP_DEADLINE = 30.0
+
+
+def wait_for(predicate: Any, deadline: float = 30.0, step: float = 0.1) -> bool:
+    """Poll ``predicate`` until it is true (True) or ``deadline`` seconds pass (False)."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
 
 
 def free_port(host: str = "127.0.0.1") -> int:
