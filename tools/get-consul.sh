@@ -28,7 +28,7 @@ if [ -x "$bin" ] && [ -f "$dir/.ok" ]; then
     exit 0
 fi
 
-command -v go >/dev/null 2>&1 || die "Go is not installed (need Go >= 1.24: apt-get install golang-go, or the project's Go)"
+command -v go >/dev/null 2>&1 || die "no go command on PATH (need Go >= 1.24; Debian bookworm's golang-go is too old)"
 mkdir -p "$dir" || die "cannot create $dir"
 
 build() {
