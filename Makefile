@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 NODES ?= 3
 DISCOVERY ?= static
 
-.PHONY: run test lint clean bench bench-cluster proto etcd
+.PHONY: run test lint clean bench bench-cluster proto etcd consul
 
 $(STAMP): setup.py clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,9 @@ run: $(STAMP)
 	$(BIN)/python -m twisted_dhm.devcluster --nodes $(NODES) --discovery $(DISCOVERY)
 
 ## test: set up and run the whole suite (lint, unit, integration, client); the integration
-##       tests run a real etcd, installed with apt-get (etcd-server) when missing and run as root
-test: $(STAMP) etcd
+##       tests run a real etcd, installed with apt-get (etcd-server) when missing and run as root, and
+##       a real Consul agent, built once from the Go module proxy by tools/get-consul.sh (needs Go >= 1.24)
+test: $(STAMP) etcd consul
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q tests clients/python/tests
 
@@ -31,6 +32,9 @@ etcd:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server; \
 	  else echo "make test needs etcd for its integration tests: sudo apt-get install etcd-server" >&2; exit 1; fi; }
+
+consul:
+	@tools/get-consul.sh >/dev/null
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
