@@ -172,3 +172,30 @@ class EtcdHelpersTests(SynchronousTestCase):
                     {"etcd_ttl": "1"}):
             with self.assertRaises(ConfigError):
                 load_config(bad, {})
+
+
+class HungMemberTests(SynchronousTestCase):
+    def test_a_registered_member_that_stops_answering_pings_is_routed_around(self):
+        """Its lease may still be alive (only its native protocol hangs): the health checks decide."""
+        clock = Clock()
+        view = MembershipView(Member("me", "127.0.0.1", 7000))
+        gateway = FakeGateway()
+        gateway.range_kvs = [kv("me"), kv("b")]
+        answers = {"b": False}
+
+        class Pool:
+            def request(self, member_id, frame, timeout=None):
+                return succeed(None) if answers[member_id] else fail(TimeoutError("no answer"))
+
+            def probe(self, host, port):
+                return Deferred()
+
+        m = EtcdMembership(view, Pool(), clock, random.Random(1), gateway, PREFIX, 9, 5.0, record("me"),
+                           interval=1.0, timeout=0.5, threshold=3)
+        m.startService()
+        clock.pump([1.0] * 3)
+        self.assertEqual(view.get("b").state, DEAD)
+        self.assertIn("b", m.registered, "still registered in etcd")
+        answers["b"] = True
+        clock.advance(1.0)
+        self.assertEqual(view.get("b").state, ALIVE)
