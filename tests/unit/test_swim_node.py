@@ -161,3 +161,19 @@ class GossipKeysEndpointTests(SynchronousTestCase):
         sim = SimCluster(1)
         code, body = self.request(sim.nodes["node1"], "GET")
         self.assertEqual((code, body["error"]["code"]), (409, "conflict"))
+
+
+class StreamTimeoutTests(SynchronousTestCase):
+    def test_a_seed_that_accepts_but_never_answers_fails_after_the_tcp_timeout(self):
+        from twisted.internet.protocol import Factory, Protocol
+
+        sim = SimCluster(0, discovery="swim")
+        silent = Factory.forProtocol(Protocol)  # accepts the connection, reads, never replies
+        sim.network.as_host("node1").listen("node1", GOSSIP_PORT, silent)
+        node = sim.start("node2", seed_nodes=f"node1:{GOSSIP_PORT}")  # the silent listener
+        core = node.membership.core
+        sim.run(9.9)
+        self.assertEqual(core.stats["stream_failures"], 0, "still waiting within the 10 s TCP timeout")
+        sim.run(0.2)
+        self.assertEqual(core.stats["stream_failures"], 1)
+        self.assertEqual(set(states(node)), {"node2"})

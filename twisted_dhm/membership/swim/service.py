@@ -175,13 +175,14 @@ class _StreamClient(Int32StringReceiver):
         self.addr = addr
         self.data = data
         self.done = False
+        self.deadline: IDelayedCall | None = None  # the whole exchange, connecting included
 
     def connectionMade(self) -> None:
         self.sendString(self.data)
 
     def stringReceived(self, reply: bytes) -> None:
         if not self.done:
-            self.done = True
+            self._finish()
             self.service.stream_answered(self.addr, reply)
         self.transport.loseConnection()
 
@@ -192,10 +193,23 @@ class _StreamClient(Int32StringReceiver):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.fail()
 
+    def timed_out(self) -> None:
+        self.deadline = None
+        if self.transport is not None:
+            self.transport.abortConnection()  # connectionLost reports the failure
+        else:
+            self.fail()
+
     def fail(self) -> None:
         if not self.done:
-            self.done = True
+            self._finish()
             self.service.stream_failed(self.addr)
+
+    def _finish(self) -> None:
+        self.done = True
+        if self.deadline is not None and self.deadline.active():
+            self.deadline.cancel()
+        self.deadline = None
 
 
 class _Factory(Factory):
@@ -358,11 +372,9 @@ class SwimMembership(Service):
             return
         client = _StreamClient(self, out.addr, out.data)
         timeout = self.swim_config.tcp_timeout
+        client.deadline = self.clock.callLater(timeout, client.timed_out)
         d = self.network.connect(out.addr[0], out.addr[1], _Factory(lambda: client), timeout=timeout)
         self._connecting.add(d)
-        timer = self.clock.callLater(
-            timeout, lambda: client.transport.abortConnection() if client.transport is not None else None
-        )
 
         def connected(protocol: Any) -> None:
             self._connecting.discard(d)
@@ -372,12 +384,7 @@ class SwimMembership(Service):
             log.debug("gossip stream to {addr} failed: {e}", addr=out.addr, e=failure.getErrorMessage())
             client.fail()
 
-        def finished(result: Any) -> Any:
-            if timer.active() and (client.done or client.transport is None):
-                timer.cancel()
-            return result
-
-        d.addCallbacks(connected, failed).addBoth(finished)
+        d.addCallbacks(connected, failed)
 
     def _arm(self) -> None:
         deadline = self.core.next_deadline()
