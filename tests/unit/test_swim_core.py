@@ -361,9 +361,25 @@ def test_buddy_system_puts_the_suspicion_before_the_ping():
     first_kind, first = to_m0[0][0]
     assert first_kind == "suspect" and first.name == "m0" and first.from_node == "me"
     assert kinds(to_m0[0])[1] == "ping"
-    for _, addr, msgs in sent:  # alive members get a plain ping first
+    for _, addr, msgs in sent:  # others get a plain ping first, or the buddy suspicion about themselves
         if addr != member_addr(0) and "ping" in kinds(msgs):
-            assert kinds(msgs)[0] == "ping"
+            first_kind, first = msgs[0]
+            ping = next(m for k, m in msgs if k == "ping")
+            assert first_kind == "ping" or (first_kind == "suspect" and first.name == ping.target)
+
+
+def test_a_new_suspect_is_probed_next():
+    swim = lone(20)
+    swim.start(0.0, [])
+
+    def ack(now, addr, msgs):  # everyone answers: no suspicion of our own
+        return [packet(codec.ack(m.seq)) for k, m in msgs if k == "ping"]
+
+    drive(swim, 3.0, ack)
+    swim.receive_packet(3.0, OUTSIDE, packet(codec.suspect(1, "m7", "m1")))
+    sent = drive(swim, 4.05, ack)
+    pinged = [addr for _, addr, msgs in sent if "ping" in kinds(msgs)]
+    assert pinged and pinged[0] == member_addr(7), "the suspect is the very next member probed"
 
 
 def test_suspect_refutes_on_the_ack_itself():
@@ -374,6 +390,21 @@ def test_suspect_refutes_on_the_ack_itself():
     got = msgs_of(out.data)
     assert seqs(got, "ack") == [9]
     assert any(k == "alive" and m.name == "me" and m.incarnation == 2 for k, m in got)
+
+
+def test_a_stale_accusation_gets_our_current_alive_on_the_ack():
+    target = lone(1)
+    target.receive_packet(1.0, OUTSIDE, packet(codec.suspect(1, "me", "m0")))  # refuted: now incarnation 2
+    assert target.incarnation == 2
+    # m0 missed the refutation and probes us with its old suspicion (the buddy system).
+    (out,) = target.receive_packet(
+        2.0, OUTSIDE, packet(codec.suspect(1, "me", "m0"), codec.ping(9, "me", "m0", *OUTSIDE))
+    )
+    got = msgs_of(out.data)
+    assert seqs(got, "ack") == [9]
+    assert any(k == "alive" and m.name == "me" and m.incarnation == 2 for k, m in got)
+    assert target.incarnation == 2, "no new refutation: the old claim is answered with what we have"
+    assert target.stats["restated_alive"] == 1
 
 
 # --- dissemination ---------------------------------------------------------------------

@@ -23,6 +23,15 @@ Where we differ from memberlist, and why:
   retransmit limits counts alive and suspect members only.
 * Push-pull answers are built *after* merging the initiator's state, so a
   refutation caused by the merge is in the reply.
+* With Lifeguard on, a member that becomes suspect is probed next rather than when
+  its turn in the round comes, and a member that hears an accusation it has already
+  refuted (an older incarnation) repeats its current alive message instead of ignoring
+  it.  Together they close the gap that produced false positives under heavy loss: a
+  suspecter whose every gossip copy of the refutation was lost would otherwise wait out
+  the whole suspicion timeout and declare a healthy member dead.
+* After a stall, overdue timers run once at the real time (periodic ticks do not fire
+  once per missed period), and a probe whose indirect checks had less than half a
+  probe timeout to answer is inconclusive rather than a failure.
 * A periodic rejoin pass (``rejoin_interval``) heals partitions; see
   :meth:`Swim._rejoin_tick`.
 * ``leave`` raises the incarnation by one, so the leave outranks any alive
@@ -86,6 +95,8 @@ STAT_KEYS = (
     "rejoin_attempts",
     "address_conflicts",
     "misdirected_pings",
+    "probes_inconclusive",
+    "restated_alive",
 )
 
 
@@ -156,7 +167,7 @@ class _Timer:
 class _Probe:
     """Our own probe of one member, alive for one (scaled) probe interval."""
 
-    __slots__ = ("seq", "target", "incarnation", "acked", "expected_nacks", "nacks", "timeout_timer")
+    __slots__ = ("seq", "target", "incarnation", "acked", "expected_nacks", "nacks", "timeout_timer", "indirect_at")
 
     def __init__(self, seq: int, target: str, incarnation: int) -> None:
         self.seq = seq
@@ -166,6 +177,7 @@ class _Probe:
         self.expected_nacks = 0
         self.nacks = 0
         self.timeout_timer: _Timer | None = None
+        self.indirect_at: float | None = None  # when the ping-reqs went out
 
 
 class _Relay:
@@ -269,7 +281,12 @@ class Swim:
         return self._flush()
 
     def advance(self, now: float) -> list[Output]:
-        """Run every timer due at or before ``now`` (each sees its own due time as the time)."""
+        """Run every timer due at or before ``now``, in due order, each at the real time ``now``.
+
+        After a stall (a GC pause, a starved CPU) a periodic tick therefore fires once and
+        re-arms from ``now``, rather than firing once per missed period and probing (and
+        suspecting) a burst of members at the same instant.
+        """
         if self._left:
             self._timers.clear()  # after leave() only packets and streams are served
             return self._flush()
@@ -277,7 +294,7 @@ class Swim:
         while timers and timers[0][0] <= now:
             when, _, timer = heapq.heappop(timers)
             if not timer.cancelled:
-                timer.fn(when, *timer.args)
+                timer.fn(now, *timer.args)
         return self._flush()
 
     def next_deadline(self) -> float | None:
@@ -541,6 +558,7 @@ class Swim:
         for helper in helpers:
             self.stats["ping_reqs_sent"] += 1
             self._send(helper.addr, [req])
+        probe.indirect_at = now
         if lifeguard:
             probe.expected_nacks = len(helpers)
 
@@ -551,6 +569,14 @@ class Swim:
         self._probe = None
         self._acks.pop(probe.seq, None)
         if probe.acked:
+            return
+        if probe.indirect_at is not None and now - probe.indirect_at < 0.5 * self._scaled(self.config.probe_timeout):
+            # The ping-reqs went out only just now: we were stalled past the probe timeout and
+            # the period ended before the helpers could answer.  Our lateness is no evidence
+            # against the target; count it against our own health instead.
+            self.stats["probes_inconclusive"] += 1
+            if self.config.lifeguard:
+                self._awareness.apply_delta(1)
             return
         self.stats["probe_failures"] += 1
         if self.config.lifeguard:
@@ -665,7 +691,11 @@ class Swim:
 
     def _on_suspect(self, now: float, inc: int, name: str, from_node: str) -> None:
         member = self._members.get(name)
-        if member is None or inc < member.incarnation:
+        if member is None:
+            return
+        if inc < member.incarnation:
+            if member is self._me:
+                self._restate_alive()
             return
         susp = member.suspicion
         if susp is not None:
@@ -700,6 +730,11 @@ class Swim:
         susp = Suspicion(from_node, k, min_timeout, max_timeout, now)
         member.suspicion = susp
         self.stats["suspicions"] += 1
+        if cfg.lifeguard:
+            # Probe a new suspect next, not a whole round (up to N periods) later: with the
+            # buddy system the probe tells it it is suspected, and its ack brings back the
+            # refutation even if every gossip copy of it missed us.
+            self._probe_list.insert(self._probe_index, name)
         self._arm_suspicion(now, member, susp)
         self._notify(member, old)
 
@@ -728,7 +763,11 @@ class Swim:
 
     def _on_dead(self, now: float, inc: int, name: str, from_node: str) -> None:
         member = self._members.get(name)
-        if member is None or inc < member.incarnation:
+        if member is None:
+            return
+        if inc < member.incarnation:
+            if member is self._me:
+                self._restate_alive()
             return
         self._clear_suspicion(member)
         if member.state == DEAD or member.state == LEFT:
@@ -744,6 +783,17 @@ class Swim:
         member.state_change = now
         self._live -= 1
         self._notify(member, old)
+
+    def _restate_alive(self) -> None:
+        """Someone still acts on an accusation we already refuted (our refutation missed it).
+
+        memberlist ignores such stale news; then the accuser's suspicion can run out and
+        declare us dead on its own.  Queuing our current alive again costs nothing and, since
+        the accusation usually comes with a probe (the buddy system), it rides back on the ack.
+        """
+        if not self._left:
+            self.stats["restated_alive"] += 1
+            self._broadcast_alive(self._me)
 
     def _refute(self, accused: int) -> None:
         """We are said to be suspect, dead or different: outbid the claim with a higher incarnation."""
