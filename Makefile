@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 NODES ?= 3
 DISCOVERY ?= static
 
-.PHONY: run test lint clean bench bench-cluster proto etcd consul
+.PHONY: run test lint clean bench bench-cluster swim-eval proto etcd consul
 
 $(STAMP): setup.py clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ bench: $(STAMP)
 ## bench-cluster: 3-node dhashmap beside 3-member etcd (needs wrk and etcd-server)
 bench-cluster: $(STAMP)
 	bench/cluster_vs_etcd.sh
+
+## swim-eval: SWIM failure detection in the simulator, N = 10/100/1,000 at 0/5/10 % loss and with
+##            stalled members, Lifeguard on and off -> docs/swim.md (about an hour of CPU on 2 cores)
+swim-eval: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/swim_eval.py
 
 ## proto: regenerate the protobuf code from proto/ (pinned generator: the [proto] extra)
 proto: $(STAMP)
