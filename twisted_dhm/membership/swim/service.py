@@ -16,6 +16,7 @@ out of the view (and logged), never guessed at.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import random
@@ -116,8 +117,6 @@ def write_keyring_file(path: str, keys: Sequence[bytes]) -> None:
 
 def fingerprint(key: bytes) -> str:
     """A short, non-secret name for a key (its SHA-256, hex, first 16 characters)."""
-    import hashlib
-
     return hashlib.sha256(key).hexdigest()[:16]
 
 
