@@ -114,12 +114,12 @@ function normaliseUrl(raw: string): URL {
     throw new TypeError(`a node URL must be http:// or https://, not ${JSON.stringify(raw)}`);
   }
   if (url.search || url.hash) throw new TypeError(`a node URL must not have a query or fragment: ${JSON.stringify(raw)}`);
-  url.pathname = url.pathname.replace(/\/+$/, "");
   return url;
 }
 
+/** The URL every path is appended to: a path in it (a node behind a proxy at /dhm/) prefixes every request. */
 function baseOf(url: URL): string {
-  return `${url.protocol}//${url.host}${url.pathname}`;
+  return `${url.protocol}//${url.host}${url.pathname.replace(/\/+$/, "")}`;
 }
 
 function sleep(ms: number): Promise<void> {

@@ -5,6 +5,8 @@
  * be retried depends on the operation, so the client decides.
  */
 
+import * as http from "node:http";
+import * as https from "node:https";
 import { ConnectionError, TimeoutError } from "./errors.js";
 
 export interface HttpResponse {
@@ -50,6 +52,62 @@ function isTimeout(error: unknown): boolean {
   return typeof error === "object" && error !== null && (error as { name?: unknown }).name === "TimeoutError";
 }
 
+/**
+ * The path and query of `url` exactly as written. fetch parses URLs the WHATWG
+ * way, which removes dot segments even when percent-encoded: the keys `.` and
+ * `..` (`/v1/kv/%2E%2E`) would silently become requests for `/v1/`. Such
+ * requests are sent with node:http, which sends the path as it is.
+ */
+function rawTarget(url: string): string | undefined {
+  const match = /^https?:\/\/[^/?#]*(\/[^#]*)?$/i.exec(url);
+  return match?.[1] ?? "/";
+}
+
+function timeoutError(): Error {
+  const error = new Error("deadline passed");
+  error.name = "TimeoutError";
+  return error;
+}
+
+function nodeRequest(req: HttpRequest, target: string): Promise<HttpResponse> {
+  const url = new URL(req.url);
+  const lib = url.protocol === "https:" ? https : http;
+  return new Promise<HttpResponse>((resolve, reject) => {
+    const headers: Record<string, string> = { ...req.headers };
+    if (req.body !== undefined) headers["content-length"] = String(req.body.byteLength);
+    const request = lib.request({
+      host: url.hostname.replace(/^\[|\]$/g, ""),
+      port: url.port || undefined,
+      method: req.method,
+      path: target,
+      headers,
+    });
+    const timer = setTimeout(() => request.destroy(timeoutError()), req.timeoutMs);
+    request.on("error", (error) => {
+      clearTimeout(timer);
+      reject(error);
+    });
+    request.on("response", (response) => {
+      const chunks: Buffer[] = [];
+      response.on("data", (chunk: Buffer) => chunks.push(chunk));
+      response.on("error", (error) => {
+        clearTimeout(timer);
+        reject(error);
+      });
+      response.on("end", () => {
+        clearTimeout(timer);
+        const out = new Headers();
+        for (const [name, value] of Object.entries(response.headers)) {
+          if (value === undefined) continue;
+          for (const v of Array.isArray(value) ? value : [value]) out.append(name, v);
+        }
+        resolve({ status: response.statusCode ?? 0, headers: out, body: new Uint8Array(Buffer.concat(chunks)) });
+      });
+    });
+    request.end(req.body === undefined ? undefined : Buffer.from(req.body.buffer, req.body.byteOffset, req.body.byteLength));
+  });
+}
+
 export class HttpTransport {
   constructor(
     private readonly fetchImpl: FetchLike,
@@ -60,6 +118,10 @@ export class HttpTransport {
     const signal = AbortSignal.timeout(req.timeoutMs);
     const what = `${req.method} ${req.url}`;
     try {
+      const target = rawTarget(req.url);
+      if (target !== undefined && new URL(req.url).pathname + new URL(req.url).search !== target) {
+        return await nodeRequest(req, target);
+      }
       const response = await this.fetchImpl(req.url, {
         ...this.extraInit,
         method: req.method,

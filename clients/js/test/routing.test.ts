@@ -1,0 +1,94 @@
+/** Smart routing against three scripted nodes that serve a made-up partition table. */
+
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { Client, partitionOf } from "dhashmap-client";
+import { type FakeNode, fakeNode, json } from "./fake.js";
+
+const Q = 8;
+const ids = ["a", "b", "c"];
+let nodes: FakeNode[] = [];
+const states: Record<string, string> = { a: "alive", b: "alive", c: "alive" };
+
+/** Partition p's preference list starts at node p % 3. */
+function owners(p: number): string[] {
+  return [0, 1, 2].map((i) => ids[(p + i) % 3]!);
+}
+
+before(async () => {
+  const ports: number[] = [];
+  for (const id of ids) {
+    const n = await fakeNode((req, res) => {
+      if (req.url === "/v1/cluster/ring") {
+        json(res, 200, {
+          partitions: Q, replicas: 3, hash: "xxh64", nodes: ids,
+          table: Array.from({ length: Q }, (_, p) => ({ partition: p, owners: owners(p) })),
+        });
+      } else if (req.url === "/v1/cluster/members") {
+        json(res, 200, {
+          node: id,
+          members: ids.map((m, i) => ({
+            id: m, state: states[m], addresses: { host: "127.0.0.1", peer: 1, rest: ports[i] },
+            weight: 1, version: "0.1.0", incarnation: 0,
+          })),
+        });
+      } else {
+        // The answer names the node that served it.
+        res.writeHead(200, { etag: `"${id}"` });
+        res.end(id);
+      }
+    });
+    ports.push(n.port);
+    nodes.push(n);
+  }
+});
+
+after(async () => {
+  await Promise.all(nodes.map((n) => n.close()));
+});
+
+function keyFor(partition: number): string {
+  for (let i = 0; ; i++) {
+    const key = `key-${i}`;
+    if (partitionOf(new TextEncoder().encode(key), Q) === partition) return key;
+  }
+}
+
+test("each key goes to its partition's first owner", async () => {
+  const client = new Client([nodes[0]!.url], { smartRouting: true, timeoutMs: 2000 });
+  for (let p = 0; p < Q; p++) {
+    const key = keyFor(p);
+    const got = await client.get(key);
+    assert.equal(got.version, owners(p)[0], `partition ${p}`);
+    const route = await client.route(key);
+    assert.equal(route.partition, p);
+    assert.deepEqual(route.owners, owners(p));
+  }
+});
+
+test("without smart routing every request goes to the given URL", async () => {
+  const client = new Client(nodes[2]!.url, { timeoutMs: 2000 });
+  for (let p = 0; p < Q; p++) assert.equal((await client.get(keyFor(p))).version, "c");
+});
+
+test("an owner reported dead is skipped; one that refuses connections is avoided after a refresh", async () => {
+  states.b = "dead";
+  const client = new Client([nodes[0]!.url], { smartRouting: true, timeoutMs: 2000, backoffMs: 1 });
+  const pb = [...Array(Q).keys()].find((p) => owners(p)[0] === "b")!;
+  assert.equal((await client.get(keyFor(pb))).version, "c", "b is dead: its next owner serves");
+  states.b = "alive";
+  client.invalidateTopology();
+  assert.equal((await client.get(keyFor(pb))).version, "b");
+
+  const pc = [...Array(Q).keys()].find((p) => owners(p)[0] === "c")!;
+  const ringRequestsBefore = nodes[0]!.seen.filter((s) => s.url === "/v1/cluster/ring").length;
+  await nodes[2]!.close(); // c now refuses connections, though members still say alive
+  // The refused request is retried on the partition's next owner, with no error.
+  assert.equal((await client.get(keyFor(pc))).version, owners(pc)[1]);
+  // ...and the connection error made the client fetch the table again.
+  for (let i = 0; i < 50 && nodes[0]!.seen.filter((s) => s.url === "/v1/cluster/ring").length === ringRequestsBefore; i++) {
+    await new Promise((r) => setImmediate(r));
+    await client.route("x");
+  }
+  assert.ok(nodes[0]!.seen.filter((s) => s.url === "/v1/cluster/ring").length > ringRequestsBefore);
+});
