@@ -56,7 +56,7 @@ export async function startCluster(size = 3, deadlineMs = 60_000): Promise<LiveC
   try {
     accessSync(twistd, constants.X_OK);
   } catch {
-    throw new Error(`twistd not found at ${twistd}: set DHASHMAP_TWISTD or create the venv (make venv at the repository root)`);
+    throw new Error(`twistd not found at ${twistd}: set DHASHMAP_TWISTD or create the venv: make .venv/.installed at the repository root`);
   }
   const dataDir = mkdtempSync(join(tmpdir(), "dhashmap-js-"));
   const ports = await freePorts(size * 2);
