@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { after, before, beforeEach, describe, test } from "node:test";
 import {
   Client,
+  ConnectionError,
   KeyTooLongError,
   NotFoundError,
   PreconditionFailedError,
@@ -104,7 +105,16 @@ describe("key operations", () => {
 
   test("limits come back as TooLargeError", async () => {
     await assert.rejects(client.get(new Uint8Array(4097).fill(0x61)), KeyTooLongError);
-    await assert.rejects(client.put("big", new Uint8Array(8 * 1024 * 1024 + 1)), TooLargeError);
+    // The node answers 413 as soon as the declared length is over the limit and then closes
+    // the connection at once, so fetch, still uploading, sometimes sees EPIPE/ECONNRESET
+    // instead of the 413 (a race in the node's close, see the README). Either way the
+    // request fails without a retry and nothing is stored.
+    const error = await client.put("big", new Uint8Array(8 * 1024 * 1024 + 1)).then(
+      () => assert.fail("an oversized value was accepted"), (e: unknown) => e);
+    assert.ok(error instanceof TooLargeError
+      || (error instanceof ConnectionError && !error.connectFailed && /EPIPE|ECONNRESET/.test(error.message)),
+      String(error));
+    await assert.rejects(client.get("big"), NotFoundError);
   });
 });
 
