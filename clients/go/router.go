@@ -53,7 +53,6 @@ func (r *router) route(key []byte) []string {
 	return out
 }
 
-
 func (r *router) liveMembers() []Member {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
