@@ -4,50 +4,55 @@
 # source: gossip.proto
 # Protobuf Python Version: 7.35.1
 """Generated protocol buffer code."""
-
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pool as _descriptor_pool
 from google.protobuf import runtime_version as _runtime_version
 from google.protobuf import symbol_database as _symbol_database
 from google.protobuf.internal import builder as _builder
-
-_runtime_version.ValidateProtobufRuntimeVersion(_runtime_version.Domain.PUBLIC, 7, 35, 1, "", "gossip.proto")
+_runtime_version.ValidateProtobufRuntimeVersion(
+    _runtime_version.Domain.PUBLIC,
+    7,
+    35,
+    1,
+    '',
+    'gossip.proto'
+)
 # @@protoc_insertion_point(imports)
 
 _sym_db = _symbol_database.Default()
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(
-    b'\n\x0cgossip.proto\x12\x0b\x64hashmap.v1"a\n\x08SwimPing\x12\x0b\n\x03seq\x18\x01 \x01(\r\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x13\n\x0bsource_host\x18\x04 \x01(\t\x12\x13\n\x0bsource_port\x18\x05 \x01(\r"\x8b\x01\n\x10SwimIndirectPing\x12\x0b\n\x03seq\x18\x01 \x01(\r\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x13\n\x0btarget_host\x18\x03 \x01(\t\x12\x13\n\x0btarget_port\x18\x04 \x01(\r\x12\x0c\n\x04nack\x18\x05 \x01(\x08\x12\x12\n\ntimeout_ms\x18\x06 \x01(\r\x12\x0e\n\x06source\x18\x07 \x01(\t"\x16\n\x07SwimAck\x12\x0b\n\x03seq\x18\x01 \x01(\r"\x17\n\x08SwimNack\x12\x0b\n\x03seq\x18\x01 \x01(\r"X\n\tSwimAlive\x12\x13\n\x0bincarnation\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\r\x12\x0c\n\x04meta\x18\x05 \x01(\x0c"C\n\x0bSwimSuspect\x12\x13\n\x0bincarnation\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tfrom_node\x18\x03 \x01(\t"@\n\x08SwimDead\x12\x13\n\x0bincarnation\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tfrom_node\x18\x03 \x01(\t"\xbd\x02\n\x0bSwimMessage\x12%\n\x04ping\x18\x01 \x01(\x0b\x32\x15.dhashmap.v1.SwimPingH\x00\x12\x36\n\rindirect_ping\x18\x02 \x01(\x0b\x32\x1d.dhashmap.v1.SwimIndirectPingH\x00\x12#\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x14.dhashmap.v1.SwimAckH\x00\x12%\n\x04nack\x18\x04 \x01(\x0b\x32\x15.dhashmap.v1.SwimNackH\x00\x12\'\n\x05\x61live\x18\x05 \x01(\x0b\x32\x16.dhashmap.v1.SwimAliveH\x00\x12+\n\x07suspect\x18\x06 \x01(\x0b\x32\x18.dhashmap.v1.SwimSuspectH\x00\x12%\n\x04\x64\x65\x61\x64\x18\x07 \x01(\x0b\x32\x15.dhashmap.v1.SwimDeadH\x00\x42\x06\n\x04\x62ody"8\n\nSwimPacket\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.dhashmap.v1.SwimMessage"\x85\x01\n\x0fSwimMemberState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\x12\x0c\n\x04meta\x18\x04 \x01(\x0c\x12\x13\n\x0bincarnation\x18\x05 \x01(\r\x12%\n\x05state\x18\x06 \x01(\x0e\x32\x16.dhashmap.v1.SwimState"K\n\x0cSwimPushPull\x12\x0c\n\x04join\x18\x01 \x01(\x08\x12-\n\x07members\x18\x02 \x03(\x0b\x32\x1c.dhashmap.v1.SwimMemberState*c\n\tSwimState\x12\x14\n\x10SWIM_STATE_ALIVE\x10\x00\x12\x16\n\x12SWIM_STATE_SUSPECT\x10\x01\x12\x13\n\x0fSWIM_STATE_DEAD\x10\x02\x12\x13\n\x0fSWIM_STATE_LEFT\x10\x03\x62\x06proto3'
-)
+
+
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0cgossip.proto\x12\x0b\x64hashmap.v1\"a\n\x08SwimPing\x12\x0b\n\x03seq\x18\x01 \x01(\r\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x13\n\x0bsource_host\x18\x04 \x01(\t\x12\x13\n\x0bsource_port\x18\x05 \x01(\r\"\x8b\x01\n\x10SwimIndirectPing\x12\x0b\n\x03seq\x18\x01 \x01(\r\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x13\n\x0btarget_host\x18\x03 \x01(\t\x12\x13\n\x0btarget_port\x18\x04 \x01(\r\x12\x0c\n\x04nack\x18\x05 \x01(\x08\x12\x12\n\ntimeout_ms\x18\x06 \x01(\r\x12\x0e\n\x06source\x18\x07 \x01(\t\"\x16\n\x07SwimAck\x12\x0b\n\x03seq\x18\x01 \x01(\r\"\x17\n\x08SwimNack\x12\x0b\n\x03seq\x18\x01 \x01(\r\"X\n\tSwimAlive\x12\x13\n\x0bincarnation\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\r\x12\x0c\n\x04meta\x18\x05 \x01(\x0c\"C\n\x0bSwimSuspect\x12\x13\n\x0bincarnation\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tfrom_node\x18\x03 \x01(\t\"@\n\x08SwimDead\x12\x13\n\x0bincarnation\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tfrom_node\x18\x03 \x01(\t\"\xbd\x02\n\x0bSwimMessage\x12%\n\x04ping\x18\x01 \x01(\x0b\x32\x15.dhashmap.v1.SwimPingH\x00\x12\x36\n\rindirect_ping\x18\x02 \x01(\x0b\x32\x1d.dhashmap.v1.SwimIndirectPingH\x00\x12#\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x14.dhashmap.v1.SwimAckH\x00\x12%\n\x04nack\x18\x04 \x01(\x0b\x32\x15.dhashmap.v1.SwimNackH\x00\x12\'\n\x05\x61live\x18\x05 \x01(\x0b\x32\x16.dhashmap.v1.SwimAliveH\x00\x12+\n\x07suspect\x18\x06 \x01(\x0b\x32\x18.dhashmap.v1.SwimSuspectH\x00\x12%\n\x04\x64\x65\x61\x64\x18\x07 \x01(\x0b\x32\x15.dhashmap.v1.SwimDeadH\x00\x42\x06\n\x04\x62ody\"8\n\nSwimPacket\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.dhashmap.v1.SwimMessage\"\x85\x01\n\x0fSwimMemberState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\x12\x0c\n\x04meta\x18\x04 \x01(\x0c\x12\x13\n\x0bincarnation\x18\x05 \x01(\r\x12%\n\x05state\x18\x06 \x01(\x0e\x32\x16.dhashmap.v1.SwimState\"K\n\x0cSwimPushPull\x12\x0c\n\x04join\x18\x01 \x01(\x08\x12-\n\x07members\x18\x02 \x03(\x0b\x32\x1c.dhashmap.v1.SwimMemberState*c\n\tSwimState\x12\x14\n\x10SWIM_STATE_ALIVE\x10\x00\x12\x16\n\x12SWIM_STATE_SUSPECT\x10\x01\x12\x13\n\x0fSWIM_STATE_DEAD\x10\x02\x12\x13\n\x0fSWIM_STATE_LEFT\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
-_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, "gossip_pb2", _globals)
+_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gossip_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-    DESCRIPTOR._loaded_options = None
-    _globals["_SWIMSTATE"]._serialized_start = 1135
-    _globals["_SWIMSTATE"]._serialized_end = 1234
-    _globals["_SWIMPING"]._serialized_start = 29
-    _globals["_SWIMPING"]._serialized_end = 126
-    _globals["_SWIMINDIRECTPING"]._serialized_start = 129
-    _globals["_SWIMINDIRECTPING"]._serialized_end = 268
-    _globals["_SWIMACK"]._serialized_start = 270
-    _globals["_SWIMACK"]._serialized_end = 292
-    _globals["_SWIMNACK"]._serialized_start = 294
-    _globals["_SWIMNACK"]._serialized_end = 317
-    _globals["_SWIMALIVE"]._serialized_start = 319
-    _globals["_SWIMALIVE"]._serialized_end = 407
-    _globals["_SWIMSUSPECT"]._serialized_start = 409
-    _globals["_SWIMSUSPECT"]._serialized_end = 476
-    _globals["_SWIMDEAD"]._serialized_start = 478
-    _globals["_SWIMDEAD"]._serialized_end = 542
-    _globals["_SWIMMESSAGE"]._serialized_start = 545
-    _globals["_SWIMMESSAGE"]._serialized_end = 862
-    _globals["_SWIMPACKET"]._serialized_start = 864
-    _globals["_SWIMPACKET"]._serialized_end = 920
-    _globals["_SWIMMEMBERSTATE"]._serialized_start = 923
-    _globals["_SWIMMEMBERSTATE"]._serialized_end = 1056
-    _globals["_SWIMPUSHPULL"]._serialized_start = 1058
-    _globals["_SWIMPUSHPULL"]._serialized_end = 1133
+  DESCRIPTOR._loaded_options = None
+  _globals['_SWIMSTATE']._serialized_start=1135
+  _globals['_SWIMSTATE']._serialized_end=1234
+  _globals['_SWIMPING']._serialized_start=29
+  _globals['_SWIMPING']._serialized_end=126
+  _globals['_SWIMINDIRECTPING']._serialized_start=129
+  _globals['_SWIMINDIRECTPING']._serialized_end=268
+  _globals['_SWIMACK']._serialized_start=270
+  _globals['_SWIMACK']._serialized_end=292
+  _globals['_SWIMNACK']._serialized_start=294
+  _globals['_SWIMNACK']._serialized_end=317
+  _globals['_SWIMALIVE']._serialized_start=319
+  _globals['_SWIMALIVE']._serialized_end=407
+  _globals['_SWIMSUSPECT']._serialized_start=409
+  _globals['_SWIMSUSPECT']._serialized_end=476
+  _globals['_SWIMDEAD']._serialized_start=478
+  _globals['_SWIMDEAD']._serialized_end=542
+  _globals['_SWIMMESSAGE']._serialized_start=545
+  _globals['_SWIMMESSAGE']._serialized_end=862
+  _globals['_SWIMPACKET']._serialized_start=864
+  _globals['_SWIMPACKET']._serialized_end=920
+  _globals['_SWIMMEMBERSTATE']._serialized_start=923
+  _globals['_SWIMMEMBERSTATE']._serialized_end=1056
+  _globals['_SWIMPUSHPULL']._serialized_start=1058
+  _globals['_SWIMPUSHPULL']._serialized_end=1133
 # @@protoc_insertion_point(module_scope)
