@@ -20,12 +20,14 @@ $(STAMP): setup.py clients/python/pyproject.toml
 run: $(STAMP)
 	$(BIN)/python -m twisted_dhm.devcluster --nodes $(NODES) --discovery $(DISCOVERY)
 
-## test: set up and run the whole suite (lint, unit, integration, client); the integration
+## test: set up and run the whole suite (lint, unit, integration, the Python, Go and JS clients); the integration
 ##       tests run a real etcd, installed with apt-get (etcd-server) when missing and run as root, and
 ##       a real Consul agent, built once from the Go module proxy by tools/get-consul.sh (needs Go >= 1.24)
 test: $(STAMP) etcd consul
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q tests clients/python/tests
+	cd clients/go && go vet ./... && DHASHMAP_TWISTD=$(CURDIR)/$(BIN)/twistd go test -p 1 ./...
+	cd clients/js && npm ci --no-audit --no-fund --loglevel=error && DHASHMAP_TWISTD=$(CURDIR)/$(BIN)/twistd npm test
 
 etcd:
 	@command -v etcd >/dev/null 2>&1 || { \
