@@ -120,6 +120,23 @@ def raw_exchange(node, data: bytes, read_timeout=5.0) -> bytes:
         return b"".join(chunks)
 
 
+def test_an_oversized_upload_reads_its_413_every_time(node):
+    """The node answers 413 early but keeps reading (and dropping) the upload until the client
+    closes: closing at once would reset the connection and destroy the answer."""
+    import http.client
+
+    body = b"v" * (8 * 1024 * 1024 + 1)
+    for i in range(10):
+        conn = http.client.HTTPConnection(node.host, node.port, timeout=10)
+        try:
+            conn.request("PUT", f"/v1/kv/oversized{i}", body=body)
+            response = conn.getresponse()
+            assert response.status == 413 and b"value_too_large" in response.read()
+        finally:
+            conn.close()
+    assert node.request("GET", kv(b"oversized0"))[0] == 404
+
+
 def test_hostile_requests_get_4xx_and_node_keeps_serving(node):
     # A body declared far over the limit: 413 before the upload, connection closed.
     answer = raw_exchange(node, b"PUT /v1/kv/big HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000000\r\n\r\n")

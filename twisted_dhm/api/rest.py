@@ -516,15 +516,12 @@ class DhashmapRequest(server.Request):
         # Keep the channel from inviting the body with "100 Continue".
         self.requestHeaders.removeHeader(b"expect")
         limit = self.channel.site.max_body_size
-        _raw_error(self.channel.transport, b"413 Payload Too Large", error_body(
+        self.channel.answer_and_close(b"413 Payload Too Large", error_body(
             "value_too_large", f"the body is at least {size} bytes; the limit is {limit}"))
 
 
-def _raw_error(transport: Any, status: bytes, body: bytes) -> None:
-    """Answer outside the request machinery, then close the connection."""
-    transport.write(b"HTTP/1.1 %s\r\nConnection: close\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\n\r\n%s" % (status, len(body), body))
-    transport.loseConnection()
+#: How long a connection refused mid-upload is kept reading (and discarding) after the answer.
+LINGER_SECONDS = 5.0
 
 
 class DhashmapChannel(http.HTTPChannel):
@@ -536,6 +533,7 @@ class DhashmapChannel(http.HTTPChannel):
 
     _host = None
     last_data = 0.0
+    _lingering: Any = None  # the delayed abort, once answered and closing
 
     def connectionMade(self) -> None:
         self.last_data = self.site.reactor.seconds()
@@ -543,12 +541,37 @@ class DhashmapChannel(http.HTTPChannel):
         super().connectionMade()
 
     def dataReceived(self, data: bytes) -> None:
+        if self._lingering is not None:
+            return  # the rest of a refused upload: read and dropped
         self.last_data = self.site.reactor.seconds()
         super().dataReceived(data)
 
     def connectionLost(self, reason: Failure) -> None:
         self.site.channels.discard(self)
+        if self._lingering is not None and self._lingering.active():
+            self._lingering.cancel()
         super().connectionLost(reason)
+
+    def answer_and_close(self, status: bytes, body: bytes) -> None:
+        """Answer outside the request machinery, then close without losing the answer.
+
+        Closing a socket with unread data makes the kernel send a reset, which can destroy
+        the answer before the client reads it (a client still uploading a refused body sees
+        EPIPE instead of the 413).  So, as web servers do, shut down our sending side after
+        the answer, keep reading and dropping what still arrives, and close for good when
+        the client does or after ``LINGER_SECONDS``.
+        """
+        if self._lingering is not None:
+            return
+        self.transport.write(b"HTTP/1.1 %s\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (status, len(body), body))
+        self.site.channels.discard(self)  # the idle sweep must not time this out as a request
+        self._lingering = self.site.reactor.callLater(LINGER_SECONDS, self.transport.abortConnection)
+        half_close = getattr(self.transport, "loseWriteConnection", None)
+        if half_close is None:
+            self.transport.loseConnection()
+        else:
+            half_close()
 
     @property
     def idle(self) -> bool:
@@ -567,7 +590,7 @@ class DhashmapChannel(http.HTTPChannel):
         return self._host
 
     def lineLengthExceeded(self, line: bytes) -> None:
-        _raw_error(self.transport, b"414 URI Too Long", error_body(
+        self.answer_and_close(b"414 URI Too Long", error_body(
             "key_too_long", f"the request line is over {self.MAX_LENGTH} bytes"))
 
 
