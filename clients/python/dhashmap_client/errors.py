@@ -194,6 +194,10 @@ def error_from_response(status: int, body: bytes) -> DhashmapError:
         text = body[:200].decode("utf-8", "replace").strip()
         message = text or f"HTTP {status}"
     cls = _BY_STATUS.get(status)
+    if cls is NotFound and code not in (None, "not_found"):
+        # A 404 that is not about a key (``no_route``: a wrong base URL or path) must not
+        # read as "this key has no value".
+        cls = DhashmapError
     if cls is None:
         cls = ServerError if status >= 500 else DhashmapError
     if cls is Unavailable:

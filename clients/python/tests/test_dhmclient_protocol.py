@@ -72,6 +72,12 @@ def test_an_unexpected_4xx_is_a_plain_dhashmap_error() -> None:
     assert error.code == "method_not_allowed"
 
 
+def test_a_404_that_is_not_about_a_key_is_not_not_found() -> None:
+    error = error_from_response(404, body("no_route", "no such endpoint: GET /v2/kv/k"))
+    assert type(error) is DhashmapError and error.code == "no_route"
+    assert type(error_from_response(404, b"")) is NotFound  # a bare 404 keeps its meaning
+
+
 def test_an_empty_error_body_names_the_status() -> None:
     error = error_from_response(503, b"")
     assert type(error) is Unavailable and error.message == "HTTP 503"
