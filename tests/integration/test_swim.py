@@ -114,8 +114,12 @@ def test_encrypted_gossip_rotates_keys_and_refuses_strangers(swim_cluster, tmp_p
             status, _, body = node.request("POST", "/v1/cluster/gossip/keys", json.dumps({action: key}).encode())
             assert status == 200, body
             time.sleep(0.2)  # one node after another, with gossip running between them
-    time.sleep(2)
+    # Let gossip run on the new key for a while (each node hears at least 20 more packets).
+    heard = {n.node_id: metric(n, "dhashmap_gossip_packets_received_total") for n in nodes}
+    assert wait_for(lambda: all(metric(n, "dhashmap_gossip_packets_received_total") >= heard[n.node_id] + 20
+                                for n in nodes), deadline=20)
     for node in nodes:
+        assert metric(node, "dhashmap_gossip_auth_failures_total") == 0, "no packet was refused mid-rotation"
         assert {m["state"] for m in members(node).values()} == {"alive"}
         assert len(json.loads(node.request("GET", "/v1/cluster/gossip/keys")[2])["keys"]) == 1
     status, _, body = nodes[0].request("POST", "/v1/cluster/gossip/keys", json.dumps({"remove": KEY_2}).encode())
