@@ -64,6 +64,9 @@ proto: $(STAMP)
 	GOBIN=$(CURDIR)/$(BIN) go install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12 && $(BIN)/python -m grpc_tools.protoc -Iproto/dhashmap/v1 --plugin=protoc-gen-go=$(BIN)/protoc-gen-go --go_out=clients/go --go_opt=module=github.com/dhashmap/dhashmap/clients/go proto/dhashmap/v1/peer.proto
 	$(BIN)/python -m grpc_tools.protoc -Iproto/dhashmap/v1 --python_out=twisted_dhm/membership/swim \
 		--pyi_out=twisted_dhm/membership/swim proto/dhashmap/v1/gossip.proto
+	$(BIN)/python -m grpc_tools.protoc -Iproto/dhashmap/v1 --python_out=twisted_dhm/api --pyi_out=twisted_dhm/api \
+		--grpc_python_out=twisted_dhm/api proto/dhashmap/v1/kv.proto
+	sed -i 's/^import kv_pb2 as kv__pb2$$/from twisted_dhm.api import kv_pb2 as kv__pb2/' twisted_dhm/api/kv_pb2_grpc.py
 
 clean:
 	rm -rf $(VENV) data build dist *.egg-info clients/python/*.egg-info twisted/plugins/dropin.cache

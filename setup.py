@@ -28,6 +28,10 @@ setup(
         "cryptography>=42,<52",
         # HTTP to registries (etcd's JSON gateway, Consul), non-blocking on the reactor.
         "treq>=24.9,<27",
+        # The gRPC API (--grpc-port): the server, its health service and reflection.
+        "grpcio>=1.85.1,<2",
+        "grpcio-health-checking>=1.85.1,<2",
+        "grpcio-reflection>=1.85.1,<2",
     ],
     extras_require={
         # The generator behind `make proto`; pinned so the generated code is reproducible.

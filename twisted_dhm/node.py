@@ -132,13 +132,13 @@ class DhashmapNode(MultiService):
         self.hlc = HybridLogicalClock(reactor)
 
         local = Member(config.node_id, config.advertise, config.peer_port, config.port, ALIVE, config.weight,
-                       __version__)
+                       __version__, grpc_port=config.grpc_port)
         self.view = MembershipView(local)
         self.routing = Routing(self.view, config.partitions, config.replicas)
         self.replica = LocalReplica(self.engine, self.hints, self.hlc)
         identity = LocalIdentity(
             cluster=config.cluster, node_id=config.node_id, role=pb.ROLE_PEER, host=config.advertise,
-            peer_port=config.peer_port, rest_port=config.port, weight=config.weight,
+            peer_port=config.peer_port, rest_port=config.port, grpc_port=config.grpc_port, weight=config.weight,
             software_version=__version__, partitions=config.partitions,
         )
         max_frame = config.max_value_size + config.max_key_size + FRAME_OVERHEAD
@@ -182,6 +182,14 @@ class DhashmapNode(MultiService):
         self.rest = ListenService("rest", self.network, config.bind, config.port, self.site)
         self.rest.setServiceParent(self)
 
+        if config.grpc_port:
+            # Imported only when wanted: grpcio is large, and the simulator never listens on it.
+            from twisted_dhm.api.grpc_api import GrpcService
+
+            self.grpc = GrpcService(self, reactor, config.bind, config.grpc_port, config.max_key_size,
+                                    config.max_value_size)
+            self.grpc.setServiceParent(self)
+
     def _make_membership(self, config: Config, reactor: Any, rng: random.Random) -> Service:
         if config.discovery == "swim":
             # Imported here: the static world need not load the gossip code (or cryptography).
@@ -196,7 +204,7 @@ class DhashmapNode(MultiService):
                 gossip_nodes=config.gossip_nodes, push_pull_interval=config.gossip_push_pull_interval,
                 mtu=config.gossip_mtu, lifeguard=config.gossip_lifeguard,
             )
-            meta = encode_meta(config.peer_port, config.port, config.weight, __version__)
+            meta = encode_meta(config.peer_port, config.port, config.weight, __version__, config.grpc_port)
             keyring_path = os.path.join(config.data_dir, KEYRING_FILE) if config.storage == "lmdb" else None
             self.view.upsert(attrs.evolve(self.view.local, gossip_port=config.gossip_port))
             try:

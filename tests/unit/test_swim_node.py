@@ -115,7 +115,8 @@ class SwimNodeTests(SynchronousTestCase):
 
     def test_metadata_is_checked(self):
         meta = decode_meta(encode_meta(7000, 8080, 2, "0.1.0"))
-        self.assertEqual(meta, {"peer": 7000, "rest": 8080, "weight": 2, "version": "0.1.0"})
+        self.assertEqual(meta, {"peer": 7000, "rest": 8080, "weight": 2, "version": "0.1.0", "grpc": 0})
+        self.assertEqual(decode_meta(encode_meta(7000, 8080, 1, "v", grpc_port=9090))["grpc"], 9090)
         for bad in (
             b"",
             b"[]",

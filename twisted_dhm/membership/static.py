@@ -33,6 +33,7 @@ def member_from_hello(hello: pb.Hello, fallback_host: str) -> Member:
         host=addresses.host or fallback_host,
         peer_port=addresses.peer_port,
         rest_port=addresses.rest_port,
+        grpc_port=addresses.grpc_port,
         state=ALIVE,
         weight=max(1, hello.weight),
         software_version=hello.software_version,

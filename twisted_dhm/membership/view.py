@@ -28,6 +28,7 @@ class Member:
     # member's own incarnation number (raised by the member to refute suspicion).
     incarnation: int = 0
     gossip_port: int = 0  # SWIM's UDP/TCP port; 0 with other membership sources
+    grpc_port: int = 0  # the gRPC API's port; 0 when the node serves no gRPC (or it is unknown)
 
     @property
     def routable(self) -> bool:
@@ -37,6 +38,8 @@ class Member:
         addresses: dict = {"host": self.host, "peer": self.peer_port, "rest": self.rest_port}
         if self.gossip_port:
             addresses["gossip"] = self.gossip_port
+        if self.grpc_port:
+            addresses["grpc"] = self.grpc_port
         return addresses
 
     def to_json(self) -> dict:

@@ -66,6 +66,7 @@ class LocalIdentity:
     host: str = ""
     peer_port: int = 0
     rest_port: int = 0
+    grpc_port: int = 0
     weight: int = 1
     software_version: str = ""
     partitions: int = 0
@@ -79,6 +80,7 @@ class LocalIdentity:
         msg.addresses.host = self.host
         msg.addresses.peer_port = self.peer_port
         msg.addresses.rest_port = self.rest_port
+        msg.addresses.grpc_port = self.grpc_port
         return msg
 
 

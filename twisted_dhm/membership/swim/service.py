@@ -55,8 +55,10 @@ class GossipError(Exception):
 # -- member metadata -------------------------------------------------------------------------
 
 
-def encode_meta(peer_port: int, rest_port: int, weight: int, software_version: str) -> bytes:
+def encode_meta(peer_port: int, rest_port: int, weight: int, software_version: str, grpc_port: int = 0) -> bytes:
     meta = {"peer": peer_port, "rest": rest_port, "weight": weight, "version": software_version}
+    if grpc_port:
+        meta["grpc"] = grpc_port
     return json.dumps(meta, separators=(",", ":"), sort_keys=True).encode()
 
 
@@ -74,6 +76,10 @@ def decode_meta(raw: bytes) -> dict[str, Any]:
         if type(value) is not int or not low <= value <= high:
             raise ValueError(f"member metadata {name!r} must be an integer from {low} to {high}")
         out[name] = value
+    grpc_port = meta.get("grpc", 0)
+    if type(grpc_port) is not int or not 0 <= grpc_port <= 65535:
+        raise ValueError("member metadata 'grpc' must be an integer from 0 to 65535")
+    out["grpc"] = grpc_port
     version = meta.get("version", "")
     if not isinstance(version, str) or len(version) > 64:
         raise ValueError("member metadata 'version' must be a string of at most 64 characters")
