@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 NODES ?= 3
 DISCOVERY ?= static
 
-.PHONY: run test lint clean bench bench-cluster swim-eval proto etcd consul
+.PHONY: run run-client test lint clean bench bench-cluster swim-eval proto etcd consul
 
 $(STAMP): setup.py clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,13 @@ $(STAMP): setup.py clients/python/pyproject.toml
 ##      DISCOVERY=swim for gossip membership on :7946-7948)
 run: $(STAMP)
 	$(BIN)/python -m twisted_dhm.devcluster --nodes $(NODES) --discovery $(DISCOVERY)
+
+## run-client: try dhm (docs/cli.md) against the cluster `make run` serves: put, get, list, members
+run-client: $(STAMP)
+	$(BIN)/dhm --node http://127.0.0.1:8080 put greeting 'hello from dhm'
+	$(BIN)/dhm --node http://127.0.0.1:8080 get greeting && echo
+	$(BIN)/dhm --node http://127.0.0.1:8080 list --limit 20
+	$(BIN)/dhm --node http://127.0.0.1:8080 members
 
 ## test: set up and run the whole suite (lint, unit, integration, the Python, Go and JS clients); the integration
 ##       tests run a real etcd, installed with apt-get (etcd-server) when missing and run as root, and
