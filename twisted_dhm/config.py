@@ -300,7 +300,7 @@ SETTINGS: tuple[Setting, ...] = (
             _profile("push_pull_interval"),
             "How often a member syncs its whole member list with a random other over TCP (lan 30s).",
             "DURATION"),
-    Setting("gossip_mtu", "GOSSIP_MTU", _int_range(576, 65000), 1400,
+    Setting("gossip_mtu", "GOSSIP_MTU", _int_range(1024, 65000), 1400,
             "Largest gossip datagram, in bytes.", "BYTES"),
     Setting("gossip_lifeguard", "GOSSIP_LIFEGUARD", _bool, True,
             "Lifeguard: local health awareness, suspicion timeouts that shrink with confirmations, and "
@@ -484,6 +484,10 @@ def load_config(
             values[setting.name] = setting.parse(raw)
         except ValueError as e:
             raise ConfigError(f"{source}: {e}, got {raw!r}") from None
+    if values["gossip_probe_timeout"] >= values["gossip_probe_interval"]:
+        raise ConfigError(
+            f"--gossip-probe-timeout ({values['gossip_probe_timeout']:g}s) must be below --gossip-probe-interval "
+            f"({values['gossip_probe_interval']:g}s): a probe needs time left for its indirect checks")
     return Config(**values)
 
 

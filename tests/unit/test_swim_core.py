@@ -738,3 +738,18 @@ def test_start_is_idempotent_and_skips_own_address():
     outs = swim.start(0.0, [ME, member_addr(1), member_addr(1)])
     assert [o.addr for o in outs if isinstance(o, OpenStream)] == [member_addr(1)]
     assert swim.start(0.0, [member_addr(2)]) == []
+
+
+def test_a_long_probe_timeout_still_detects_failures():
+    """Found in review: a probe whose indirect checks had under half a timeout left was taken
+    for a stall, so with probe_timeout > 2/3 of the interval no probe could ever fail."""
+    net = cluster(5, config=SwimConfig(probe_timeout=0.8), settle=10.0)
+    net.stop(5)
+    net.run_until(net.now + 60.0)
+    assert all(net.view(i)["node5"] == DEAD for i in range(1, 5))
+    assert all(net.node(i).stats["probes_inconclusive"] == 0 for i in range(1, 5))
+
+
+def test_probe_timeout_must_be_below_the_interval():
+    with pytest.raises(ValueError, match="probe_timeout"):
+        SwimConfig(probe_timeout=1.0, probe_interval=1.0)

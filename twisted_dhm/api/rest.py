@@ -567,11 +567,10 @@ class DhashmapChannel(http.HTTPChannel):
                              b"Content-Length: %d\r\n\r\n%s" % (status, len(body), body))
         self.site.channels.discard(self)  # the idle sweep must not time this out as a request
         self._lingering = self.site.reactor.callLater(LINGER_SECONDS, self.transport.abortConnection)
-        half_close = getattr(self.transport, "loseWriteConnection", None)
-        if half_close is None:
+        try:
+            self.transport.loseWriteConnection()
+        except (AttributeError, NotImplementedError):  # a transport that cannot half-close
             self.transport.loseConnection()
-        else:
-            half_close()
 
     @property
     def idle(self) -> bool:

@@ -162,6 +162,10 @@ class ConsulMembership(RegistryMembership):
     @inlineCallbacks
     def _register(self) -> Any:
         yield self.agent.request("PUT", "/v1/agent/service/register", self._registration())
+        if self._stopping:  # stopped meanwhile: take it back
+            self.agent.request("PUT", f"/v1/agent/service/deregister/{quote(self.service_id, safe='')}") \
+                .addErrback(lambda _: None)
+            return
         yield self.agent.request("PUT", f"/v1/agent/check/pass/{quote(self._check_id(), safe=':')}")
         self.is_registered = True
         self._fine()

@@ -201,7 +201,18 @@ class EtcdGateway:
                         raise EtcdError(f"{path}: a line that is not JSON: {line[:80]!r}") from None
                     on_line(obj)
 
-        yield collect(response, chunk)
+        body = collect(response, chunk)
+
+        def abort(_: Deferred) -> None:
+            # treq's collect() cannot be cancelled by itself: close the stream, or a cancelled
+            # watch would live on and keep delivering events.
+            transport = getattr(getattr(response, "original", response), "_transport", None)
+            if transport is not None:
+                transport.stopProducing()
+
+        ended: Deferred = Deferred(abort)
+        body.addBoth(lambda result: None if ended.called else ended.callback(result))
+        yield ended
 
 
 def _decode_answer(code: int, raw: bytes, path: str) -> dict:
@@ -236,6 +247,7 @@ class EtcdMembership(RegistryMembership):
         self._watching: Deferred | None = None
         self._watch_started_unhealthy = True
         self._restart_watch = False
+        self._registering = False
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -276,27 +288,42 @@ class EtcdMembership(RegistryMembership):
     def _lost_own_record(self) -> None:
         if self.lease:  # expired while etcd could not hear us, or deleted by hand
             log.warn("this node's etcd record is gone; registering again")
-            self.lease = 0
-            self._run("register", self._register)
+            self._register_again()
+
+    def _register_again(self) -> None:
+        """Forget the lease (and its keepalive) and register with a new one, once."""
+        self.lease = 0
+        self._cancel("keepalive")
+        self._run("register", self._register)
 
     # -- registration ------------------------------------------------------------------------
 
     @inlineCallbacks
     def _register(self) -> Any:
-        grant = yield self.gateway.post("/v3/lease/grant", {"TTL": str(self.ttl)})
-        lease = _int(grant.get("ID"), "lease ID")
-        if not lease:
-            raise EtcdError("lease grant gave no lease ID")
-        key = self.prefix + self.record.id.encode()
-        yield self.gateway.post("/v3/kv/put", {"key": _b64(key), "value": _b64(self.record.to_json()),
-                                               "lease": str(lease)})
+        if self._registering:
+            return  # one registration at a time
+        self._registering = True
+        try:
+            grant = yield self.gateway.post("/v3/lease/grant", {"TTL": str(self.ttl)})
+            lease = _int(grant.get("ID"), "lease ID")
+            if not lease:
+                raise EtcdError("lease grant gave no lease ID")
+            if not self._stopping:
+                key = self.prefix + self.record.id.encode()
+                yield self.gateway.post("/v3/kv/put", {"key": _b64(key), "value": _b64(self.record.to_json()),
+                                                       "lease": str(lease)})
+            if self._stopping:  # stopped meanwhile: take back what we just made
+                self.gateway.post("/v3/lease/revoke", {"ID": str(lease)}).addErrback(lambda _: None)
+                return
+        finally:
+            self._registering = False
         self.lease = lease
         self._fine()
         log.info("registered in etcd with lease {lease} (TTL {ttl}s)", lease=lease, ttl=self.ttl)
         self._later("keepalive", self.ttl / 3, self._keepalive)
 
     def _keepalive(self) -> None:
-        if self._stopping:
+        if self._stopping or not self.lease:
             return
         d = self.gateway.post("/v3/lease/keepalive", {"ID": str(self.lease)})
 
@@ -304,8 +331,7 @@ class EtcdMembership(RegistryMembership):
             result = answer.get("result", answer)
             if not isinstance(result, dict) or _int(result.get("TTL"), "lease TTL") <= 0:
                 log.warn("etcd lease {lease} had expired; registering again", lease=self.lease)
-                self.lease = 0
-                self._run("register", self._register)
+                self._register_again()
                 return
             self._fine()
             self._later("keepalive", self.ttl / 3, self._keepalive)

@@ -178,10 +178,17 @@ class RegistryMembership(StaticMembership):
         d.addCallbacks(ok, failed)
 
     def _later(self, job: str, delay: float, fn: Any, *args: Any) -> None:
+        if self._stopping:
+            return
         old = self._timers.get(job)
         if old is not None and old.active():
             old.cancel()
         self._timers[job] = self.clock.callLater(delay, fn, *args)
+
+    def _cancel(self, job: str) -> None:
+        call = self._timers.pop(job, None)
+        if call is not None and call.active():
+            call.cancel()
 
     def _trouble(self, problem: str) -> None:
         self.errors += 1
@@ -225,7 +232,10 @@ class RegistryMembership(StaticMembership):
         if record.id == self.view.local_id:
             return
         current = self.view.get(record.id)
-        if known != record or current is None or current.state == DEAD:
+        # New or changed registrations (a restart registers anew) make the member alive; a
+        # listing that merely repeats it does not, so a member the health checks found dead
+        # stays dead until it answers a ping again.
+        if known != record or current is None:
             log.info("member {id} registered at {host}:{port}", id=record.id, host=record.host, port=record.peer)
             self.missed.pop(record.id, None)
             self.view.upsert(record.member(ALIVE))

@@ -89,6 +89,11 @@ class SwimConfig:
     rejoin_interval: float = attrs.field(default=30.0, validator=_positive)
     lifeguard: bool = True
 
+    def __attrs_post_init__(self) -> None:
+        if self.probe_timeout >= self.probe_interval:
+            raise ValueError(f"swim probe_timeout ({self.probe_timeout:g}s) must be below probe_interval "
+                             f"({self.probe_interval:g}s): a probe needs time for its indirect checks")
+
     @mtu.validator
     def _check_mtu(self, attribute: attrs.Attribute, value: int) -> None:
         if value < MIN_MTU or value > 65507:

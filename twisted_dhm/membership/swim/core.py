@@ -167,7 +167,8 @@ class _Timer:
 class _Probe:
     """Our own probe of one member, alive for one (scaled) probe interval."""
 
-    __slots__ = ("seq", "target", "incarnation", "acked", "expected_nacks", "nacks", "timeout_timer", "indirect_at")
+    __slots__ = ("seq", "target", "incarnation", "acked", "expected_nacks", "nacks", "timeout_timer",
+                 "timeout", "timeout_due", "late")
 
     def __init__(self, seq: int, target: str, incarnation: int) -> None:
         self.seq = seq
@@ -177,7 +178,9 @@ class _Probe:
         self.expected_nacks = 0
         self.nacks = 0
         self.timeout_timer: _Timer | None = None
-        self.indirect_at: float | None = None  # when the ping-reqs went out
+        self.timeout = 0.0  # the (scaled) probe timeout when the probe started
+        self.timeout_due = 0.0  # when the timeout was due to fire
+        self.late = False  # it fired so late (we were stalled) that the helpers had no time
 
 
 class _Relay:
@@ -500,7 +503,9 @@ class Swim:
         entries.append(codec.ping(seq, target.name, self.name, self.addr[0], self.addr[1]))
         self.stats["probes"] += 1
         self._send(target.addr, entries)
-        probe.timeout_timer = self._schedule(now + self._scaled(self.config.probe_timeout), self._probe_timeout, probe)
+        probe.timeout = self._scaled(self.config.probe_timeout)
+        probe.timeout_due = now + probe.timeout
+        probe.timeout_timer = self._schedule(probe.timeout_due, self._probe_timeout, probe)
 
     def _next_probe_target(self, now: float) -> _Member | None:
         """Randomised round-robin: one shuffled pass over the live members, then a new shuffle."""
@@ -540,6 +545,9 @@ class Swim:
         """No direct ack in time: ask a few other members to probe the target for us."""
         if probe is not self._probe or probe.acked:
             return
+        # Fired far past its time: we were stalled (timers run at the real time), and the end
+        # of the period is due right now too, so neither the target nor helpers can answer.
+        probe.late = now - probe.timeout_due > 0.5 * probe.timeout
         target = self._members.get(probe.target)
         if target is None:
             return
@@ -558,7 +566,6 @@ class Swim:
         for helper in helpers:
             self.stats["ping_reqs_sent"] += 1
             self._send(helper.addr, [req])
-        probe.indirect_at = now
         if lifeguard:
             probe.expected_nacks = len(helpers)
 
@@ -570,7 +577,7 @@ class Swim:
         self._acks.pop(probe.seq, None)
         if probe.acked:
             return
-        if probe.indirect_at is not None and now - probe.indirect_at < 0.5 * self._scaled(self.config.probe_timeout):
+        if probe.late:
             # The ping-reqs went out only just now: we were stalled past the probe timeout and
             # the period ended before the helpers could answer.  Our lateness is no evidence
             # against the target; count it against our own health instead.
@@ -734,7 +741,13 @@ class Swim:
             # Probe a new suspect next, not a whole round (up to N periods) later: with the
             # buddy system the probe tells it it is suspected, and its ack brings back the
             # refutation even if every gossip copy of it missed us.
-            self._probe_list.insert(self._probe_index, name)
+            rest = self._probe_list
+            try:
+                rest.remove(name)  # O(N), once per suspicion; keeps each member once per round
+            except ValueError:
+                pass
+            self._probe_index = min(self._probe_index, len(rest))
+            rest.insert(self._probe_index, name)
         self._arm_suspicion(now, member, susp)
         self._notify(member, old)
 
@@ -979,6 +992,8 @@ class Swim:
     def _notify(self, member: _Member, old: MemberView | None) -> None:
         """Every change of a member goes through here (also to drop the cached push-pull body)."""
         self._push_pull_cache.clear()
+        if self._live > 1:
+            self._join_backoff = 0.0  # we know someone: a later spell alone starts retrying at 1 s
         if self.on_change is not None:
             self.on_change(member.view(), old)
 

@@ -153,7 +153,15 @@ class _StreamServer(Int32StringReceiver):
             self.service.swim_config.tcp_timeout, self.transport.abortConnection
         )
 
+    answered = False
+
     def stringReceived(self, data: bytes) -> None:
+        # One exchange per connection: frames after the first (still in the receive buffer
+        # after loseConnection) are ignored, or one connection could make us build and
+        # buffer the whole member table over and over.
+        if self.answered:
+            return
+        self.answered = True
         peer = self.transport.getPeer()
         reply = self.service.stream_received(data, (getattr(peer, "host", ""), getattr(peer, "port", 0)))
         if reply is not None:
@@ -355,12 +363,14 @@ class SwimMembership(Service):
     # -- outputs -----------------------------------------------------------------------------
 
     def _carry(self, outputs: Iterable[Output]) -> None:
-        for out in outputs:
-            if isinstance(out, SendPacket):
-                self._send(out)
-            elif isinstance(out, OpenStream):
-                self._open(out)
-        self._arm()
+        try:
+            for out in outputs:
+                if isinstance(out, SendPacket):
+                    self._send(out)
+                elif isinstance(out, OpenStream):
+                    self._open(out)
+        finally:
+            self._arm()  # whatever happened, the protocol's clock keeps running
 
     def _send(self, out: SendPacket) -> None:
         if self._udp is None:
@@ -368,7 +378,7 @@ class SwimMembership(Service):
         self._count_size("sent", len(out.data))
         try:
             self._udp.write(out.data, out.addr)  # type: ignore[attr-defined]
-        except OSError as e:  # unreachable network, a bad address from gossip: drop it, as UDP would
+        except Exception as e:  # unreachable, a bad or wrong-family address from gossip, too big: drop it
             self.stats["send_errors"] += 1
             log.debug("gossip to {addr} not sent: {e}", addr=out.addr, e=e)
 
