@@ -33,7 +33,7 @@ run-client: $(STAMP)
 test: $(STAMP) etcd consul
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q tests clients/python/tests
-	cd clients/go && go vet ./... && DHASHMAP_TWISTD=$(CURDIR)/$(BIN)/twistd go test -p 1 ./...
+	cd clients/go && go vet ./... && DHASHMAP_TWISTD=$(CURDIR)/$(BIN)/twistd go test -count=1 -p 1 ./...
 	cd clients/js && npm ci --no-audit --no-fund --loglevel=error && DHASHMAP_TWISTD=$(CURDIR)/$(BIN)/twistd npm test
 
 etcd:
