@@ -38,6 +38,7 @@ from twisted_dhm.membership.swim.core import Address, MemberView, NodeInfo, Open
 from twisted_dhm.membership.swim.keyring import Keyring
 from twisted_dhm.membership.view import DEAD, LEFT, SUSPECT, Member, MembershipView
 from twisted_dhm.network import INetwork
+from twisted_dhm.versions import NODE_ID
 
 log = Logger(namespace="dhashmap.gossip")
 
@@ -149,6 +150,7 @@ class _StreamServer(Int32StringReceiver):
         self._timeout: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
+        self.service.streams.add(self)
         self._timeout = self.service.clock.callLater(
             self.service.swim_config.tcp_timeout, self.transport.abortConnection
         )
@@ -174,6 +176,7 @@ class _StreamServer(Int32StringReceiver):
         self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.service.streams.discard(self)
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
 
@@ -191,6 +194,7 @@ class _StreamClient(Int32StringReceiver):
         self.deadline: IDelayedCall | None = None  # the whole exchange, connecting included
 
     def connectionMade(self) -> None:
+        self.service.streams.add(self)
         self.sendString(self.data)
 
     def stringReceived(self, reply: bytes) -> None:
@@ -204,6 +208,7 @@ class _StreamClient(Int32StringReceiver):
         self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.service.streams.discard(self)
         self.fail()
 
     def timed_out(self) -> None:
@@ -289,6 +294,7 @@ class SwimMembership(Service):
         self._tcp: IListeningPort | None = None
         self._timer: IDelayedCall | None = None
         self._connecting: set[Deferred] = set()
+        self.streams: set[Any] = set()  # push-pull connections open now, either direction
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -321,15 +327,22 @@ class SwimMembership(Service):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        for d in list(self._connecting):
-            d.cancel()
+        self._close_streams()
         ports = [p for p in (self._udp, self._tcp) if p is not None]
         self._udp = self._tcp = None
         stopped = [d for d in (p.stopListening() for p in ports) if d is not None]
         return gatherResults(stopped, consumeErrors=True) if stopped else None
 
+    def _close_streams(self) -> None:
+        for d in list(self._connecting):
+            d.cancel()
+        for stream in list(self.streams):
+            if stream.transport is not None:
+                stream.transport.abortConnection()
+
     def halt(self) -> None:
         """Stop as a killed process would: no leave, no more timers (the simulator's crash)."""
+        self._close_streams()
         self._udp = self._tcp = None
         Service.stopService(self)
         if self._timer is not None and self._timer.active():
@@ -427,9 +440,15 @@ class SwimMembership(Service):
     # -- the member view ---------------------------------------------------------------------
 
     def _changed(self, new: MemberView, old: MemberView | None) -> None:
+        if not NODE_ID.match(new.name):
+            self.stats["bad_names"] += 1
+            log.warn("gossip member {name!r} left out of the view: not a node id", name=new.name)
+            return
         try:
             meta = decode_meta(new.meta)
         except ValueError as e:
+            if self.view.get(new.name) is not None and new.state in (DEAD, LEFT):
+                self.view.set_state(new.name, new.state)  # what we know of it still must not route to it
             self.stats["bad_metadata"] += 1
             log.warn("member {name} at {addr} left out of the view: {e}", name=new.name, addr=new.addr, e=e)
             return
