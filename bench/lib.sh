@@ -78,7 +78,7 @@ wait_for() {  # wait_for <what> <pid> <curl args...>
 start_dhashmap() {  # start_dhashmap <node-id> <rest-port> <data-dir> <log> [more dhashmap flags]
   local id=$1 port=$2 dir=$3 logf=$4; shift 4
   (cd "$ROOT" && exec env -u CONFIG_FILE "$VENV/bin/twistd" -n --pidfile= dhashmap --node-id "$id" \
-    --port "$port" --bind 127.0.0.1 --storage lmdb --data-dir "$dir" "$@") >"$logf" 2>&1 &
+    --port "$port" --grpc-port 0 --bind 127.0.0.1 --storage lmdb --data-dir "$dir" "$@") >"$logf" 2>&1 &
   DHM_LAST_PID=$!
   PIDS+=("$DHM_LAST_PID")
 }

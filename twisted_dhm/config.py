@@ -268,9 +268,8 @@ SETTINGS: tuple[Setting, ...] = (
             "(--etcd-endpoints) or consul (the agent at --consul-addr).", "MODE"),
     Setting("cluster", "CLUSTER_NAME", _cluster_name, "dhashmap",
             "Cluster name; nodes of other clusters are refused at the handshake.", "NAME"),
-    Setting("grpc_port", "GRPC_PORT", _int_range(0, 65535), 0,
-            "gRPC API port (KV and Cluster services, health, reflection); 0: no gRPC listener. "
-            "In this release gRPC is off unless a port is given; 9090 is the usual one.", "PORT"),
+    Setting("grpc_port", "GRPC_PORT", _int_range(0, 65535), 9090,
+            "gRPC API port (KV and Cluster services, health, reflection); 0: no gRPC listener.", "PORT"),
     Setting("peer_port", "PEER_PORT", _int_range(0, 65535), 7000,
             "Native protocol port (replication between nodes, fast clients).", "PORT"),
     Setting("seed_nodes", "SEED_NODES", _seed_list, (),

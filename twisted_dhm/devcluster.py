@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", default="lmdb", choices=("lmdb", "memory"))
     parser.add_argument("--discovery", default="static", choices=("static", "swim"))
     parser.add_argument("--gossip-port", type=int, default=7946, help="gossip port of the first node (swim)")
+    parser.add_argument("--grpc-port", type=int, default=9090, help="gRPC port of the first node")
     args = parser.parse_args(argv)
 
     twistd = str(Path(sys.executable).with_name("twistd"))
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             "--port", str(args.port + i), "--peer-port", str(args.peer_port + i), "--seed-nodes", seeds,
             "--data-dir", str(Path(args.data_dir) / name), "--storage", args.storage,
             "--discovery", args.discovery, "--gossip-port", str(args.gossip_port + i),
+            "--grpc-port", str(args.grpc_port + i),
         ]
         child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  start_new_session=True)

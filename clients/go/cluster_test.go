@@ -123,7 +123,7 @@ func startCluster(size int) (*liveCluster, error) {
 		}
 		n.cmd = exec.Command("nice", "-n", "10", twistd, "-n", "--pidfile=", "dhashmap",
 			"--node-id", n.id, "--bind", "127.0.0.1", "--port", strconv.Itoa(n.restPort),
-			"--peer-port", strconv.Itoa(n.peerPort), "--data-dir", data, "--storage", "memory",
+			"--peer-port", strconv.Itoa(n.peerPort), "--grpc-port", "0", "--data-dir", data, "--storage", "memory",
 			"--seed-nodes", strings.Join(seeds, ","))
 		n.cmd.Dir = dir
 		n.cmd.Stdout, n.cmd.Stderr = logFile, logFile

@@ -205,9 +205,12 @@ def test_unusable_data_dir_is_a_clear_error(tmp_path):
 
 
 def test_port_in_use_is_a_clear_error(node, tmp_path):
-    for flag, port in (("--port", node.port), ("--peer-port", node.peer_port)):
+    for flag, port in (("--port", node.port), ("--peer-port", node.peer_port), ("--grpc-port", node.grpc_port)):
         other = NodeProcess(tmp_path / flag / "data", node_id="other", log_path=tmp_path / f"{flag}.log",
-                            **({"port": port} if flag == "--port" else {"peer_port": port}))
+                            **({"port": port} if flag == "--port" else {"peer_port": port} if flag == "--peer-port"
+                               else {}))
+        if flag == "--grpc-port":
+            other.grpc_port = port
         other.start(wait=False)
         assert other.proc.wait(timeout=30) != 0
         assert f"cannot listen on 127.0.0.1:{port}" in other.log()
@@ -220,6 +223,7 @@ def test_dhashmap_server_accepts_single_dash_flags(tmp_path):
     server = str(Path(sys.executable).with_name("dhashmap-server"))
     node = NodeProcess(tmp_path / "d", port=port, command=[
         server, "-node-id", "single", "-port", str(port), "-bind", "127.0.0.1", "-peer-port", str(free_port()),
+        "-grpc-port", str(free_port()),
         "-data-dir", str(tmp_path / "d"),
     ])
     try:

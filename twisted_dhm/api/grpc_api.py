@@ -16,8 +16,7 @@ time the call has left, so a request that cannot finish in time is cancelled in 
 answered DEADLINE_EXCEEDED, not left running.
 
 gRPC opens its own listening socket (grpc core does its own I/O), the one socket of a node that
-does not go through the injected network; so the simulator runs nodes without it
-(``--grpc-port 0``).
+does not go through the injected network; so the simulator runs its nodes with ``--grpc-port 0``.
 """
 
 from __future__ import annotations

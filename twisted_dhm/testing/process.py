@@ -60,6 +60,7 @@ class NodeProcess:
         self.host = host
         self.port = port or free_port(host)
         self.peer_port = peer_port or free_port(host)
+        self.grpc_port = free_port(host)
         self.extra_args = extra_args
         self.env = env
         self.command = command
@@ -76,7 +77,7 @@ class NodeProcess:
         return [
             *twistd_command(), "--nodaemon", "--pidfile=", "dhashmap",
             "--node-id", self.node_id, "--bind", self.host, "--port", str(self.port),
-            "--peer-port", str(self.peer_port),
+            "--peer-port", str(self.peer_port), "--grpc-port", str(self.grpc_port),
             "--data-dir", str(self.data_dir), *self.extra_args,
         ]
 

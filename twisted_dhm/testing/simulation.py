@@ -59,7 +59,8 @@ class SimCluster:
             seeds = ",".join(f"{h}:{PEER_PORT}" for h in self.hosts)
         flags = {"node_id": host, "bind": host, "advertise": host, "port": str(REST_PORT),
                  "peer_port": str(PEER_PORT), "seed_nodes": seeds, "storage": "memory",
-                 "gossip_port": str(GOSSIP_PORT), **{k: str(v) for k, v in settings.items()}}
+                 "gossip_port": str(GOSSIP_PORT), "grpc_port": "0",  # gRPC opens real sockets: not here
+                 **{k: str(v) for k, v in settings.items()}}
         return load_config(flags, {})
 
     def start(self, host: str, **overrides: object) -> DhashmapNode:

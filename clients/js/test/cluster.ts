@@ -76,7 +76,7 @@ export async function startCluster(size = 3, deadlineMs = 60_000): Promise<LiveC
     const peerPort = peerPorts[i]!;
     const args = [
       "-n", "10", twistd, "-n", "--pidfile=", "dhashmap", "--node-id", id, "--bind", "127.0.0.1",
-      "--port", String(restPort), "--peer-port", String(peerPort), "--data-dir", join(dataDir, id),
+      "--port", String(restPort), "--peer-port", String(peerPort), "--grpc-port", "0", "--data-dir", join(dataDir, id),
       "--storage", "memory", "--seed-nodes", seeds,
     ];
     const child = spawn("nice", args, { stdio: ["ignore", "pipe", "pipe"] });
