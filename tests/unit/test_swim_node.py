@@ -178,3 +178,17 @@ class StreamTimeoutTests(SynchronousTestCase):
         sim.run(0.2)
         self.assertEqual(core.stats["stream_failures"], 1)
         self.assertEqual(set(states(node)), {"node2"})
+
+
+class KeyringSaveTests(SynchronousTestCase):
+    def test_a_key_ring_that_cannot_be_saved_is_not_applied(self):
+        import os
+
+        from twisted_dhm.membership.swim.service import KeyringNotSaved
+
+        sim = SimCluster(1, discovery="swim", gossip_keys=KEY_A)
+        membership = sim.nodes["node1"].membership
+        membership.keyring_path = os.path.join(self.mktemp(), "missing-dir", "gossip-keyring")
+        with self.assertRaises(KeyringNotSaved):
+            membership.change_keys("install", base64.b64decode(KEY_B))
+        self.assertEqual(membership.keyring.keys, [b"a" * 32])

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import Resource
-from werkzeug.exceptions import Conflict, HTTPException
+from werkzeug.exceptions import Conflict, HTTPException, InternalServerError
 
 from twisted_dhm.api.metrics import NodeMetrics
 from twisted_dhm.cluster.coordinator import ANY, NO_CONDITION, Coordinator, Page, Precondition, parse_level
@@ -361,7 +361,7 @@ class RestAPI:
     @app.route("/v1/cluster/gossip/keys", methods=["POST"])
     def change_gossip_keys(self, request: server.Request) -> bytes:
         """``{"install"|"use"|"remove": "<base64 key>"}``: one step of a key rotation, on this node."""
-        from twisted_dhm.membership.swim.service import GossipError
+        from twisted_dhm.membership.swim.service import GossipError, KeyringNotSaved
 
         membership = self._gossip()
         try:
@@ -381,6 +381,8 @@ class RestAPI:
             raise InvalidRequest(f"the key must be 16, 24 or 32 bytes, not {len(key)}")
         try:
             keys = membership.change_keys(action, key)
+        except KeyringNotSaved as e:
+            raise InternalServerError(str(e)) from None
         except GossipError as e:
             raise Conflict(str(e)) from None
         request.setHeader(b"content-type", JSON_TYPE)

@@ -53,6 +53,10 @@ class GossipError(Exception):
     """A request to change the gossip set-up that cannot be honoured; the message says why."""
 
 
+class KeyringNotSaved(GossipError):
+    """The new key ring could not be written to disk (so it was not applied either)."""
+
+
 # -- member metadata -------------------------------------------------------------------------
 
 
@@ -490,21 +494,26 @@ class SwimMembership(Service):
         }
 
     def change_keys(self, action: str, key: bytes) -> dict[str, Any]:
-        """``install``, ``use`` (make primary) or ``remove`` a key; saved for the next start."""
+        """``install``, ``use`` (make primary) or ``remove`` a key; saved for the next start.
+
+        The change is tried on a copy and saved first, then applied: a node never runs with a
+        key ring that its next start would not have.
+        """
         if self.keyring is None:
             raise GossipError("gossip is not encrypted on this node: start it with --gossip-keys to use a key ring")
+        if action not in ("install", "use", "remove"):
+            raise GossipError(f"unknown key ring action {action!r}: install, use or remove")
+        trial = Keyring(self.keyring.keys)
         try:
-            if action == "install":
-                self.keyring.install(key)
-            elif action == "use":
-                self.keyring.use(key)
-            elif action == "remove":
-                self.keyring.remove(key)
-            else:
-                raise GossipError(f"unknown key ring action {action!r}: install, use or remove")
+            getattr(trial, action)(key)
         except (ValueError, KeyError) as e:
             raise GossipError(str(e).strip("'\"")) from None
         if self.keyring_path is not None:
-            write_keyring_file(self.keyring_path, self.keyring.keys)
+            try:
+                write_keyring_file(self.keyring_path, trial.keys)
+            except OSError as e:
+                raise KeyringNotSaved(f"cannot save the key ring to {self.keyring_path}: {e.strerror}; "
+                                  "nothing was changed") from None
+        getattr(self.keyring, action)(key)
         log.info("gossip key ring: {action} {fp}", action=action, fp=fingerprint(key))
         return self.keys()
