@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
-from twisted_dhm.testing.process import free_port
+from twisted_dhm.testing.process import ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,7 +29,7 @@ def consul_binary() -> str:
     return result.stdout.strip()
 
 
-class ConsulAgentProcess:
+class ConsulAgentProcess(ServerProcess):
     def __init__(self, log_dir: Path, token: str | None = None, host: str = "127.0.0.1") -> None:
         self.binary = consul_binary()
         self.log_path = Path(log_dir) / "consul.log"
@@ -46,7 +44,9 @@ class ConsulAgentProcess:
     def address(self) -> str:
         return f"{self.host}:{self.http_port}"
 
-    def start(self) -> ConsulAgentProcess:
+    name = "consul"
+
+    def args(self) -> list[str]:
         hcl = ["disable_update_check = true"]
         if self.token:
             hcl.append(f'acl {{ enabled = true\n default_policy = "deny"\n'
@@ -57,36 +57,14 @@ class ConsulAgentProcess:
                 "-log-level", "warn"]
         for block in hcl:
             args += ["-hcl", block]
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        end = time.monotonic() + 30
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"consul exited with {self.proc.returncode}: {self.log()}")
-            try:
-                if self.get("/v1/status/leader"):
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"consul has no leader after 30s: {self.log()}")
+        return args
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+    def ready(self) -> bool:
+        return bool(self.get("/v1/status/leader"))
 
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-3000:]
-        except OSError:
-            return ""
+    def start(self) -> ConsulAgentProcess:
+        self.start_and_wait()
+        return self
 
     def get(self, path: str):  # type: ignore[no-untyped-def]
         headers = {"x-consul-token": self.token} if self.token else {}

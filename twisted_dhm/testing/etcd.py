@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
-import signal
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
-from twisted_dhm.testing.process import free_port
+from twisted_dhm.testing.process import ServerProcess, free_port
 
 
-class EtcdProcess:
+class EtcdProcess(ServerProcess):
     def __init__(self, data_dir: Path, name: str = "etcd0", host: str = "127.0.0.1",
                  tls: dict[str, Path] | None = None) -> None:
         binary = shutil.which("etcd")
@@ -57,45 +54,20 @@ class EtcdProcess:
         context.load_cert_chain(str(self.tls["client_cert"]), str(self.tls["client_key"]))
         return context
 
-    def start(self) -> EtcdProcess:
-        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+    def args(self) -> list[str]:
         peer = f"http://{self.host}:{self.peer_port}"
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [self.binary, "--name", self.name, "--data-dir", str(self.data_dir),
-             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-             "--initial-cluster", f"{self.name}={peer}", *self._tls_args()],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        log.close()
-        end = time.monotonic() + 30
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"etcd exited with {self.proc.returncode}: {self.log()}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=1, context=self._context()) as r:
-                    if json.load(r).get("health") == "true":
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"etcd not healthy after 30s: {self.log()}")
+        return [self.binary, "--name", self.name, "--data-dir", str(self.data_dir),
+                "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", f"{self.name}={peer}", *self._tls_args()]
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+    def ready(self) -> bool:
+        with urllib.request.urlopen(self.url + "/health", timeout=1, context=self._context()) as r:
+            return json.load(r).get("health") == "true"
 
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-3000:]
-        except OSError:
-            return ""
+    def start(self) -> EtcdProcess:
+        self.start_and_wait()
+        return self
 
     # -- the v3 JSON gateway, for tests to look and poke ---------------------------------------
 

@@ -31,6 +31,56 @@ def wait_for(predicate: Any, deadline: float = 30.0, step: float = 0.1) -> bool:
     return False
 
 
+class ServerProcess:
+    """A server started in its own session for a test: started, waited for, stopped, logged.
+
+    Subclasses give ``args()``, ``name`` and ``ready()`` (True once it serves).
+    """
+
+    name = "server"
+    proc: subprocess.Popen | None = None
+    log_path: Path
+
+    def args(self) -> list[str]:
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def start_and_wait(self, deadline: float = 30.0) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.args(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {self.log()}")
+            try:
+                if self.ready():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} not ready after {deadline:g}s: {self.log()}")
+
+    def stop(self) -> None:
+        """SIGTERM to its process group; SIGKILL if it has not exited in 10 s."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
