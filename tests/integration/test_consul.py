@@ -1,6 +1,5 @@
 """Membership through a real Consul agent (v1.14.8 from tools/get-consul.sh), with real dhashmap processes."""
 
-import json
 import time
 
 import pytest
@@ -13,16 +12,6 @@ pytestmark = pytest.mark.integration
 TTL = 3
 
 
-def states(node) -> dict[str, str]:
-    try:
-        status, _, body = node.request("GET", "/v1/cluster/members", timeout=2)
-    except OSError:
-        return {}
-    return {m["id"]: m["state"] for m in json.loads(body)["members"]} if status == 200 else {}
-
-
-def ready(node) -> dict:
-    return json.loads(node.request("GET", "/ready")[2])
 
 
 @pytest.fixture
@@ -54,7 +43,7 @@ def consul_nodes(tmp_path):
 def test_three_nodes_find_each_other_and_a_killed_one_fails_its_check(consul, consul_nodes):
     nodes = consul_nodes(consul.address)
     everyone = {"c1": "alive", "c2": "alive", "c3": "alive"}
-    assert wait_for(lambda: all(states(n) == everyone for n in nodes)), [states(n) for n in nodes]
+    assert wait_for(lambda: all(n.member_states() == everyone for n in nodes)), [n.member_states() for n in nodes]
     assert consul.passing() == {"c1", "c2", "c3"}
     service = consul.get("/v1/agent/service/dhashmap-c2")
     assert service["Meta"]["peer_port"] == str(nodes[1].peer_port) and service["Port"] == nodes[1].port
@@ -64,34 +53,34 @@ def test_three_nodes_find_each_other_and_a_killed_one_fails_its_check(consul, co
     killed = time.monotonic()
     assert wait_for(lambda: "c3" not in consul.passing(), deadline=TTL + 5)
     assert time.monotonic() - killed <= TTL + 5
-    assert wait_for(lambda: all(states(n).get("c3") == "dead" for n in nodes[:2]), deadline=3)
+    assert wait_for(lambda: all(n.member_states().get("c3") == "dead" for n in nodes[:2]), deadline=3)
 
     nodes[2].start()
-    assert wait_for(lambda: all(states(n).get("c3") == "alive" for n in nodes[:2]), deadline=15)
+    assert wait_for(lambda: all(n.member_states().get("c3") == "alive" for n in nodes[:2]), deadline=15)
 
 
 def test_a_clean_stop_deregisters(consul, consul_nodes):
     nodes = consul_nodes(consul.address, names=("c1", "c2"))
-    assert wait_for(lambda: states(nodes[0]).get("c2") == "alive")
+    assert wait_for(lambda: nodes[0].member_states().get("c2") == "alive")
     nodes[1].stop()
     assert "c2" not in consul.passing()
     with pytest.raises(OSError):  # 404: the service is gone from the agent
         consul.get("/v1/agent/service/dhashmap-c2")
-    assert wait_for(lambda: states(nodes[0]).get("c2") == "dead", deadline=3)
+    assert wait_for(lambda: nodes[0].member_states().get("c2") == "dead", deadline=3)
 
 
 def test_agent_restart_without_its_state(consul, consul_nodes):
     nodes = consul_nodes(consul.address, names=("c1", "c2"))
-    assert wait_for(lambda: states(nodes[0]) == {"c1": "alive", "c2": "alive"})
+    assert wait_for(lambda: nodes[0].member_states() == {"c1": "alive", "c2": "alive"})
     consul.stop()
-    assert wait_for(lambda: ready(nodes[0])["status"] == "degraded", deadline=TTL + 5)
+    assert wait_for(lambda: nodes[0].readiness()["status"] == "degraded", deadline=TTL + 5)
     assert nodes[0].request("PUT", "/v1/kv/during", b"outage")[0] == 201
-    assert states(nodes[0]) == {"c1": "alive", "c2": "alive"}, "the last known view stays"
+    assert nodes[0].member_states() == {"c1": "alive", "c2": "alive"}, "the last known view stays"
 
     consul.start()  # -dev keeps nothing: both nodes must register again by themselves
     assert wait_for(lambda: consul.passing() == {"c1", "c2"}, deadline=20), [n.log() for n in nodes]
-    assert wait_for(lambda: all(ready(n)["status"] == "ready" for n in nodes), deadline=10)
-    assert states(nodes[1]) == {"c1": "alive", "c2": "alive"}
+    assert wait_for(lambda: all(n.readiness()["status"] == "ready" for n in nodes), deadline=10)
+    assert nodes[1].member_states() == {"c1": "alive", "c2": "alive"}
 
 
 def test_acl_token(tmp_path, consul_nodes):
@@ -100,7 +89,7 @@ def test_acl_token(tmp_path, consul_nodes):
         good = consul_nodes(agent.address, names=("c1",), env={"CONSUL_HTTP_TOKEN": "root-token"})[0]
         assert wait_for(lambda: agent.passing() == {"c1"}, deadline=10), good.log()
         bad = consul_nodes(agent.address, names=("c2",))[0]
-        assert wait_for(lambda: "403" in " ".join(ready(bad).get("problems", [])), deadline=10), ready(bad)
+        assert wait_for(lambda: "403" in " ".join(bad.readiness().get("problems", [])), deadline=10), bad.readiness()
         assert agent.passing() == {"c1"}
     finally:
         agent.stop()

@@ -2,7 +2,6 @@
 
 import base64
 import http.server
-import json
 import threading
 import time
 
@@ -17,16 +16,6 @@ PREFIX = b"/dhashmap/dhashmap/members/"
 TTL = 3
 
 
-def states(node) -> dict[str, str]:
-    try:
-        status, _, body = node.request("GET", "/v1/cluster/members", timeout=2)
-    except OSError:
-        return {}
-    return {m["id"]: m["state"] for m in json.loads(body)["members"]} if status == 200 else {}
-
-
-def ready(node) -> dict:
-    return json.loads(node.request("GET", "/ready")[2])
 
 
 @pytest.fixture
@@ -58,7 +47,7 @@ def etcd_nodes(tmp_path):
 def test_three_nodes_find_each_other_and_a_killed_one_is_dead_within_the_ttl(etcd, etcd_nodes):
     nodes = etcd_nodes(etcd.endpoint)
     everyone = {"e1": "alive", "e2": "alive", "e3": "alive"}
-    assert wait_for(lambda: all(states(n) == everyone for n in nodes)), [states(n) for n in nodes]
+    assert wait_for(lambda: all(n.member_states() == everyone for n in nodes)), [n.member_states() for n in nodes]
     records = etcd.keys(PREFIX)
     assert set(records) == {PREFIX + n.encode() for n in everyone}
     mine = records[PREFIX + b"e2"]
@@ -70,44 +59,44 @@ def test_three_nodes_find_each_other_and_a_killed_one_is_dead_within_the_ttl(etc
     killed = time.monotonic()
     # The health checks see it first (3 missed pings 0.3 s apart); the lease expires after the
     # TTL (plus etcd's expiry check), and then the record is gone for good.
-    assert wait_for(lambda: all(states(n).get("e3") == "dead" for n in nodes[:2]), deadline=TTL + 10)
+    assert wait_for(lambda: all(n.member_states().get("e3") == "dead" for n in nodes[:2]), deadline=TTL + 10)
     assert wait_for(lambda: PREFIX + b"e3" not in etcd.keys(PREFIX), deadline=TTL + 5)
     assert time.monotonic() - killed <= TTL + 5
-    assert all(states(n).get("e3") == "dead" for n in nodes[:2])
+    assert all(n.member_states().get("e3") == "dead" for n in nodes[:2])
     assert nodes[0].request("PUT", "/v1/kv/k2", b"v2")[0] == 201  # quorum of three still there
 
     nodes[2].start()
-    assert wait_for(lambda: all(states(n).get("e3") == "alive" for n in nodes[:2]), deadline=15)
+    assert wait_for(lambda: all(n.member_states().get("e3") == "alive" for n in nodes[:2]), deadline=15)
 
 
 def test_a_clean_stop_revokes_the_lease_at_once(etcd, etcd_nodes):
     nodes = etcd_nodes(etcd.endpoint, names=("e1", "e2"))
-    assert wait_for(lambda: states(nodes[0]).get("e2") == "alive")
+    assert wait_for(lambda: nodes[0].member_states().get("e2") == "alive")
     nodes[1].stop()
     assert PREFIX + b"e2" not in etcd.keys(PREFIX)
-    assert wait_for(lambda: states(nodes[0]).get("e2") == "dead", deadline=2)
+    assert wait_for(lambda: nodes[0].member_states().get("e2") == "dead", deadline=2)
 
 
 def test_etcd_down_and_back_keeps_serving_and_registers_again(etcd, etcd_nodes):
     nodes = etcd_nodes(etcd.endpoint, names=("e1", "e2"))
-    assert wait_for(lambda: states(nodes[0]) == {"e1": "alive", "e2": "alive"})
+    assert wait_for(lambda: nodes[0].member_states() == {"e1": "alive", "e2": "alive"})
     etcd.stop()
-    assert wait_for(lambda: ready(nodes[0])["status"] == "degraded", deadline=TTL + 5)
-    assert "etcd" in ready(nodes[0])["problems"][0]
+    assert wait_for(lambda: nodes[0].readiness()["status"] == "degraded", deadline=TTL + 5)
+    assert "etcd" in nodes[0].readiness()["problems"][0]
     # The last known view stays, and so does the store.
-    assert states(nodes[0]) == {"e1": "alive", "e2": "alive"}
+    assert nodes[0].member_states() == {"e1": "alive", "e2": "alive"}
     assert nodes[0].request("PUT", "/v1/kv/during", b"outage")[0] == 201
     assert nodes[1].request("GET", "/v1/kv/during")[2] == b"outage"
 
     etcd.start()
-    assert wait_for(lambda: all(ready(n)["status"] == "ready" for n in nodes), deadline=20)
+    assert wait_for(lambda: all(n.readiness()["status"] == "ready" for n in nodes), deadline=20)
     assert wait_for(lambda: set(etcd.keys(PREFIX)) == {PREFIX + b"e1", PREFIX + b"e2"}, deadline=10)
 
     # A lease that is gone (here: revoked behind the node's back) is replaced by a new one.
     old = etcd.keys(PREFIX)[PREFIX + b"e1"]["lease"]
     etcd.post("/v3/lease/revoke", {"ID": old})
     assert wait_for(lambda: etcd.keys(PREFIX).get(PREFIX + b"e1", {}).get("lease") not in (None, old), deadline=10)
-    assert wait_for(lambda: states(nodes[1]).get("e1") == "alive", deadline=10)
+    assert wait_for(lambda: nodes[1].member_states().get("e1") == "alive", deadline=10)
 
 
 def test_failover_to_a_second_endpoint_and_garbage_from_a_fake_one(etcd, etcd_nodes):
@@ -129,8 +118,8 @@ def test_only_garbage_leaves_the_node_up_and_degraded(etcd_nodes):
     garbage = _GarbageServer()
     try:
         node = etcd_nodes(f"127.0.0.1:{garbage.port}", names=("e1",))[0]
-        assert wait_for(lambda: ready(node)["status"] == "degraded", deadline=10)
-        problem = ready(node)["problems"][0]
+        assert wait_for(lambda: node.readiness()["status"] == "degraded", deadline=10)
+        problem = node.readiness()["problems"][0]
         assert "not JSON" in problem, problem
         assert node.request("PUT", "/v1/kv/alone", b"ok")[0] == 201
         assert "Traceback" not in node.log()
@@ -148,8 +137,8 @@ def test_username_and_password(etcd, etcd_nodes):
     assert wait_for(lambda: b"/dhashmap/dhashmap/members/e1" in _keys_with_token(etcd, token), deadline=10)
 
     bad = etcd_nodes(etcd.endpoint, names=("e2",), extra=("--etcd-username", "root", "--etcd-password", "nope"))[0]
-    assert wait_for(lambda: "authentication failed" in " ".join(ready(bad).get("problems", [])), deadline=10), \
-        ready(bad)
+    assert wait_for(lambda: "authentication failed" in " ".join(bad.readiness().get("problems", [])), deadline=10), \
+        bad.readiness()
 
 
 def _keys_with_token(etcd, token):
@@ -199,7 +188,7 @@ def test_tls_with_a_private_ca_and_a_client_certificate(tmp_path, etcd_nodes):
                           extra=("--etcd-ca-file", str(pki["ca"]), "--etcd-cert-file", str(pki["client_cert"]),
                                  "--etcd-key-file", str(pki["client_key"])))[0]
         assert wait_for(lambda: PREFIX + b"e1" in server.keys(PREFIX), deadline=10), node.log()
-        assert ready(node)["status"] == "ready"
+        assert node.readiness()["status"] == "ready"
     finally:
         server.stop()
 

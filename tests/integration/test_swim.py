@@ -19,16 +19,9 @@ TIMING = ("--gossip-probe-interval", "0.5", "--gossip-probe-timeout", "0.2", "--
 DEAD_BOUND = 9 + 3 * 0.5 + 2  # suspicion max + three protocol periods + slack for a loaded machine
 
 
-def members(node) -> dict[str, dict]:
-    try:
-        status, _, body = node.request("GET", "/v1/cluster/members", timeout=2)
-    except OSError:
-        return {}
-    return {m["id"]: m for m in json.loads(body)["members"]} if status == 200 else {}
-
 
 def state_of(node, member_id):
-    return members(node).get(member_id, {}).get("state")
+    return node.members().get(member_id, {}).get("state")
 
 
 def metric(node, name) -> float:
@@ -58,7 +51,7 @@ def swim_cluster(tmp_path):
         for node in nodes:
             node.start()
         ids = {n.node_id for n in nodes}
-        assert wait_for(lambda: all({m for m, v in members(n).items() if v["state"] == "alive"} == ids
+        assert wait_for(lambda: all({m for m, v in n.members().items() if v["state"] == "alive"} == ids
                                     for n in nodes)), [n.log() for n in nodes]
         return nodes
 
@@ -74,7 +67,7 @@ def test_five_nodes_join_from_one_seed_detect_a_kill_and_take_it_back(swim_clust
     # One store: a write through one node reads back through another.
     assert n1.request("PUT", "/v1/kv/greeting", b"hello")[0] in (200, 201, 204)
     assert n5.request("GET", "/v1/kv/greeting")[2] == b"hello"
-    seen = members(n5)["s3"]
+    seen = n5.members()["s3"]
     assert seen["addresses"] == {"host": "127.0.0.1", "peer": n3.peer_port, "rest": n3.port,
                                  "gossip": n3.gossip_port}
     incarnation = seen["incarnation"]
@@ -91,7 +84,7 @@ def test_five_nodes_join_from_one_seed_detect_a_kill_and_take_it_back(swim_clust
 
     n3.start()
     assert wait_for(lambda: all(state_of(n, "s3") == "alive" for n in others), deadline=20)
-    assert all(members(n)["s3"]["incarnation"] > incarnation for n in others)
+    assert all(n.members()["s3"]["incarnation"] > incarnation for n in others)
     assert n3.request("GET", "/v1/kv/while-down")[2] == b"x"
 
 
@@ -120,7 +113,7 @@ def test_encrypted_gossip_rotates_keys_and_refuses_strangers(swim_cluster, tmp_p
                                 for n in nodes), deadline=20)
     for node in nodes:
         assert metric(node, "dhashmap_gossip_auth_failures_total") == 0, "no packet was refused mid-rotation"
-        assert {m["state"] for m in members(node).values()} == {"alive"}
+        assert {m["state"] for m in node.members().values()} == {"alive"}
         assert len(json.loads(node.request("GET", "/v1/cluster/gossip/keys")[2])["keys"]) == 1
     status, _, body = nodes[0].request("POST", "/v1/cluster/gossip/keys", json.dumps({"remove": KEY_2}).encode())
     assert status == 409 and b"primary" in body
@@ -133,8 +126,8 @@ def test_encrypted_gossip_rotates_keys_and_refuses_strangers(swim_cluster, tmp_p
     swim_cluster.started.append(stranger)
     stranger.start()
     assert wait_for(lambda: metric(nodes[0], "dhashmap_gossip_auth_failures_total") > 0, deadline=10)
-    assert "stranger" not in members(nodes[0])
-    assert set(members(stranger)) == {"stranger"}
+    assert "stranger" not in nodes[0].members()
+    assert set(stranger.members()) == {"stranger"}
 
     # The rotated ring was saved: a restarted node still speaks the new key.
     nodes[2].stop()

@@ -174,6 +174,25 @@ class NodeProcess:
         finally:
             conn.close()
 
+    def members(self) -> dict[str, dict]:
+        """``/v1/cluster/members`` by member id; empty while the node does not answer."""
+        import json
+
+        try:
+            status, _, body = self.request("GET", "/v1/cluster/members", timeout=2)
+        except OSError:
+            return {}
+        return {m["id"]: m for m in json.loads(body)["members"]} if status == 200 else {}
+
+    def member_states(self) -> dict[str, str]:
+        return {member_id: m["state"] for member_id, m in self.members().items()}
+
+    def readiness(self) -> dict:
+        """The JSON of ``/ready`` (``status``: ready, degraded or not_ready; ``problems``)."""
+        import json
+
+        return json.loads(self.request("GET", "/ready")[2])
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-5000:]
