@@ -69,6 +69,7 @@ proto: $(STAMP)
 		--pyi_out=twisted_dhm/peer proto/dhashmap/v1/peer.proto
 	$(BIN)/python -m grpc_tools.protoc -Iproto/dhashmap/v1 --python_out=clients/python/dhashmap_client/_pb --pyi_out=clients/python/dhashmap_client/_pb proto/dhashmap/v1/peer.proto
 	GOBIN=$(CURDIR)/$(BIN) go install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12 && $(BIN)/python -m grpc_tools.protoc -Iproto/dhashmap/v1 --plugin=protoc-gen-go=$(BIN)/protoc-gen-go --go_out=clients/go --go_opt=module=github.com/dhashmap/dhashmap/clients/go proto/dhashmap/v1/peer.proto
+	GOBIN=$(CURDIR)/$(BIN) go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2 && $(BIN)/python -m grpc_tools.protoc -Iproto/dhashmap/v1 --plugin=protoc-gen-go=$(BIN)/protoc-gen-go --plugin=protoc-gen-go-grpc=$(BIN)/protoc-gen-go-grpc --go_out=clients/go --go_opt=module=github.com/dhashmap/dhashmap/clients/go --go-grpc_out=clients/go --go-grpc_opt=module=github.com/dhashmap/dhashmap/clients/go proto/dhashmap/v1/kv.proto
 	$(BIN)/python -m grpc_tools.protoc -Iproto/dhashmap/v1 --python_out=twisted_dhm/membership/swim \
 		--pyi_out=twisted_dhm/membership/swim proto/dhashmap/v1/gossip.proto
 	$(BIN)/python -m grpc_tools.protoc -Iproto/dhashmap/v1 --python_out=twisted_dhm/api --pyi_out=twisted_dhm/api \

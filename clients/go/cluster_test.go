@@ -28,6 +28,7 @@ type liveNode struct {
 	id       string
 	restPort int
 	peerPort int
+	grpcPort int
 	cmd      *exec.Cmd
 	log      string
 	exited   chan struct{}
@@ -35,6 +36,7 @@ type liveNode struct {
 
 func (n *liveNode) restURL() string    { return fmt.Sprintf("http://127.0.0.1:%d", n.restPort) }
 func (n *liveNode) nativeAddr() string { return fmt.Sprintf("127.0.0.1:%d", n.peerPort) }
+func (n *liveNode) grpcAddr() string   { return fmt.Sprintf("127.0.0.1:%d", n.grpcPort) }
 
 var (
 	clusterOnce sync.Once
@@ -98,14 +100,14 @@ func startCluster(size int) (*liveCluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(2 * size)
+	ports, err := freePorts(3 * size)
 	if err != nil {
 		return nil, err
 	}
 	c := &liveCluster{dir: dir}
 	var seeds []string
 	for i := range size {
-		n := &liveNode{id: fmt.Sprintf("g%d", i+1), restPort: ports[2*i], peerPort: ports[2*i+1], exited: make(chan struct{})}
+		n := &liveNode{id: fmt.Sprintf("g%d", i+1), restPort: ports[3*i], peerPort: ports[3*i+1], grpcPort: ports[3*i+2], exited: make(chan struct{})}
 		c.nodes = append(c.nodes, n)
 		seeds = append(seeds, n.nativeAddr())
 	}
@@ -123,7 +125,7 @@ func startCluster(size int) (*liveCluster, error) {
 		}
 		n.cmd = exec.Command("nice", "-n", "10", twistd, "-n", "--pidfile=", "dhashmap",
 			"--node-id", n.id, "--bind", "127.0.0.1", "--port", strconv.Itoa(n.restPort),
-			"--peer-port", strconv.Itoa(n.peerPort), "--grpc-port", "0", "--data-dir", data, "--storage", "memory",
+			"--peer-port", strconv.Itoa(n.peerPort), "--grpc-port", strconv.Itoa(n.grpcPort), "--data-dir", data, "--storage", "memory",
 			"--seed-nodes", strings.Join(seeds, ","))
 		n.cmd.Dir = dir
 		n.cmd.Stdout, n.cmd.Stderr = logFile, logFile
@@ -252,6 +254,18 @@ func (c *liveCluster) nativeClient(t *testing.T, opts ...Option) *NativeClient {
 func (c *liveCluster) restClient(t *testing.T, node int) *RESTClient {
 	t.Helper()
 	client, err := NewRESTClient(c.nodes[node].restURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	return client
+}
+
+func (c *liveCluster) grpcClient(t *testing.T, node int, opts ...Option) *GRPCClient {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	client, err := NewGRPCClient(ctx, c.nodes[node].grpcAddr(), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,6 +34,7 @@ type kvClient interface {
 var (
 	_ kvClient = (*NativeClient)(nil)
 	_ kvClient = (*RESTClient)(nil)
+	_ kvClient = (*GRPCClient)(nil)
 )
 
 func transports(t *testing.T) map[string]kvClient {
@@ -42,6 +43,7 @@ func transports(t *testing.T) map[string]kvClient {
 		"native": c.nativeClient(t),
 		"smart":  c.nativeClient(t, WithSmartRouting()),
 		"rest":   c.restClient(t, 1),
+		"grpc":   c.grpcClient(t, 2),
 	}
 }
 
@@ -136,7 +138,7 @@ func TestLiveBinary(t *testing.T) {
 		all[i] = byte(i)
 	}
 	clients := transports(t)
-	names := []string{"native", "smart", "rest"}
+	names := []string{"native", "smart", "rest", "grpc"}
 	for i, writer := range names {
 		reader := names[(i+1)%len(names)]
 		prefix := append(testKey(t, writer), 0)
@@ -389,7 +391,7 @@ func TestLiveMembersAndRing(t *testing.T) {
 			}
 			for _, n := range c.nodes {
 				m := byID[n.id]
-				if m.State != "alive" || m.NativeAddr() != n.nativeAddr() || m.RESTURL() != n.restURL() || m.Weight != 1 {
+				if m.State != "alive" || m.NativeAddr() != n.nativeAddr() || m.RESTURL() != n.restURL() || m.GRPCAddr() != n.grpcAddr() || m.Weight != 1 {
 					t.Fatalf("member %s: %+v", n.id, m)
 				}
 			}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	pb "github.com/dhashmap/dhashmap/clients/go/dhashmappb"
+	"google.golang.org/grpc"
 )
 
 const (
@@ -48,6 +49,7 @@ type config struct {
 	backoffMin      time.Duration
 	backoffMax      time.Duration
 	softwareVersion string
+	grpcDialOptions []grpc.DialOption
 }
 
 func newConfig(opts []Option) config {
@@ -117,6 +119,12 @@ func WithHTTPClient(h *http.Client) Option { return func(c *config) { c.httpClie
 // for a proxy, TLS, or a test that observes the traffic.
 func WithDialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) Option {
 	return func(c *config) { c.dial = dial }
+}
+
+// WithGRPCDialOptions adds options to the gRPC client's connection (after its
+// own, so they win): transport credentials for TLS, keepalive, interceptors.
+func WithGRPCDialOptions(opts ...grpc.DialOption) Option {
+	return func(c *config) { c.grpcDialOptions = append(c.grpcDialOptions, opts...) }
 }
 
 // WithMaxFrame sets the largest frame accepted from a node (default DefaultMaxFrame).

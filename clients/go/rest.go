@@ -441,6 +441,7 @@ func fetchMembers(ctx context.Context, client *http.Client, timeout time.Duratio
 				Host string `json:"host"`
 				Peer int    `json:"peer"`
 				Rest int    `json:"rest"`
+				GRPC int    `json:"grpc"`
 			} `json:"addresses"`
 			Weight      int    `json:"weight"`
 			Version     string `json:"version"`
@@ -453,7 +454,7 @@ func fetchMembers(ctx context.Context, client *http.Client, timeout time.Duratio
 	members := make([]Member, len(doc.Members))
 	for i, m := range doc.Members {
 		members[i] = Member{ID: m.ID, State: m.State, Host: m.Addresses.Host, PeerPort: m.Addresses.Peer,
-			RESTPort: m.Addresses.Rest, Weight: m.Weight, Version: m.Version, Incarnation: m.Incarnation}
+			RESTPort: m.Addresses.Rest, GRPCPort: m.Addresses.GRPC, Weight: m.Weight, Version: m.Version, Incarnation: m.Incarnation}
 	}
 	return members, nil
 }

@@ -56,6 +56,7 @@ type Member struct {
 	Host        string
 	PeerPort    int // the native protocol's port
 	RESTPort    int
+	GRPCPort    int // 0 when the node does not serve gRPC (or the REST node did not say)
 	Weight      int
 	Version     string // the node's software version
 	Incarnation int
@@ -67,6 +68,14 @@ func (m Member) NativeAddr() string { return net.JoinHostPort(m.Host, strconv.It
 // RESTURL is the member's REST base URL.
 func (m Member) RESTURL() string {
 	return "http://" + net.JoinHostPort(m.Host, strconv.Itoa(m.RESTPort))
+}
+
+// GRPCAddr is the member's gRPC address, host:port ("" when it serves none).
+func (m Member) GRPCAddr() string {
+	if m.GRPCPort == 0 {
+		return ""
+	}
+	return net.JoinHostPort(m.Host, strconv.Itoa(m.GRPCPort))
 }
 
 // Live: the member serves requests (alive, or suspect, which the cluster still uses).
