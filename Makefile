@@ -75,6 +75,7 @@ proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iproto/dhashmap/v1 --python_out=twisted_dhm/api --pyi_out=twisted_dhm/api \
 		--grpc_python_out=twisted_dhm/api proto/dhashmap/v1/kv.proto
 	sed -i 's/^import kv_pb2 as kv__pb2$$/from twisted_dhm.api import kv_pb2 as kv__pb2/' twisted_dhm/api/kv_pb2_grpc.py
+	$(BIN)/python -m grpc_tools.protoc -Iproto/dhashmap/v1 --python_out=clients/python/dhashmap_client/_pb --pyi_out=clients/python/dhashmap_client/_pb --grpc_python_out=clients/python/dhashmap_client/_pb proto/dhashmap/v1/kv.proto && sed -i 's/^import kv_pb2 as kv__pb2$$/from dhashmap_client._pb import kv_pb2 as kv__pb2/' clients/python/dhashmap_client/_pb/kv_pb2_grpc.py
 
 clean:
 	rm -rf $(VENV) data build dist *.egg-info clients/python/*.egg-info twisted/plugins/dropin.cache

@@ -8,6 +8,9 @@ It is imported lazily so that the sync client works without Twisted installed.
 (Deferreds, also lazy and also needing the ``twisted`` extra) speak the node's
 native protocol on its peer port instead of REST: one pipelined connection,
 replica counts per request.  See docs/protocol.md.
+
+``GrpcClient`` (blocking) speaks the node's gRPC API; it is imported lazily and
+needs the ``grpc`` extra: ``pip install 'dhashmap-client[grpc]'``.  See docs/grpc.md.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from dhashmap_client.native import NativeClient
 from dhashmap_client.sync import Client
 
 if TYPE_CHECKING:
+    from dhashmap_client.grpc_client import GrpcClient
     from dhashmap_client.twisted_client import TwistedClient
     from dhashmap_client.twisted_native import TwistedNativeClient
 
@@ -45,6 +49,7 @@ __all__ = [
     "TwistedClient",
     "NativeClient",
     "TwistedNativeClient",
+    "GrpcClient",
     "Value",
     "Entry",
     "Page",
@@ -66,6 +71,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name == "GrpcClient":
+        from dhashmap_client.grpc_client import GrpcClient  # raises an ImportError naming the extra
+
+        return GrpcClient
     if name == "TwistedClient":
         try:
             from dhashmap_client.twisted_client import TwistedClient
