@@ -14,7 +14,7 @@ export interface Member {
   id: string;
   /** `alive`, `suspect` (still routed to), `dead` or `left`. */
   state: string;
-  addresses: { host: string; peer: number; rest: number; gossip?: number };
+  addresses: { host: string; peer: number; rest: number; gossip?: number; grpc?: number };
   weight: number;
   version: string;
   incarnation: number;

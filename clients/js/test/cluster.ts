@@ -19,6 +19,8 @@ export interface LiveNode {
   url: string;
   restPort: number;
   peerPort: number;
+  /** The gRPC port, or 0 when the node serves no gRPC (the default). */
+  grpcPort: number;
   process: ChildProcess;
   output: string[];
 }
@@ -51,7 +53,7 @@ function stopNode(node: LiveNode): Promise<void> {
  * Start three nodes and wait (polling, with a deadline) until each is ready and
  * sees all three members alive. Throws, failing the tests, when twistd is missing.
  */
-export async function startCluster(size = 3, deadlineMs = 60_000): Promise<LiveCluster> {
+export async function startCluster(size = 3, deadlineMs = 60_000, options: { grpc?: boolean } = {}): Promise<LiveCluster> {
   const twistd = twistdPath();
   try {
     accessSync(twistd, constants.X_OK);
@@ -59,8 +61,9 @@ export async function startCluster(size = 3, deadlineMs = 60_000): Promise<LiveC
     throw new Error(`twistd not found at ${twistd}: set DHASHMAP_TWISTD or create the venv: make .venv/.installed at the repository root`);
   }
   const dataDir = mkdtempSync(join(tmpdir(), "dhashmap-js-"));
-  const ports = await freePorts(size * 2);
-  const peerPorts = ports.slice(size);
+  const ports = await freePorts(size * (options.grpc ? 3 : 2));
+  const peerPorts = ports.slice(size, size * 2);
+  const grpcPorts = options.grpc ? ports.slice(size * 2) : [];
   const seeds = peerPorts.map((p) => `127.0.0.1:${p}`).join(",");
   const nodes: LiveNode[] = [];
   const cluster: LiveCluster = {
@@ -74,9 +77,10 @@ export async function startCluster(size = 3, deadlineMs = 60_000): Promise<LiveC
     const id = `j${i + 1}`;
     const restPort = ports[i]!;
     const peerPort = peerPorts[i]!;
+    const grpcPort = grpcPorts[i] ?? 0;
     const args = [
       "-n", "10", twistd, "-n", "--pidfile=", "dhashmap", "--node-id", id, "--bind", "127.0.0.1",
-      "--port", String(restPort), "--peer-port", String(peerPort), "--grpc-port", "0", "--data-dir", join(dataDir, id),
+      "--port", String(restPort), "--peer-port", String(peerPort), "--grpc-port", String(grpcPort), "--data-dir", join(dataDir, id),
       "--storage", "memory", "--seed-nodes", seeds,
     ];
     const child = spawn("nice", args, { stdio: ["ignore", "pipe", "pipe"] });
@@ -87,7 +91,7 @@ export async function startCluster(size = 3, deadlineMs = 60_000): Promise<LiveC
     };
     child.stdout?.on("data", keep);
     child.stderr?.on("data", keep);
-    nodes.push({ id, url: `http://127.0.0.1:${restPort}`, restPort, peerPort, process: child, output });
+    nodes.push({ id, url: `http://127.0.0.1:${restPort}`, restPort, peerPort, grpcPort, process: child, output });
   }
   try {
     const deadline = Date.now() + deadlineMs;
