@@ -3,13 +3,12 @@ standard grpc.health.v1 health service and server reflection.
 
 The bridge: gRPC's own server (grpc core, C++) accepts and decodes requests on its threads;
 each handler hops into the node's one reactor with ``blockingCallFromThread`` to run the
-coordinator, and waits there for the answer.  Of the two designs measured on this machine
-before this code was written (numbers in the gRPC issue and docs/grpc.md), this one was ahead
-for unary RPCs (about 5.5k against 5.1k RPC/s for grpc.aio on Twisted's asyncio reactor), and
-it keeps the default epoll reactor, under which the REST path was 20-25 % faster and the
-native protocol about 30 % faster.  A plain ``twistd -n dhashmap`` therefore needs no ``-r``
-flag.  The whole-node measurement the issue asks for (REST, native and gRPC together) is
-still to be made.
+coordinator, and waits there for the answer.  It was chosen on the numbers in the gRPC issue
+(with a trivial handler this design beat grpc.aio on Twisted's asyncio reactor, 5.5k against
+5.1k calls/s, and it keeps the default epoll reactor, under which REST and the native protocol
+are faster), so a plain ``twistd -n dhashmap`` needs no ``-r`` flag.  With the real handlers a
+first measurement gives only about 2k calls/s on one node (docs/benchmarks.md): the choice is
+to be settled by measuring both designs on the whole node.
 
 The client's deadline is honoured end to end: the coordinator's Deferred gets a timeout of the
 time the call has left, so a request that cannot finish in time is cancelled in the reactor and
