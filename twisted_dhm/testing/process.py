@@ -81,10 +81,25 @@ class ServerProcess:
             return ""
 
 
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now and that this process has not handed out before.
+
+    The kernel may give the same ephemeral port to two ``bind(0)`` calls in a
+    row once the first socket is closed, so two ports chosen for one node could
+    collide (the node then fails to start); remembering what we handed out
+    rules that out within a test run.
+    """
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no fresh free port after 100 tries")
 
 
 def twistd_command() -> list[str]:
