@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 NODES ?= 3
 DISCOVERY ?= static
 
-.PHONY: run run-client test lint clean bench bench-cluster swim-eval proto etcd consul
+.PHONY: run run-client test lint clean bench bench-cluster swim-eval proto proto-check etcd consul grpcurl
 
 $(STAMP): setup.py clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,9 +29,11 @@ run-client: $(STAMP)
 
 ## test: set up and run the whole suite (lint, unit, integration, the Python, Go and JS clients); the integration
 ##       tests run a real etcd, installed with apt-get (etcd-server) when missing and run as root, and
-##       a real Consul agent, built once from the Go module proxy by tools/get-consul.sh (needs Go >= 1.24)
+##       a real Consul agent, built once from the Go module proxy by tools/get-consul.sh (needs Go >= 1.24);
+##       first it checks that the committed generated code is current (proto-check)
 test: $(STAMP) etcd consul
 	$(BIN)/ruff check .
+	$(MAKE) --no-print-directory proto-check
 	$(BIN)/pytest -q tests clients/python/tests
 	cd clients/go && go vet ./... && DHASHMAP_TWISTD=$(CURDIR)/$(BIN)/twistd go test -count=1 -p 1 ./...
 	cd clients/js && npm ci --no-audit --no-fund --loglevel=error && DHASHMAP_TWISTD=$(CURDIR)/$(BIN)/twistd npm test
@@ -62,20 +64,40 @@ swim-eval: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/swim_eval.py
 
-## proto: regenerate the protobuf code from proto/ (pinned generator: the [proto] extra)
+## proto: regenerate the protobuf code from proto/ (pinned generators: the [proto] extra, protoc-gen-go
+##        and protoc-gen-go-grpc below) for Python, Go and the JS package's copy of kv.proto.
+##        PROTO_OUT=dir writes the same files under dir instead (what proto-check compares).
+PROTO_OUT ?= .
+PROTOC_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+PROTOC := $(BIN)/python -m grpc_tools.protoc -Iproto/dhashmap/v1
+GO_OUT := --plugin=protoc-gen-go=$(BIN)/protoc-gen-go --go_out=$(PROTO_OUT)/clients/go --go_opt=module=github.com/dhashmap/dhashmap/clients/go
 proto: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[proto]'
-	$(BIN)/python -m grpc_tools.protoc -Iproto/dhashmap/v1 --python_out=twisted_dhm/peer \
-		--pyi_out=twisted_dhm/peer proto/dhashmap/v1/peer.proto
-	$(BIN)/python -m grpc_tools.protoc -Iproto/dhashmap/v1 --python_out=clients/python/dhashmap_client/_pb --pyi_out=clients/python/dhashmap_client/_pb proto/dhashmap/v1/peer.proto
-	GOBIN=$(CURDIR)/$(BIN) go install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12 && $(BIN)/python -m grpc_tools.protoc -Iproto/dhashmap/v1 --plugin=protoc-gen-go=$(BIN)/protoc-gen-go --go_out=clients/go --go_opt=module=github.com/dhashmap/dhashmap/clients/go proto/dhashmap/v1/peer.proto
-	GOBIN=$(CURDIR)/$(BIN) go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2 && $(BIN)/python -m grpc_tools.protoc -Iproto/dhashmap/v1 --plugin=protoc-gen-go=$(BIN)/protoc-gen-go --plugin=protoc-gen-go-grpc=$(BIN)/protoc-gen-go-grpc --go_out=clients/go --go_opt=module=github.com/dhashmap/dhashmap/clients/go --go-grpc_out=clients/go --go-grpc_opt=module=github.com/dhashmap/dhashmap/clients/go proto/dhashmap/v1/kv.proto
-	$(BIN)/python -m grpc_tools.protoc -Iproto/dhashmap/v1 --python_out=twisted_dhm/membership/swim \
-		--pyi_out=twisted_dhm/membership/swim proto/dhashmap/v1/gossip.proto
-	$(BIN)/python -m grpc_tools.protoc -Iproto/dhashmap/v1 --python_out=twisted_dhm/api --pyi_out=twisted_dhm/api \
-		--grpc_python_out=twisted_dhm/api proto/dhashmap/v1/kv.proto
-	sed -i 's/^import kv_pb2 as kv__pb2$$/from twisted_dhm.api import kv_pb2 as kv__pb2/' twisted_dhm/api/kv_pb2_grpc.py
-	$(BIN)/python -m grpc_tools.protoc -Iproto/dhashmap/v1 --python_out=clients/python/dhashmap_client/_pb --pyi_out=clients/python/dhashmap_client/_pb --grpc_python_out=clients/python/dhashmap_client/_pb proto/dhashmap/v1/kv.proto && sed -i 's/^import kv_pb2 as kv__pb2$$/from dhashmap_client._pb import kv_pb2 as kv__pb2/' clients/python/dhashmap_client/_pb/kv_pb2_grpc.py
+	GOBIN=$(CURDIR)/$(BIN) go install $(PROTOC_GEN_GO)
+	GOBIN=$(CURDIR)/$(BIN) go install $(PROTOC_GEN_GO_GRPC)
+	mkdir -p $(PROTO_OUT)/twisted_dhm/peer $(PROTO_OUT)/twisted_dhm/api $(PROTO_OUT)/twisted_dhm/membership/swim \
+		$(PROTO_OUT)/clients/python/dhashmap_client/_pb $(PROTO_OUT)/clients/go $(PROTO_OUT)/clients/js/proto/dhashmap/v1
+	$(PROTOC) --python_out=$(PROTO_OUT)/twisted_dhm/peer --pyi_out=$(PROTO_OUT)/twisted_dhm/peer proto/dhashmap/v1/peer.proto
+	$(PROTOC) --python_out=$(PROTO_OUT)/clients/python/dhashmap_client/_pb \
+		--pyi_out=$(PROTO_OUT)/clients/python/dhashmap_client/_pb proto/dhashmap/v1/peer.proto
+	$(PROTOC) $(GO_OUT) proto/dhashmap/v1/peer.proto
+	$(PROTOC) $(GO_OUT) --plugin=protoc-gen-go-grpc=$(BIN)/protoc-gen-go-grpc --go-grpc_out=$(PROTO_OUT)/clients/go \
+		--go-grpc_opt=module=github.com/dhashmap/dhashmap/clients/go proto/dhashmap/v1/kv.proto
+	$(PROTOC) --python_out=$(PROTO_OUT)/twisted_dhm/membership/swim --pyi_out=$(PROTO_OUT)/twisted_dhm/membership/swim \
+		proto/dhashmap/v1/gossip.proto
+	$(PROTOC) --python_out=$(PROTO_OUT)/twisted_dhm/api --pyi_out=$(PROTO_OUT)/twisted_dhm/api \
+		--grpc_python_out=$(PROTO_OUT)/twisted_dhm/api proto/dhashmap/v1/kv.proto
+	sed -i 's/^import kv_pb2 as kv__pb2$$/from twisted_dhm.api import kv_pb2 as kv__pb2/' $(PROTO_OUT)/twisted_dhm/api/kv_pb2_grpc.py
+	$(PROTOC) --python_out=$(PROTO_OUT)/clients/python/dhashmap_client/_pb --pyi_out=$(PROTO_OUT)/clients/python/dhashmap_client/_pb --grpc_python_out=$(PROTO_OUT)/clients/python/dhashmap_client/_pb proto/dhashmap/v1/kv.proto && sed -i 's/^import kv_pb2 as kv__pb2$$/from dhashmap_client._pb import kv_pb2 as kv__pb2/' $(PROTO_OUT)/clients/python/dhashmap_client/_pb/kv_pb2_grpc.py
+	cp proto/dhashmap/v1/kv.proto $(PROTO_OUT)/clients/js/proto/dhashmap/v1/kv.proto
+
+## proto-check: fail, listing the files, when the committed generated code is not what `make proto`
+##              makes from proto/ now (generates into a scratch directory; the tree is not touched)
+proto-check: $(STAMP)
+	@scratch="$$(mktemp -d)" && trap 'rm -rf "$$scratch"' EXIT && \
+	  $(MAKE) --no-print-directory -s proto PROTO_OUT="$$scratch" >/dev/null && \
+	  tools/proto-check.sh "$$scratch"
 
 clean:
 	rm -rf $(VENV) data build dist *.egg-info clients/python/*.egg-info twisted/plugins/dropin.cache

@@ -66,9 +66,9 @@ def test_the_makefile_regenerates_the_client_copy() -> None:
     makefile = (ROOT / "Makefile").read_text()
     proto_target = makefile.split("\nproto:", 1)[1].split("\n\n", 1)[0]
     line = next(ln for ln in proto_target.splitlines()
-                if "--grpc_python_out=clients/python/dhashmap_client/_pb" in ln)
-    assert "--python_out=clients/python/dhashmap_client/_pb" in line
-    assert "--pyi_out=clients/python/dhashmap_client/_pb" in line
+                if "--grpc_python_out=$(PROTO_OUT)/clients/python/dhashmap_client/_pb" in ln)
+    assert "--python_out=$(PROTO_OUT)/clients/python/dhashmap_client/_pb" in line
+    assert "--pyi_out=$(PROTO_OUT)/clients/python/dhashmap_client/_pb" in line
     assert "from dhashmap_client._pb import kv_pb2 as kv__pb2" in line
 
 
