@@ -31,7 +31,7 @@ run-client: $(STAMP)
 ##       tests run a real etcd, installed with apt-get (etcd-server) when missing and run as root, and
 ##       a real Consul agent, built once from the Go module proxy by tools/get-consul.sh (needs Go >= 1.24);
 ##       first it checks that the committed generated code is current (proto-check)
-test: $(STAMP) etcd consul
+test: $(STAMP) etcd consul grpcurl
 	$(BIN)/ruff check .
 	$(MAKE) --no-print-directory proto-check
 	$(BIN)/pytest -q tests clients/python/tests
@@ -46,6 +46,10 @@ etcd:
 
 consul:
 	@tools/get-consul.sh >/dev/null
+
+# grpcurl for the gRPC tests: go install at a pinned version, cached in ~/.cache/dhashmap
+grpcurl:
+	@tools/get-grpcurl.sh >/dev/null
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -27,7 +27,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, gatherResults, maybeDeferred
 from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
@@ -296,6 +296,29 @@ class ClusterServicer(kv_pb2_grpc.ClusterServicer):
                                      members_by_state=counts, version=__version__)
 
 
+class _Reflection(reflection.ReflectionServicer):
+    """Server reflection that also finds the file of a method's full name (``dhashmap.v1.KV.Get``).
+
+    protobuf's upb descriptor pool (the default implementation) resolves messages, fields,
+    enums and services in ``FindFileContainingSymbol`` but not methods, so grpcurl's
+    ``describe dhashmap.v1.KV.Get`` and ghz's ``--call dhashmap.v1.KV.Get`` got NOT_FOUND and
+    needed the ``.proto`` file.  A method lives in its service's file.
+    """
+
+    def _file_containing_symbol(self, request: Any, fully_qualified_name: str) -> Any:
+        service_name, _, method = fully_qualified_name.rpartition(".")
+        try:
+            self._pool.FindFileContainingSymbol(fully_qualified_name)
+        except KeyError:
+            try:
+                service = self._pool.FindServiceByName(service_name)
+            except KeyError:
+                service = None
+            if service is not None and method in service.methods_by_name:
+                fully_qualified_name = service_name
+        return super()._file_containing_symbol(request, fully_qualified_name)
+
+
 class GrpcService(Service):
     """The gRPC listener, started and stopped with the node."""
 
@@ -328,7 +351,8 @@ class GrpcService(Service):
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = [kv_pb2.DESCRIPTOR.services_by_name[n].full_name for n in ("KV", "Cluster")]
-        reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            _Reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME]), server)
         address = f"[{self.bind}]:{self.port}" if ":" in self.bind else f"{self.bind}:{self.port}"
         try:
             self.bound_port = server.add_insecure_port(address)
