@@ -14,7 +14,8 @@ setup(
     packages=find_packages(include=["twisted_dhm", "twisted_dhm.*"]) + ["twisted.plugins"],
     package_data={"twisted_dhm.api": ["openapi.json"]},
     install_requires=[
-        "Twisted[tls]>=24.7,<27",
+        # conch: the admin shell (--manhole) over SSH.
+        "Twisted[tls,conch]>=24.7,<27",
         "klein>=24.8,<25",
         "lmdb>=1.4,<4",
         "prometheus_client>=0.20,<1",

@@ -218,6 +218,54 @@ def _path(raw: Any) -> str:
     return value
 
 
+_LOOPBACK_NAMES = ("localhost",)
+
+
+@attrs.frozen
+class ManholeSpec:
+    """Where the admin shell listens: ``ssh`` (authorized keys) or ``telnet`` (loopback only)."""
+
+    kind: str
+    port: int
+    interface: str = "127.0.0.1"
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.port}:interface={self.interface}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _manhole(raw: Any) -> ManholeSpec | None:
+    """``ssh:PORT[:interface=ADDR]`` or ``telnet:PORT[:interface=LOOPBACK]``; ``off`` or empty: none."""
+    value = str(raw).strip()
+    if value.lower() in ("", "off", "none"):
+        return None
+    usage = "must be ssh:PORT[:interface=ADDR] or telnet:PORT[:interface=127.0.0.1], like ssh:2222:interface=127.0.0.1"
+    kind, _, rest = value.partition(":")
+    port_text, sep, option = rest.partition(":")
+    if kind not in ("ssh", "telnet") or not port_text:
+        raise ValueError(usage)
+    port = _int_range(0, 65535)(port_text)
+    interface = "127.0.0.1"
+    if sep:
+        name, eq, addr = option.partition("=")
+        if name != "interface" or not eq:
+            raise ValueError(usage)
+        interface = _host(addr.strip("[]"))
+    if kind == "telnet" and not _is_loopback(interface):
+        raise ValueError(
+            f"telnet has no authentication and no encryption, so it listens on loopback only "
+            f"(not {interface}); use ssh:PORT with --manhole-keys for anything else")
+    return ManholeSpec(kind, port, interface)
+
+
 @attrs.frozen
 class Setting:
     name: str  # attribute of Config, YAML key
@@ -369,6 +417,12 @@ SETTINGS: tuple[Setting, ...] = (
             "WHERE"),
     Setting("lmdb_map_size", "LMDB_MAP_SIZE", _size(1 << 20, 1 << 40), 16 << 30,
             "Largest size the LMDB store may grow to (address space, not disk).", "SIZE"),
+    Setting("manhole", "MANHOLE", _manhole, None,
+            "Admin Python shell inside the node (docs/admin.md): ssh:PORT[:interface=ADDR] (needs "
+            "--manhole-keys), or telnet:PORT for development, loopback only. Off by default.", "LISTEN"),
+    Setting("manhole_keys", "MANHOLE_KEYS", _path, "",
+            "authorized_keys file of the public keys that may log in to the ssh manhole (read at each "
+            "login, so keys can change without a restart).", "FILE"),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -430,6 +484,8 @@ class Config:
     http_idle_timeout: float
     lmdb_map_size: int
     lmdb_commit: str
+    manhole: ManholeSpec | None
+    manhole_keys: str
 
 
 
@@ -487,13 +543,15 @@ def load_config(
         raise ConfigError(
             f"--gossip-probe-timeout ({values['gossip_probe_timeout']:g}s) must be below --gossip-probe-interval "
             f"({values['gossip_probe_interval']:g}s): a probe needs time left for its indirect checks")
+    if values["manhole"] is not None and values["manhole"].kind == "ssh" and not values["manhole_keys"]:
+        raise ConfigError("--manhole ssh:... needs --manhole-keys FILE (an authorized_keys file)")
     return Config(**values)
 
 
 def _show(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if value == ():
+    if value == () or value is None:
         return "none"
     return str(value)
 

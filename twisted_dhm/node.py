@@ -190,6 +190,15 @@ class DhashmapNode(MultiService):
                                     config.max_value_size)
             self.grpc.setServiceParent(self)
 
+        if config.manhole is not None:
+            from twisted_dhm.api.manhole import HOST_KEY_FILE, ManholeService, admin_namespace
+
+            # The SSH host key is kept beside the data, so clients see the same key after a restart.
+            host_key = os.path.join(config.data_dir, HOST_KEY_FILE) if config.storage == "lmdb" else None
+            self.manhole = ManholeService(config.manhole, config.manhole_keys, lambda: admin_namespace(self),
+                                          self.network, host_key)
+            self.manhole.setServiceParent(self)
+
     def _make_membership(self, config: Config, reactor: Any, rng: random.Random) -> Service:
         if config.discovery == "swim":
             # Imported here: the static world need not load the gossip code (or cryptography).
