@@ -9,8 +9,9 @@ It is imported lazily so that the sync client works without Twisted installed.
 native protocol on its peer port instead of REST: one pipelined connection,
 replica counts per request.  See docs/protocol.md.
 
-``GrpcClient`` (blocking) speaks the node's gRPC API; it is imported lazily and
-needs the ``grpc`` extra: ``pip install 'dhashmap-client[grpc]'``.  See docs/grpc.md.
+``GrpcClient`` (blocking) and ``TwistedGrpcClient`` (Deferreds) speak the node's
+gRPC API; they are imported lazily and need the ``grpc`` extra (and the
+``twisted`` one for the second): ``pip install 'dhashmap-client[grpc]'``.  See docs/grpc.md.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from dhashmap_client.sync import Client
 if TYPE_CHECKING:
     from dhashmap_client.grpc_client import GrpcClient
     from dhashmap_client.twisted_client import TwistedClient
+    from dhashmap_client.twisted_grpc import TwistedGrpcClient
     from dhashmap_client.twisted_native import TwistedNativeClient
 
 __version__ = "0.1.0"
@@ -50,6 +52,7 @@ __all__ = [
     "NativeClient",
     "TwistedNativeClient",
     "GrpcClient",
+    "TwistedGrpcClient",
     "Value",
     "Entry",
     "Page",
@@ -75,6 +78,16 @@ def __getattr__(name: str) -> Any:
         from dhashmap_client.grpc_client import GrpcClient  # raises an ImportError naming the extra
 
         return GrpcClient
+    if name == "TwistedGrpcClient":
+        try:
+            from dhashmap_client.twisted_grpc import TwistedGrpcClient
+        except ModuleNotFoundError as e:
+            if (e.name or "").split(".")[0] != "twisted":
+                raise
+            raise ImportError(
+                "TwistedGrpcClient needs Twisted: pip install 'dhashmap-client[grpc,twisted]'"
+            ) from e
+        return TwistedGrpcClient
     if name == "TwistedClient":
         try:
             from dhashmap_client.twisted_client import TwistedClient

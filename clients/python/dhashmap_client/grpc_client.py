@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 try:
     import grpc
@@ -55,7 +55,7 @@ from dhashmap_client.errors import (
     ValueTooLarge,
 )
 
-__all__ = ["GrpcClient", "error_from_rpc"]
+__all__ = ["GrpcClient", "error_from_rpc", "Call"]
 
 Level = str | int | None
 T = TypeVar("T")
@@ -187,6 +187,145 @@ def _batch_items(items: Mapping[Any, Any] | Iterable[Any]) -> list[pb.BatchPutRe
     return out
 
 
+# -- the calls, shared by GrpcClient and twisted_grpc.TwistedGrpcClient -------------------------
+
+
+class Call(NamedTuple):
+    """One unary RPC: which stub method, the request, whether a replay is safe, and how to read the answer."""
+
+    service: str  # "kv" or "cluster"
+    method: str
+    request: Any
+    idempotent: bool
+    answer: Callable[[Any], Any]
+
+
+def get_call(key: BytesLike, r: Level = None) -> Call:
+    request = pb.GetRequest(key=proto.to_bytes(key, "key"), r=_quorum(r, "r"))
+    return Call("kv", "Get", request, True, lambda answer: Value(answer.value, answer.version))
+
+
+def put_call(key: BytesLike, value: BytesLike, ttl: float | None = None, if_match: str | None = None,
+             if_none_match: bool = False, w: Level = None) -> Call:
+    if if_match is not None and if_none_match:
+        raise ValueError("give if_match or if_none_match, not both")
+    if if_match is not None or if_none_match:
+        return _cas_call(key, _token(if_match, "if_match") if if_match is not None else None, value, ttl, w)
+    request = pb.PutRequest(key=proto.to_bytes(key, "key"), value=proto.to_bytes(value, "value"),
+                            ttl_seconds=ttl_seconds(ttl), w=_quorum(w, "w"))
+    return Call("kv", "Put", request, False, lambda answer: answer.version)
+
+
+def delete_call(key: BytesLike, if_match: str | None = None, w: Level = None) -> Call:
+    token = _token(if_match, "if_match")
+    request = pb.DeleteRequest(key=proto.to_bytes(key, "key"), if_match=token, w=_quorum(w, "w"))
+    return Call("kv", "Delete", request, not token, lambda answer: None)
+
+
+def cas_call(key: BytesLike, expected_version: str | None, value: BytesLike, ttl: float | None = None,
+             w: Level = None) -> Call:
+    token = None if expected_version is None else _token(expected_version, "expected_version")
+    return _cas_call(key, token, value, ttl, w)
+
+
+def _cas_call(key: BytesLike, token: str | None, value: BytesLike, ttl: float | None, w: Level) -> Call:
+    request = pb.CompareAndSwapRequest(key=proto.to_bytes(key, "key"), value=proto.to_bytes(value, "value"),
+                                       ttl_seconds=ttl_seconds(ttl), w=_quorum(w, "w"))
+    if token is None:
+        request.create_only = True
+    else:
+        request.expected_version = token
+    return Call("kv", "CompareAndSwap", request, False, lambda answer: answer.version)
+
+
+def batch_get_call(keys: Iterable[BytesLike], r: Level = None) -> Call | None:
+    """``None`` for no keys (the answer is ``[]`` without asking)."""
+    raw = [proto.to_bytes(k, "key") for k in keys]
+    if len(raw) > MAX_BATCH:
+        raise ValueError(f"at most {MAX_BATCH} keys per batch, not {len(raw)}")
+    if not raw:
+        return None
+
+    def answer(response: pb.BatchGetResponse) -> list[Value | None]:
+        if len(response.items) != len(raw):
+            raise DhashmapError("the node answered a batch of another size", code="bad_response")
+        return [Value(item.value, item.version) if item.found else None for item in response.items]
+
+    return Call("kv", "BatchGet", pb.BatchGetRequest(keys=raw, r=_quorum(r, "r")), True, answer)
+
+
+def batch_put_call(items: Mapping[Any, Any] | Iterable[Any], w: Level = None) -> Call | None:
+    """``None`` for no items (the answer is ``[]`` without asking)."""
+    request_items = _batch_items(items)
+    if len(request_items) > MAX_BATCH:
+        raise ValueError(f"at most {MAX_BATCH} items per batch, not {len(request_items)}")
+    if not request_items:
+        return None
+
+    def answer(response: pb.BatchPutResponse) -> list[str | DhashmapError]:
+        if len(response.results) != len(request_items):
+            raise DhashmapError("the node answered a batch of another size", code="bad_response")
+        return [result.version if result.code == 0 else error_from_rpc(_ItemStatus(result.code, result.message))
+                for result in response.results]
+
+    return Call("kv", "BatchPut", pb.BatchPutRequest(items=request_items, w=_quorum(w, "w")), False, answer)
+
+
+def _members(answer: pb.MembersResponse) -> dict[str, Any]:
+    return {"node": answer.node, "members": [
+        {"id": m.id, "state": m.state, "host": m.host, "peer_port": m.peer_port, "rest_port": m.rest_port,
+         "grpc_port": m.grpc_port, "gossip_port": m.gossip_port, "weight": m.weight, "version": m.version,
+         "incarnation": m.incarnation} for m in answer.members]}
+
+
+def _ring(answer: pb.RingResponse) -> dict[str, Any]:
+    return {"partitions": answer.partitions, "replicas": answer.replicas, "hash": answer.hash,
+            "table": {p.partition: list(p.owners) for p in answer.table}}
+
+
+def _status(answer: pb.StatusResponse) -> dict[str, Any]:
+    return {"node": answer.node, "ready": answer.ready, "problems": list(answer.problems),
+            "members_by_state": dict(answer.members_by_state), "version": answer.version}
+
+
+MEMBERS_CALL = Call("cluster", "Members", pb.MembersRequest(), True, _members)
+RING_CALL = Call("cluster", "Ring", pb.RingRequest(), True, _ring)
+STATUS_CALL = Call("cluster", "Status", pb.StatusRequest(), True, _status)
+
+
+def check_limit(limit: int) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"limit must be an int, not {type(limit).__name__}")
+    if not 1 <= limit < MAX_COUNT:
+        raise ValueError(f"limit must be at least 1, not {limit}")
+
+
+def scan_request(prefix: bytes, page_size: int, start_after: bytes | None, limit: int) -> pb.ScanRequest:
+    """A Scan for at most ``limit`` keys (0: all) after ``start_after``."""
+    request = pb.ScanRequest(prefix=prefix, page_size=min(page_size, 1000), limit=limit)
+    if start_after is not None:
+        request.start_after = start_after
+        request.has_start_after = True
+    return request
+
+
+def page_of(keys: list[bytes], limit: int) -> Page:
+    """The page from a Scan that asked for ``limit + 1`` keys (one more tells whether more follow)."""
+    if len(keys) <= limit:
+        return Page(keys, None)
+    keys = keys[:limit]
+    return Page(keys, _cursor(keys[-1]))
+
+
+def backoff_delay(attempt: int, backoff: float, backoff_max: float, random: Callable[[], float]) -> float:
+    """Full jitter: uniform in [0, min(backoff_max, backoff * 2 ** attempt))."""
+    return random() * min(backoff_max, backoff * (2 ** attempt))
+
+
+def retryable(error: DhashmapError, idempotent: bool, attempt: int, retries: int) -> bool:
+    return idempotent and isinstance(error, Unavailable | ConnectionError) and attempt < retries
+
+
 # -- the client --------------------------------------------------------------------------------
 
 
@@ -254,9 +393,7 @@ class GrpcClient:
 
     def get(self, key: BytesLike, r: Level = None) -> Value:
         """The live value of ``key`` and its version; ``NotFound`` if there is none."""
-        request = pb.GetRequest(key=proto.to_bytes(key, "key"), r=_quorum(r, "r"))
-        answer = self._unary(lambda: self._stubs()[0].Get, request, idempotent=True)
-        return Value(answer.value, answer.version)
+        return self._run(get_call(key, r))
 
     def put(self, key: BytesLike, value: BytesLike, ttl: float | None = None, if_match: str | None = None,
             if_none_match: bool = False, w: Level = None) -> str:
@@ -266,13 +403,7 @@ class GrpcClient:
         a ``CompareAndSwap``; either failing raises ``PreconditionFailed``.  ``if_match="*"``
         has no gRPC equivalent and raises ``ValueError``.  Never retried.
         """
-        if if_match is not None and if_none_match:
-            raise ValueError("give if_match or if_none_match, not both")
-        if if_match is not None or if_none_match:
-            return self._cas(key, _token(if_match, "if_match") if if_match is not None else None, value, ttl, w)
-        request = pb.PutRequest(key=proto.to_bytes(key, "key"), value=proto.to_bytes(value, "value"),
-                                ttl_seconds=ttl_seconds(ttl), w=_quorum(w, "w"))
-        return self._unary(lambda: self._stubs()[0].Put, request, idempotent=False).version
+        return self._run(put_call(key, value, ttl, if_match, if_none_match, w))
 
     def delete(self, key: BytesLike, if_match: str | None = None, w: Level = None) -> None:
         """Delete ``key``; deleting an absent key succeeds.
@@ -280,9 +411,7 @@ class GrpcClient:
         With ``if_match`` only if the value still has that version, else
         ``PreconditionFailed``.  Retried on ``UNAVAILABLE`` only without ``if_match``.
         """
-        token = _token(if_match, "if_match")
-        request = pb.DeleteRequest(key=proto.to_bytes(key, "key"), if_match=token, w=_quorum(w, "w"))
-        self._unary(lambda: self._stubs()[0].Delete, request, idempotent=not token)
+        self._run(delete_call(key, if_match, w))
 
     def cas(self, key: BytesLike, expected_version: str | None, value: BytesLike, ttl: float | None = None,
             w: Level = None) -> str:
@@ -290,30 +419,12 @@ class GrpcClient:
 
         Returns the new version; ``PreconditionFailed`` when someone else got there first.
         """
-        token = None if expected_version is None else _token(expected_version, "expected_version")
-        return self._cas(key, token, value, ttl, w)
-
-    def _cas(self, key: BytesLike, token: str | None, value: BytesLike, ttl: float | None, w: Level) -> str:
-        request = pb.CompareAndSwapRequest(key=proto.to_bytes(key, "key"), value=proto.to_bytes(value, "value"),
-                                           ttl_seconds=ttl_seconds(ttl), w=_quorum(w, "w"))
-        if token is None:
-            request.create_only = True
-        else:
-            request.expected_version = token
-        return self._unary(lambda: self._stubs()[0].CompareAndSwap, request, idempotent=False).version
+        return self._run(cas_call(key, expected_version, value, ttl, w))
 
     def batch_get(self, keys: Iterable[BytesLike], r: Level = None) -> list[Value | None]:
         """The values of up to 1,000 keys, in their order; ``None`` for a key with no live value."""
-        raw = [proto.to_bytes(k, "key") for k in keys]
-        if len(raw) > MAX_BATCH:
-            raise ValueError(f"at most {MAX_BATCH} keys per batch, not {len(raw)}")
-        if not raw:
-            return []
-        request = pb.BatchGetRequest(keys=raw, r=_quorum(r, "r"))
-        answer = self._unary(lambda: self._stubs()[0].BatchGet, request, idempotent=True)
-        if len(answer.items) != len(raw):
-            raise DhashmapError("the node answered a batch of another size", code="bad_response")
-        return [Value(item.value, item.version) if item.found else None for item in answer.items]
+        call = batch_get_call(keys, r)
+        return [] if call is None else self._run(call)
 
     def batch_put(self, items: Mapping[Any, Any] | Iterable[Any], w: Level = None) -> list[str | DhashmapError]:
         """Write up to 1,000 values: a mapping, or ``(key, value)`` / ``(key, value, ttl)`` tuples.
@@ -323,17 +434,8 @@ class GrpcClient:
         written and the typed error (not raised) of each that was not.  An error of the whole
         call (the node unreachable, a batch over 1,000) is raised.  Never retried.
         """
-        request_items = _batch_items(items)
-        if len(request_items) > MAX_BATCH:
-            raise ValueError(f"at most {MAX_BATCH} items per batch, not {len(request_items)}")
-        if not request_items:
-            return []
-        request = pb.BatchPutRequest(items=request_items, w=_quorum(w, "w"))
-        answer = self._unary(lambda: self._stubs()[0].BatchPut, request, idempotent=False)
-        if len(answer.results) != len(request_items):
-            raise DhashmapError("the node answered a batch of another size", code="bad_response")
-        return [result.version if result.code == 0 else error_from_rpc(_ItemStatus(result.code, result.message))
-                for result in answer.results]
+        call = batch_put_call(items, w)
+        return [] if call is None else self._run(call)
 
     def list(self, prefix: BytesLike = b"", limit: int = proto.DEFAULT_LIST_LIMIT,
              cursor: str | None = None) -> Page:
@@ -342,17 +444,11 @@ class GrpcClient:
         ``Page.cursor`` is ``None`` after the last page; pass it back for the next one.
         Cursors of this client are not the REST API's (and the other way round).
         """
-        if isinstance(limit, bool) or not isinstance(limit, int):
-            raise TypeError(f"limit must be an int, not {type(limit).__name__}")
-        if not 1 <= limit < MAX_COUNT:
-            raise ValueError(f"limit must be at least 1, not {limit}")
+        check_limit(limit)
         start = None if cursor is None else _start_after(cursor)
         # One key more than asked tells whether another page follows.
         keys = list(self._scan(proto.to_bytes(prefix, "prefix"), min(limit + 1, 1000), start, limit + 1))
-        if len(keys) <= limit:
-            return Page(keys, None)
-        keys = keys[:limit]
-        return Page(keys, _cursor(keys[-1]))
+        return page_of(keys, limit)
 
     def keys(self, prefix: BytesLike = b"", page_size: int = proto.DEFAULT_LIST_LIMIT) -> Iterator[bytes]:
         """Every live key starting with ``prefix``, a page (one short ``Scan``) at a time, lazily.
@@ -373,23 +469,15 @@ class GrpcClient:
 
     def members(self) -> dict[str, Any]:
         """``{"node": id of the node that answered, "members": [{"id", "state", "host", ...}]}``."""
-        answer = self._unary(lambda: self._stubs()[1].Members, pb.MembersRequest(), idempotent=True)
-        return {"node": answer.node, "members": [
-            {"id": m.id, "state": m.state, "host": m.host, "peer_port": m.peer_port, "rest_port": m.rest_port,
-             "grpc_port": m.grpc_port, "gossip_port": m.gossip_port, "weight": m.weight, "version": m.version,
-             "incarnation": m.incarnation} for m in answer.members]}
+        return self._run(MEMBERS_CALL)
 
     def ring(self) -> dict[str, Any]:
         """``{"partitions", "replicas", "hash", "table": {partition: [owners, first first]}}``."""
-        answer = self._unary(lambda: self._stubs()[1].Ring, pb.RingRequest(), idempotent=True)
-        return {"partitions": answer.partitions, "replicas": answer.replicas, "hash": answer.hash,
-                "table": {p.partition: list(p.owners) for p in answer.table}}
+        return self._run(RING_CALL)
 
     def status(self) -> dict[str, Any]:
         """``{"node", "ready", "problems", "members_by_state", "version"}``."""
-        answer = self._unary(lambda: self._stubs()[1].Status, pb.StatusRequest(), idempotent=True)
-        return {"node": answer.node, "ready": answer.ready, "problems": list(answer.problems),
-                "members_by_state": dict(answer.members_by_state), "version": answer.version}
+        return self._run(STATUS_CALL)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -406,8 +494,14 @@ class GrpcClient:
             return self._kv, self._cluster
 
     def _delay(self, attempt: int) -> float:
-        """Full jitter: uniform in [0, min(backoff_max, backoff * 2 ** attempt))."""
-        return self._random() * min(self.backoff_max, self.backoff * (2 ** attempt))
+        return backoff_delay(attempt, self.backoff, self.backoff_max, self._random)
+
+    def _run(self, call: Call) -> Any:
+        def method() -> Any:
+            kv, cluster = self._stubs()
+            return getattr(kv if call.service == "kv" else cluster, call.method)
+
+        return call.answer(self._unary(method, call.request, idempotent=call.idempotent))
 
     def _unary(self, method: Callable[[], Any], request: Any, *, idempotent: bool) -> Any:
         attempt = 0
@@ -416,8 +510,7 @@ class GrpcClient:
                 return method()(request, timeout=self.timeout)
             except grpc.RpcError as e:
                 error = error_from_rpc(e)
-                if not (idempotent and isinstance(error, Unavailable | ConnectionError)
-                        and attempt < self.retries):
+                if not retryable(error, idempotent, attempt, self.retries):
                     raise error from e
             except ValueError as e:  # grpc's "Cannot invoke RPC on closed channel!"
                 raise ConnectionError(f"the channel was closed: {e}") from e
@@ -430,11 +523,7 @@ class GrpcClient:
         seen = 0
         attempt = 0
         while True:
-            request = pb.ScanRequest(prefix=prefix, page_size=min(page_size, 1000),
-                                     limit=(limit - seen) if limit else 0)
-            if last is not None:
-                request.start_after = last
-                request.has_start_after = True
+            request = scan_request(prefix, page_size, last, (limit - seen) if limit else 0)
             try:
                 stream = self._stubs()[0].Scan(request, timeout=self.timeout)
             except ValueError as e:
@@ -448,7 +537,7 @@ class GrpcClient:
                 return
             except grpc.RpcError as e:
                 error = error_from_rpc(e)
-                if not (isinstance(error, Unavailable | ConnectionError) and attempt < self.retries):
+                if not retryable(error, True, attempt, self.retries):
                     raise error from e
             finally:
                 stream.cancel()  # a no-op after the end; stops the stream if the caller stopped early
