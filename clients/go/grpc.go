@@ -37,6 +37,8 @@ type GRPCClient struct {
 	kv      pb.KVClient
 	cluster pb.ClusterClient
 	timeout time.Duration
+
+	routing *grpcRouting // nil without smart routing
 }
 
 // NewGRPCClient connects to the node's gRPC port at addr (host:port, 9090 by
@@ -45,8 +47,34 @@ type GRPCClient struct {
 // context error). The connection is plaintext unless WithGRPCDialOptions supplies
 // transport credentials; WithDialer, WithTimeout and WithMaxFrame (the largest
 // message accepted) apply.
+//
+// With WithSmartRouting the client also loads the partition table and the members
+// (over gRPC, from this node) and sends each key's Get, Put, Delete and
+// CompareAndSwap straight to the gRPC port of the key's first live owner, like the
+// native client (see "Smart routing" in the README).
 func NewGRPCClient(ctx context.Context, addr string, opts ...Option) (*GRPCClient, error) {
 	cfg := newConfig(opts)
+	c, err := dialGRPC(addr, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.waitReady(ctx); err != nil {
+		c.conn.Close()
+		return nil, err
+	}
+	if cfg.smart {
+		c.routing = newGRPCRouting(c, cfg)
+		if err := c.routing.router.refresh(ctx); err != nil {
+			c.Close()
+			return nil, err
+		}
+		go c.routing.router.run()
+	}
+	return c, nil
+}
+
+// dialGRPC makes a client for one node without waiting for the connection.
+func dialGRPC(addr string, cfg config) (*GRPCClient, error) {
 	dial := cfg.dial
 	dialOpts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -62,12 +90,8 @@ func NewGRPCClient(ctx context.Context, addr string, opts ...Option) (*GRPCClien
 	if err != nil {
 		return nil, &Error{Kind: ErrInvalidRequest, Code: "invalid_request", Node: addr, Message: err.Error()}
 	}
-	c := &GRPCClient{addr: addr, conn: conn, kv: pb.NewKVClient(conn), cluster: pb.NewClusterClient(conn), timeout: cfg.timeout}
-	if err := c.waitReady(ctx); err != nil {
-		conn.Close()
-		return nil, err
-	}
-	return c, nil
+	return &GRPCClient{addr: addr, conn: conn, kv: pb.NewKVClient(conn), cluster: pb.NewClusterClient(conn),
+		timeout: cfg.timeout}, nil
 }
 
 func (c *GRPCClient) waitReady(ctx context.Context) error {
@@ -96,6 +120,9 @@ func (c *GRPCClient) Addr() string { return c.addr }
 
 // Close closes the connection; calls after it fail with ErrClosed.
 func (c *GRPCClient) Close() error {
+	if c.routing != nil {
+		c.routing.close()
+	}
 	c.conn.Close()
 	return nil
 }
@@ -158,7 +185,12 @@ func (c *GRPCClient) Get(ctx context.Context, key []byte, opts ...CallOption) (V
 	if err != nil {
 		return Value{}, err
 	}
-	resp, err := grpcCall(c, ctx, "Get", c.kv.Get, &pb.GetRequest{Key: key, R: quorumOf(cc.set&optR != 0, cc.r)})
+	req := &pb.GetRequest{Key: key, R: quorumOf(cc.set&optR != 0, cc.r)}
+	var resp *pb.GetResponse
+	err = c.onKey(key, true, func(n *GRPCClient) (err error) {
+		resp, err = grpcCall(n, ctx, "Get", n.kv.Get, req)
+		return err
+	})
 	if err != nil {
 		return Value{}, err
 	}
@@ -185,8 +217,12 @@ func (c *GRPCClient) Put(ctx context.Context, key, value []byte, opts ...CallOpt
 	if cc.ifNoneMatch || cc.set&optIfMatch != 0 {
 		return c.cas(ctx, key, value, cc)
 	}
-	resp, err := grpcCall(c, ctx, "Put", c.kv.Put, &pb.PutRequest{Key: key, Value: value,
-		TtlSeconds: ttlSeconds(cc), W: quorumOf(cc.set&optW != 0, cc.w)})
+	req := &pb.PutRequest{Key: key, Value: value, TtlSeconds: ttlSeconds(cc), W: quorumOf(cc.set&optW != 0, cc.w)}
+	var resp *pb.PutResponse
+	err = c.onKey(key, false, func(n *GRPCClient) (err error) {
+		resp, err = grpcCall(n, ctx, "Put", n.kv.Put, req)
+		return err
+	})
 	if err != nil {
 		return "", err
 	}
@@ -199,7 +235,11 @@ func (c *GRPCClient) cas(ctx context.Context, key, value []byte, cc callConfig) 
 	if !cc.ifNoneMatch {
 		req.ExpectedVersion = cc.ifMatch
 	}
-	resp, err := grpcCall(c, ctx, "CompareAndSwap", c.kv.CompareAndSwap, req)
+	var resp *pb.CompareAndSwapResponse
+	err := c.onKey(key, false, func(n *GRPCClient) (err error) {
+		resp, err = grpcCall(n, ctx, "CompareAndSwap", n.kv.CompareAndSwap, req)
+		return err
+	})
 	if err != nil {
 		return "", err
 	}
@@ -216,9 +256,11 @@ func (c *GRPCClient) Delete(ctx context.Context, key []byte, opts ...CallOption)
 	if err := noWildcard(cc, "Delete"); err != nil {
 		return err
 	}
-	_, err = grpcCall(c, ctx, "Delete", c.kv.Delete, &pb.DeleteRequest{Key: key, IfMatch: cc.ifMatch,
-		W: quorumOf(cc.set&optW != 0, cc.w)})
-	return err
+	req := &pb.DeleteRequest{Key: key, IfMatch: cc.ifMatch, W: quorumOf(cc.set&optW != 0, cc.w)}
+	return c.onKey(key, cc.ifMatch == "", func(n *GRPCClient) error {
+		_, err := grpcCall(n, ctx, "Delete", n.kv.Delete, req)
+		return err
+	})
 }
 
 // CompareAndSwap writes value only if key's current version is *expectedVersion,

@@ -44,6 +44,8 @@ func transports(t *testing.T) map[string]kvClient {
 		"smart":  c.nativeClient(t, WithSmartRouting()),
 		"rest":   c.restClient(t, 1),
 		"grpc":   c.grpcClient(t, 2),
+		// gRPC with smart routing: the same answers, each keyed call sent to the key's owner.
+		"grpc-smart": c.grpcClient(t, 0, WithSmartRouting()),
 	}
 }
 

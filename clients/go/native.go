@@ -64,7 +64,8 @@ func NewNativeClient(ctx context.Context, addrs []string, opts ...Option) (*Nati
 		return nil, err
 	}
 	if c.cfg.smart {
-		c.router = newRouter(c)
+		c.router = newRouter(routerSource{load: c.loadTopology, addr: nativeAddrOf, seeds: c.seeds,
+			refresh: c.cfg.refresh, timeout: c.cfg.timeout})
 		if err := c.router.refresh(ctx); err != nil {
 			c.Close()
 			return nil, err
@@ -360,6 +361,28 @@ func (c *NativeClient) call(ctx context.Context, key []byte, frame *pb.Frame) (*
 		c.connectionFailed()
 	}
 	return nil, "", lastErr
+}
+
+// loadTopology: smart routing's table and members, over the REST API of a node.
+func (c *NativeClient) loadTopology(ctx context.Context) (*Ring, []Member, error) {
+	var ring *Ring
+	var members []Member
+	err := c.withREST(ctx, func(base string) error {
+		var err error
+		if ring, err = fetchRing(ctx, c.http, c.cfg.timeout, base); err != nil {
+			return err
+		}
+		members, err = fetchMembers(ctx, c.http, c.cfg.timeout, base)
+		return err
+	})
+	return ring, members, err
+}
+
+func nativeAddrOf(m Member) string {
+	if m.PeerPort <= 0 {
+		return ""
+	}
+	return m.NativeAddr()
 }
 
 func isHandshake(err error) bool {

@@ -7,12 +7,13 @@ import (
 	"time"
 )
 
-// router is smart routing's view of the cluster: the partition table from
-// /v1/cluster/ring and the members' addresses and states from
-// /v1/cluster/members, reloaded every refresh interval and soon after a
-// connection error (a node went down, or the membership changed).
+// router is smart routing's view of the cluster: the partition table and the
+// members' addresses and states, reloaded every refresh interval and soon after a
+// connection error (a node went down, or the membership changed). It serves the
+// native client (table over REST, native addresses) and the gRPC client (table
+// over gRPC, gRPC addresses) alike; a routerSource says how to load and address.
 type router struct {
-	c *NativeClient
+	src routerSource
 
 	mu      sync.RWMutex
 	ring    *Ring
@@ -23,15 +24,27 @@ type router struct {
 	stopOnce sync.Once
 }
 
+// routerSource is what a transport gives smart routing.
+type routerSource struct {
+	// load fetches the partition table and the members from any node that answers.
+	load func(ctx context.Context) (*Ring, []Member, error)
+	// addr is a member's address on this transport ("" when it serves none).
+	addr func(Member) string
+	// seeds are tried after a key's owners, in this order.
+	seeds   []string
+	refresh time.Duration
+	timeout time.Duration
+}
+
 // minRefreshGap keeps connection errors from turning into a storm of reloads.
 const minRefreshGap = time.Second
 
-func newRouter(c *NativeClient) *router {
-	return &router{c: c, kicks: make(chan struct{}, 1), done: make(chan struct{})}
+func newRouter(src routerSource) *router {
+	return &router{src: src, kicks: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
-// route: the native addresses of key's live owners in preference-list order, then
-// the seeds as fallbacks; nil before the table is loaded.
+// route: the addresses of key's live owners in preference-list order, then the
+// seeds as fallbacks; nil before the table is loaded.
 func (r *router) route(key []byte) []string {
 	r.mu.RLock()
 	ring, members := r.ring, r.members
@@ -41,11 +54,13 @@ func (r *router) route(key []byte) []string {
 	}
 	var out []string
 	for _, id := range ring.OwnersOf(key) {
-		if m, ok := members[id]; ok && m.Live() && m.PeerPort > 0 {
-			out = append(out, m.NativeAddr())
+		if m, ok := members[id]; ok && m.Live() {
+			if addr := r.src.addr(m); addr != "" {
+				out = append(out, addr)
+			}
 		}
 	}
-	for _, s := range r.c.seeds {
+	for _, s := range r.src.seeds {
 		if !slices.Contains(out, s) {
 			out = append(out, s)
 		}
@@ -67,24 +82,18 @@ func (r *router) liveMembers() []Member {
 
 // refresh loads the ring and the members from the first node that answers both.
 func (r *router) refresh(ctx context.Context) error {
-	return r.c.withREST(ctx, func(base string) error {
-		ring, err := fetchRing(ctx, r.c.http, r.c.cfg.timeout, base)
-		if err != nil {
-			return err
-		}
-		list, err := fetchMembers(ctx, r.c.http, r.c.cfg.timeout, base)
-		if err != nil {
-			return err
-		}
-		members := make(map[string]Member, len(list))
-		for _, m := range list {
-			members[m.ID] = m
-		}
-		r.mu.Lock()
-		r.ring, r.members = ring, members
-		r.mu.Unlock()
-		return nil
-	})
+	ring, list, err := r.src.load(ctx)
+	if err != nil {
+		return err
+	}
+	members := make(map[string]Member, len(list))
+	for _, m := range list {
+		members[m.ID] = m
+	}
+	r.mu.Lock()
+	r.ring, r.members = ring, members
+	r.mu.Unlock()
+	return nil
 }
 
 // kick asks for a reload soon.
@@ -96,7 +105,7 @@ func (r *router) kick() {
 }
 
 func (r *router) run() {
-	ticker := time.NewTicker(r.c.cfg.refresh)
+	ticker := time.NewTicker(r.src.refresh)
 	defer ticker.Stop()
 	var last time.Time
 	for {
@@ -123,8 +132,8 @@ func (r *router) run() {
 }
 
 func (r *router) refreshTimeout() time.Duration {
-	if r.c.cfg.timeout > 0 {
-		return r.c.cfg.timeout
+	if r.src.timeout > 0 {
+		return r.src.timeout
 	}
 	return DefaultTimeout
 }

@@ -1,7 +1,10 @@
-// A tiny example: write, read, compare-and-swap and list through the native
-// protocol with smart routing, and read the same key over REST.
+// A tiny example: write, read, compare-and-swap and list through the transport
+// -transport picks (native protocol, REST or gRPC; native and gRPC with smart
+// routing), and read the same key over REST.
 //
-//	go run ./example -native 127.0.0.1:7000 -rest http://127.0.0.1:8080
+//	go run ./example -transport native -native 127.0.0.1:7000 -rest http://127.0.0.1:8080
+//	go run ./example -transport grpc -grpc 127.0.0.1:9090
+//	go run ./example -transport rest -rest http://127.0.0.1:8080
 package main
 
 import (
@@ -9,43 +12,70 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"iter"
 	"log"
+	"os"
 	"strings"
 	"time"
 
 	dhashmap "github.com/dhashmap/dhashmap/clients/go"
 )
 
+// client is what the example uses; NativeClient, RESTClient and GRPCClient all have it.
+type client interface {
+	Get(ctx context.Context, key []byte, opts ...dhashmap.CallOption) (dhashmap.Value, error)
+	Put(ctx context.Context, key, value []byte, opts ...dhashmap.CallOption) (string, error)
+	CompareAndSwap(ctx context.Context, key []byte, expectedVersion *string, value []byte, opts ...dhashmap.CallOption) (string, error)
+	Scan(ctx context.Context, prefix []byte, opts ...dhashmap.CallOption) iter.Seq2[[]byte, error]
+	Close() error
+}
+
+func connect(ctx context.Context, transport, native, restURL, grpcAddr string) (client, error) {
+	switch transport {
+	case "native":
+		return dhashmap.NewNativeClient(ctx, strings.Split(native, ","), dhashmap.WithSmartRouting())
+	case "rest":
+		return dhashmap.NewRESTClient(restURL)
+	case "grpc":
+		return dhashmap.NewGRPCClient(ctx, grpcAddr, dhashmap.WithSmartRouting())
+	}
+	return nil, fmt.Errorf("-transport must be native, rest or grpc, not %q", transport)
+}
+
 func main() {
+	transport := flag.String("transport", "native", "native, rest or grpc")
 	native := flag.String("native", "127.0.0.1:7000", "native (peer) addresses, comma-separated")
 	restURL := flag.String("rest", "http://127.0.0.1:8080", "a node's REST URL")
+	grpcAddr := flag.String("grpc", "127.0.0.1:9090", "a node's gRPC address")
 	flag.Parse()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	client, err := dhashmap.NewNativeClient(ctx, strings.Split(*native, ","), dhashmap.WithSmartRouting())
+	c, err := connect(ctx, *transport, *native, *restURL, *grpcAddr)
 	if err != nil {
-		log.Fatal(err)
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
 	}
-	defer client.Close()
+	defer c.Close()
+	fmt.Printf("transport: %s\n", *transport)
 
 	key := []byte("example/greeting")
-	version, err := client.Put(ctx, key, []byte("hello"), dhashmap.WithTTL(time.Hour))
+	version, err := c.Put(ctx, key, []byte("hello"), dhashmap.WithTTL(time.Hour))
 	if err != nil {
 		log.Fatal(err)
 	}
 	fmt.Printf("put %s at version %s\n", key, version)
 
 	// Compare-and-swap: only if nobody wrote since.
-	if _, err := client.CompareAndSwap(ctx, key, &version, []byte("hello again")); err != nil {
+	if _, err := c.CompareAndSwap(ctx, key, &version, []byte("hello again")); err != nil {
 		log.Fatal(err)
 	}
-	if _, err := client.CompareAndSwap(ctx, key, &version, []byte("lost")); errors.Is(err, dhashmap.ErrPreconditionFailed) {
+	if _, err := c.CompareAndSwap(ctx, key, &version, []byte("lost")); errors.Is(err, dhashmap.ErrPreconditionFailed) {
 		fmt.Println("second CAS with the old version: precondition failed, as expected")
 	}
 
-	// The same key over REST; versions are the same tokens on both.
+	// The same key over REST; versions are the same tokens on every transport.
 	rest, err := dhashmap.NewRESTClient(*restURL)
 	if err != nil {
 		log.Fatal(err)
@@ -56,13 +86,13 @@ func main() {
 	}
 	fmt.Printf("REST read %q (version %s)\n", v.Value, v.Version)
 
-	for k, err := range client.Scan(ctx, []byte("example/")) {
+	for k, err := range c.Scan(ctx, []byte("example/")) {
 		if err != nil {
 			log.Fatal(err)
 		}
 		fmt.Printf("listed %s\n", k)
 	}
-	if _, err := rest.Get(ctx, []byte("example/absent")); errors.Is(err, dhashmap.ErrNotFound) {
+	if _, err := c.Get(ctx, []byte("example/absent")); errors.Is(err, dhashmap.ErrNotFound) {
 		fmt.Println("example/absent: not found")
 	}
 }
