@@ -406,6 +406,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tombstone_grace", "TOMBSTONE_GRACE", _duration(1, 365 * 86400), 86400.0,
             "How long deletes (and expired values) stay on disk before they are purged; longer than "
             "any node stays down.", "DURATION"),
+    Setting("rereplicate_after", "REREPLICATE_AFTER", _duration(0, 30 * 86400), 600.0,
+            "How long a member may be dead before its partitions are re-created on the next nodes of the "
+            "ring from the surviving replicas (0: at once).", "DURATION"),
+    Setting("handoff_rate", "HANDOFF_RATE", _size(1024, 1 << 40), 32 << 20,
+            "Bytes per second this node sends or fetches when it moves partitions and repairs replicas.",
+            "SIZE"),
+    Setting("anti_entropy_interval", "ANTI_ENTROPY_INTERVAL", _duration(0, 86400), 60.0,
+            "How often this node compares the hash trees of its partitions with the other replicas and "
+            "repairs differences (0: never). Must be well under --tombstone-grace.", "DURATION"),
+    Setting("drain_on_stop", "DRAIN_ON_STOP", _bool, False,
+            "On SIGTERM, hand every partition to its next owners before exiting, as `dhm leave` does.",
+            "BOOL"),
     Setting("max_key_size", "MAX_KEY_SIZE", _size(1, 64 * 1024), 4096,
             "Largest key accepted, in bytes after percent-decoding (413/414 beyond).", "SIZE"),
     Setting("max_value_size", "MAX_VALUE_SIZE", _size(1, 1 << 30), 8 * 1024 * 1024,
@@ -479,6 +491,10 @@ class Config:
     health_threshold: int
     handoff_interval: float
     tombstone_grace: float
+    rereplicate_after: float
+    handoff_rate: int
+    anti_entropy_interval: float
+    drain_on_stop: bool
     max_key_size: int
     max_value_size: int
     http_idle_timeout: float
@@ -486,7 +502,6 @@ class Config:
     lmdb_commit: str
     manhole: ManholeSpec | None
     manhole_keys: str
-
 
 
 def read_yaml(path: str) -> dict[str, Any]:
@@ -545,6 +560,9 @@ def load_config(
             f"({values['gossip_probe_interval']:g}s): a probe needs time left for its indirect checks")
     if values["manhole"] is not None and values["manhole"].kind == "ssh" and not values["manhole_keys"]:
         raise ConfigError("--manhole ssh:... needs --manhole-keys FILE (an authorized_keys file)")
+    if values["anti_entropy_interval"] and values["tombstone_grace"] < 4 * values["anti_entropy_interval"]:
+        # A tombstone must outlive the repair rounds that carry it to every replica.
+        raise ConfigError("--tombstone-grace must be at least 4 x --anti-entropy-interval")
     return Config(**values)
 
 

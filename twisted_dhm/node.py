@@ -8,13 +8,14 @@ engines.  The daemon passes the real ones; tests and the simulator pass
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from typing import Any
 
 import attrs
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
@@ -26,12 +27,14 @@ from twisted_dhm.api.rest import Limits, build_site
 from twisted_dhm.cluster.coordinator import Coordinator
 from twisted_dhm.cluster.handler import PeerHandler
 from twisted_dhm.cluster.handoff import HintedHandoff
+from twisted_dhm.cluster.index import IndexedEngine
 from twisted_dhm.cluster.reaper import Reaper
+from twisted_dhm.cluster.rebalance import Rebalancer
 from twisted_dhm.cluster.replica import LocalReplica
 from twisted_dhm.cluster.replicas import Replicas
 from twisted_dhm.cluster.routing import Routing
 from twisted_dhm.config import Config
-from twisted_dhm.membership import ALIVE, Member, MembershipView
+from twisted_dhm.membership import ALIVE, LEFT, Member, MembershipView
 from twisted_dhm.membership.static import StaticMembership
 from twisted_dhm.network import INetwork, TCPNetwork
 from twisted_dhm.peer import peer_pb2 as pb
@@ -128,13 +131,16 @@ class DhashmapNode(MultiService):
         self.reactor = reactor
         self.rng = rng
         self.network = network if network is not None else TCPNetwork(reactor)
-        self.engine, self.hints = engines if engines is not None else make_engines(config, reactor)
+        engine, self.hints = engines if engines is not None else make_engines(config, reactor)
+        # Every record write also updates the per-partition hash trees that data movement uses.
+        self.engine = IndexedEngine(engine, config.partitions)
         self.hlc = HybridLogicalClock(reactor)
 
         local = Member(config.node_id, config.advertise, config.peer_port, config.port, ALIVE, config.weight,
                        __version__, grpc_port=config.grpc_port)
         self.view = MembershipView(local)
-        self.routing = Routing(self.view, config.partitions, config.replicas)
+        self.routing = Routing(self.view, config.partitions, config.replicas, clock=reactor,
+                               rereplicate_after=config.rereplicate_after)
         self.replica = LocalReplica(self.engine, self.hints, self.hlc)
         identity = LocalIdentity(
             cluster=config.cluster, node_id=config.node_id, role=pb.ROLE_PEER, host=config.advertise,
@@ -172,6 +178,20 @@ class DhashmapNode(MultiService):
 
         self.reaper = Reaper(self.engine, reactor, grace=config.tombstone_grace)
         self.reaper.setServiceParent(self)
+
+        self.rebalance = Rebalancer(
+            config.node_id, self.view, self.routing, self.replica, self.engine, self.replicas, self.pool, reactor,
+            rate=config.handoff_rate, anti_entropy_interval=config.anti_entropy_interval,
+            tombstone_grace=config.tombstone_grace, request_timeout=max(config.request_timeout, 5.0),
+        )
+        self.rebalance.setServiceParent(self)
+        handler.sync = self.rebalance
+        handler.on_leave = self._member_left
+        handler.status = self.node_status
+        self._identity = identity
+        self._peer_factory = peer_factory
+        # Called once a drain asked for over the API is complete (the daemon stops its reactor).
+        self.after_drain: Any = None
 
         self.metrics = NodeMetrics(self.engine, cluster=self)
         limits = Limits(config.max_key_size, config.max_value_size)
@@ -270,7 +290,79 @@ class DhashmapNode(MultiService):
         protocol.when_ready().addCallbacks(hello, lambda _: None)
 
     def is_ready(self) -> bool:
-        return self.running and self.store.running
+        return self.running and self.store.running and not self.rebalance.draining
+
+    # -- data movement -------------------------------------------------------------------------
+
+    def node_status(self) -> dict:
+        """This node's partitions, transfers, hints and repairs (GET /v1/node/status)."""
+        status = {"node": self.config.node_id, "state": "draining" if self.rebalance.draining else
+                  ("ready" if self.is_ready() else "not_ready")}
+        status.update(self.rebalance.status())
+        status["hints_queued"] = self.handoff.queued()
+        status["hints_delivered"] = self.handoff.delivered
+        return status
+
+    def cluster_status(self) -> Deferred:
+        """Every member's node_status, asked over the native protocol (GET /v1/cluster/status)."""
+        names, asks = [], []
+        for member in self.view.members():
+            if member.id == self.config.node_id:
+                continue
+            if not member.routable:
+                continue
+            names.append(member.id)
+            frame = pb.Frame()
+            frame.node_status.SetInParent()
+            asks.append(self.pool.request(member.id, frame, timeout=self.config.request_timeout).addCallback(
+                lambda answer: json.loads(answer.node_status_result.json)))
+
+        def collect(results: list) -> dict:
+            nodes = [self.node_status()]
+            for name, (ok, value) in zip(names, results, strict=True):
+                nodes.append(value if ok else {"node": name, "error": value.getErrorMessage()})
+            for member in self.view.members():
+                if not member.routable and member.id != self.config.node_id:
+                    nodes.append({"node": member.id, "state": member.state})
+            nodes.sort(key=lambda n: n["node"])
+            return {"node": self.config.node_id, "nodes": nodes}
+
+        return DeferredList(asks, consumeErrors=True).addCallback(collect)
+
+    def _member_left(self, member_id: str) -> None:
+        if member_id != self.config.node_id:
+            log.info("member {id} is leaving the ring", id=member_id)
+            self.view.set_state(member_id, LEFT)
+
+    def _announce_leave(self) -> Deferred:
+        """Tell every member this node leaves the ring; from now on it only finishes its work."""
+        identity = attrs.evolve(self._identity, leaving=True)
+        self.pool.identity = identity
+        self._peer_factory.identity = identity
+        tells = []
+        for member in self.view.members():
+            if member.id != self.config.node_id and member.routable:
+                frame = pb.Frame()
+                frame.leave.node_id = self.config.node_id
+                tells.append(self.pool.request(member.id, frame, timeout=self.config.request_timeout))
+        leave = getattr(self.membership, "leave", None)
+        if leave is not None:
+            leave()  # SWIM: the leave also goes out by gossip
+        self.view.upsert(attrs.evolve(self.view.local, state=LEFT))
+        return DeferredList(tells, consumeErrors=True)
+
+    def leave(self) -> Deferred:
+        """Drain this node: its data to the next owners, then out of the ring (``dhm leave``)."""
+        d = self.rebalance.drain(self._announce_leave)
+        if self.after_drain is not None:
+            d.addCallback(lambda _: self.after_drain())
+        return d
+
+    def stopService(self) -> Deferred:
+        if self.config.drain_on_stop and self.running and not self.rebalance.drained:
+            log.info("--drain-on-stop: handing this node's data over before stopping")
+            return self.leave().addBoth(lambda _: super(DhashmapNode, self).stopService())
+        return super().stopService()
 
     def startService(self) -> None:
         log.info(

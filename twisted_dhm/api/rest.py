@@ -329,6 +329,8 @@ class RestAPI:
                 return json.dumps({"status": "degraded", "node": self.node_id, "problems": problems}).encode()
             return json.dumps({"status": "ready", "node": self.node_id}).encode()
         request.setResponseCode(503)
+        if getattr(getattr(self.cluster, "rebalance", None), "draining", False):
+            return json.dumps({"status": "draining", "node": self.node_id}).encode()
         return json.dumps({"status": "not_ready", "node": self.node_id}).encode()
 
     @app.route("/metrics", methods=["GET"])
@@ -400,6 +402,42 @@ class RestAPI:
             "nodes": sorted(table.nodes),
             "table": [{"partition": p, "owners": list(owners)} for p, owners in table.as_dict().items()],
         }).encode()
+
+    def _node(self) -> Any:
+        if self.cluster is None or not hasattr(self.cluster, "node_status"):
+            raise Conflict("this server is not a cluster node")
+        return self.cluster
+
+    @app.route("/v1/node/status", methods=["GET"])
+    def node_status(self, request: server.Request) -> bytes:
+        """This node's partitions, transfers in flight, hints and anti-entropy rounds."""
+        status = self._node().node_status()
+        request.setHeader(b"content-type", JSON_TYPE)
+        return json.dumps(status).encode()
+
+    @app.route("/v1/cluster/status", methods=["GET"])
+    def cluster_status(self, request: server.Request) -> Deferred:
+        """``node_status`` of every member, asked by this node (down members: their state only)."""
+        node = self._node()
+
+        def answer(status: dict) -> bytes:
+            request.setHeader(b"content-type", JSON_TYPE)
+            return json.dumps(status).encode()
+
+        return node.cluster_status().addCallback(answer)
+
+    @app.route("/v1/cluster/leave", methods=["POST"])
+    def leave(self, request: server.Request) -> bytes:
+        """Drain this node: hand its partitions to their next owners, leave the ring, then exit.
+
+        Answers 202 at once; ``/ready`` says ``draining`` until the node exits.
+        """
+        node = self._node()
+        if not node.rebalance.draining:
+            node.leave().addErrback(lambda f: log.failure("drain failed", f))
+        request.setResponseCode(202)
+        request.setHeader(b"content-type", JSON_TYPE)
+        return json.dumps({"status": "draining", "node": self.node_id}).encode()
 
     @app.route("/v1/kv", methods=["GET"])
     def list_keys(self, request: server.Request) -> Deferred:

@@ -289,9 +289,10 @@ class Coordinator:
             # Read from this node's replica in this very turn: apply need not read it again.
             return replicate((local, [local.version]), local)
 
-        if precondition == NO_CONDITION and self.node_id in plan.preference:
+        local = self.replicas.local  # type: ignore[attr-defined]
+        if precondition == NO_CONDITION and self.node_id in plan.preference and not local.syncing(key):
             try:
-                records = self.replicas.local.read([key], True)  # type: ignore[attr-defined]
+                records = local.read_local([key], True)
             except Exception:
                 return fail()
             return from_local(records)

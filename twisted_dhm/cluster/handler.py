@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
 from twisted.internet.defer import Deferred, fail, succeed
 
 from twisted_dhm.cluster.coordinator import ANY, MAX_SCAN, NO_CONDITION, Coordinator, Precondition
+from twisted_dhm.cluster.rebalance import SyncError
 from twisted_dhm.cluster.replica import LocalReplica
 from twisted_dhm.errors import Forbidden, InvalidRequest, KeyTooLong, KVError, ValueTooLarge
 from twisted_dhm.peer import peer_pb2 as pb
@@ -29,6 +34,9 @@ def _version_token(token: str) -> tuple[Version, ...]:
         return ()
 
 
+_MEMBERS_ONLY = ("replica_", "tree_", "leave")
+
+
 def _is_peer(session: object) -> bool:
     remote = getattr(session, "remote", None)
     return remote is not None and remote.role == pb.ROLE_PEER
@@ -43,6 +51,9 @@ class PeerHandler:
         self.coordinator = coordinator
         self.max_key_size = max_key_size
         self.max_value_size = max_value_size
+        self.sync: Any = None  # the Rebalancer: answers hash-tree requests
+        self.on_leave: Callable[[str], None] | None = None  # a member said it is leaving
+        self.status: Callable[[], dict] | None = None  # this node's data-movement status
 
     def __call__(self, session: object, frame: pb.Frame) -> Deferred:
         """Always a Deferred: a bad request is a failed one, answered with an Error frame."""
@@ -50,12 +61,12 @@ class PeerHandler:
         method = getattr(self, "_" + str(body), None)
         if method is None:
             return fail(InvalidRequest(f"{body} is not a request this node serves"))
-        if body.startswith("replica_") and not _is_peer(session):
+        if body.startswith(_MEMBERS_ONLY) and not _is_peer(session):
             # Replica operations skip the coordinator (versions, preconditions): members only.
             return fail(Forbidden(f"{body} is for cluster members; clients use get, put and delete"))
         try:
             return method(getattr(frame, body))
-        except (FrameError, VersionDecodeError) as e:
+        except (FrameError, VersionDecodeError, SyncError) as e:
             return fail(InvalidRequest(str(e)))
         except KVError:
             return fail()
@@ -71,10 +82,16 @@ class PeerHandler:
     def _replica_get(self, msg: pb.ReplicaGet) -> Deferred:
         if len(msg.keys) > MAX_BATCH:
             raise InvalidRequest(f"at most {MAX_BATCH} keys per request")
+        records = self.replica.read(msg.keys, msg.include_pending, msg.local_only)
+        if isinstance(records, Deferred):
+            return records.addCallback(self._replica_get_answer, msg.keys)
+        return succeed(self._replica_get_answer(records, msg.keys))
+
+    def _replica_get_answer(self, records: list, keys: Sequence[bytes]) -> pb.Frame:
         # An answer must fit in one frame: the first record always goes, then as many as fit.
         budget = self.max_value_size + self.max_key_size
         items, size = [], 0
-        for key, record in zip(msg.keys, self.replica.read(msg.keys, msg.include_pending), strict=True):
+        for key, record in zip(keys, records, strict=True):
             grows = len(key) + (len(record.value) if record is not None else 0)
             if items and size + grows > budget:
                 break
@@ -82,8 +99,8 @@ class PeerHandler:
             size += grows
         answer = pb.Frame()
         key_records_to_pb(items, answer.replica_get_result.records)
-        answer.replica_get_result.partial = len(items) < len(msg.keys)
-        return succeed(answer)
+        answer.replica_get_result.partial = len(items) < len(keys)
+        return answer
 
     def _replica_put(self, msg: pb.ReplicaPut) -> Deferred:
         if len(msg.records) > MAX_BATCH:
@@ -110,6 +127,36 @@ class PeerHandler:
             e = answer.replica_scan_result.entries.add()
             e.key, e.tombstone, e.expires_at, e.hlc = entry.key, entry.tombstone, entry.expires_at, entry.hlc
         return succeed(answer)
+
+    # -- data movement -----------------------------------------------------------------------
+
+    def _sync(self) -> Any:
+        if self.sync is None:
+            raise InvalidRequest("this node does not move data")
+        return self.sync
+
+    def _tree_roots(self, msg: pb.TreeRoots) -> Deferred:
+        if len(msg.partitions) > 1 << 16:
+            raise InvalidRequest("too many partitions in one request")
+        return succeed(self._sync().tree_roots(msg))
+
+    def _tree_buckets(self, msg: pb.TreeBuckets) -> Deferred:
+        return succeed(self._sync().tree_buckets(msg))
+
+    def _tree_keys(self, msg: pb.TreeKeys) -> Deferred:
+        return succeed(self._sync().tree_keys(msg))
+
+    def _leave(self, msg: pb.Leave) -> Deferred:
+        if not NODE_ID.match(msg.node_id):
+            raise InvalidRequest("leave: node_id must be a node id")
+        if self.on_leave is not None:
+            self.on_leave(msg.node_id)
+        return succeed(pb.Frame(leave_result=pb.LeaveResult()))
+
+    def _node_status(self, msg: pb.NodeStatus) -> Deferred:
+        if self.status is None:
+            raise InvalidRequest("this node reports no status")
+        return succeed(pb.Frame(node_status_result=pb.NodeStatusResult(json=json.dumps(self.status()).encode())))
 
     # -- client operations (fast clients) ----------------------------------------------------
 

@@ -26,6 +26,15 @@ from twisted_dhm.versions import stamp_millis
 log = Logger(namespace="dhashmap.reaper")
 
 
+def reclaimable_since(tombstone: bool, expires_at: int, hlc: int) -> int | None:
+    """When (ms) a record stopped being live: a delete's time, an expiry; ``None`` if live."""
+    if tombstone:
+        return stamp_millis(hlc)
+    if expires_at:
+        return expires_at
+    return None
+
+
 class Reaper(Service):
     name = "reaper"
 
@@ -50,13 +59,6 @@ class Reaper(Service):
         if self._loop.running:
             self._loop.stop()
 
-    def _reclaimable_since(self, tombstone: bool, expires_at: int, hlc: int) -> int | None:
-        if tombstone:
-            return stamp_millis(hlc)
-        if expires_at:
-            return expires_at
-        return None
-
     def run_once(self) -> Deferred:
         """Examine the next slice of the store; fires when its removals are durable."""
         entries = self.engine.scan(b"", self._after, self.batch)
@@ -64,13 +66,13 @@ class Reaper(Service):
         cutoff = int(self.clock.seconds() * 1000) - self.grace_ms
         removals = []
         for entry in entries:
-            since = self._reclaimable_since(entry.tombstone, entry.expires_at, entry.hlc)
+            since = reclaimable_since(entry.tombstone, entry.expires_at, entry.hlc)
             if since is None or since > cutoff:
                 continue
             record = self.engine.latest(entry.key)
             if record is None:
                 continue
-            since = self._reclaimable_since(record.tombstone, record.expires_at, record.version.hlc)
+            since = reclaimable_since(record.tombstone, record.expires_at, record.version.hlc)
             if since is not None and since <= cutoff:
                 removals.append(self.engine.write(entry.key, None))
         if not removals:

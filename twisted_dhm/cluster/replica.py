@@ -8,12 +8,18 @@ so replicas converge whatever order writes arrive in.  Records sent with a hint
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from typing import Protocol
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from twisted_dhm.storage import IStorageEngine, Record, ScanEntry
+from twisted_dhm.storage.interface import CorruptRecord
 from twisted_dhm.versions import HybridLogicalClock
+
+log = Logger(namespace="dhashmap.replica")
 
 HINT_SEPARATOR = b"\x00"
 UNKNOWN = object()
@@ -29,20 +35,74 @@ def split_hint_key(raw: bytes) -> tuple[str, bytes]:
     return target.decode(), key
 
 
+class Sources(Protocol):
+    """Who else to ask while this replica is still pulling a partition (the rebalancer)."""
+
+    pulling: dict  # partition -> members still to pull from; empty when there is nothing to pull
+
+    def sources(self, key: bytes) -> Collection[str]: ...
+    def remote_read(self, node: str, keys: Sequence[bytes], include_pending: bool) -> Deferred: ...
+
+
 class LocalReplica:
     def __init__(self, engine: IStorageEngine, hints: IStorageEngine, hlc: HybridLogicalClock) -> None:
         self.engine = engine
         self.hints = hints
         self.hlc = hlc
+        self.sync: Sources | None = None
 
-    def read(self, keys: Sequence[bytes], include_pending: bool = False) -> list[Record | None]:
-        """Records, tombstones and expired ones included: the coordinator decides.
+    def _get(self, key: bytes, include_pending: bool) -> Record | None:
+        try:
+            return self.engine.latest(key) if include_pending else self.engine.get(key)
+        except CorruptRecord as e:
+            # As if absent: the coordinator's read repair (or anti-entropy) writes a good copy over it.
+            log.warn("record for {key!r} is corrupt, answering as if absent: {e}", key=key, e=e)
+            return None
+
+    def read_local(self, keys: Sequence[bytes], include_pending: bool = False) -> list[Record | None]:
+        """This replica's own records, tombstones and expired ones included: the coordinator decides.
 
         Durable ones only, unless ``include_pending``: a write being built on this
         read must also see writes still waiting for their commit.
         """
-        get = self.engine.latest if include_pending else self.engine.get
-        return [get(key) for key in keys]
+        return [self._get(key, include_pending) for key in keys]
+
+    def syncing(self, key: bytes) -> bool:
+        """Whether this replica is still pulling the key's partition from other members."""
+        return self.sync is not None and bool(self.sync.pulling) and bool(self.sync.sources(key))
+
+    def read(self, keys: Sequence[bytes], include_pending: bool = False,
+             local_only: bool = False) -> list[Record | None] | Deferred:
+        """Like ``read_local``; but for keys of a partition this replica is still pulling
+        (it just gained it, or a member it had not synced with appeared), the members it
+        pulls from are asked too and the newest record is the answer (a Deferred then).
+        So a new owner answers as the old owners would, until its copy is complete."""
+        records = self.read_local(keys, include_pending)
+        if local_only or self.sync is None or not self.sync.pulling:
+            return records
+        asks: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            for node in self.sync.sources(key):
+                asks.setdefault(node, []).append(i)
+        if not asks:
+            return records
+
+        def merge(answer: list[Record | None], positions: list[int]) -> None:
+            for i, record in zip(positions, answer, strict=False):
+                if record is not None and (records[i] is None or record.version.wins_over(records[i].version)):
+                    records[i] = record
+
+        def unanswered(failure: Failure, node: str) -> None:
+            # A member that cannot answer now is left out (it may be on its way down); the
+            # coordinator still has the other replicas' answers.
+            log.info("could not ask {node} for a partition still being pulled: {e}", node=node,
+                     e=failure.getErrorMessage())
+
+        waits = []
+        for node, positions in asks.items():
+            d = self.sync.remote_read(node, [keys[i] for i in positions], include_pending)
+            waits.append(d.addCallbacks(merge, unanswered, callbackArgs=(positions,), errbackArgs=(node,)))
+        return gatherResults(waits).addCallback(lambda _: records)
 
     def apply(self, items: Sequence[tuple[bytes, Record]], hint_for: str = "",
               current: object = UNKNOWN) -> Deferred:
@@ -62,7 +122,10 @@ class LocalReplica:
             if known is not UNKNOWN and len(items) == 1 and not hint_for:
                 current = known
             else:
-                current = store.latest(store_key)
+                try:
+                    current = store.latest(store_key)
+                except CorruptRecord:
+                    current = None  # what arrives replaces bytes that no longer decode
             if current is not None and not record.version.wins_over(current.version):
                 continue
             writes.append(store.write(store_key, record))

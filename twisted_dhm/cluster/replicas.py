@@ -29,7 +29,8 @@ class PeerRequester(Protocol):
 
 
 class ReplicaClient(Protocol):
-    def read(self, node: str, keys: Sequence[bytes], include_pending: bool = False) -> Deferred: ...
+    def read(self, node: str, keys: Sequence[bytes], include_pending: bool = False,
+             local_only: bool = False) -> Deferred: ...
     def write(self, node: str, items: Sequence[tuple[bytes, Record]], hint_for: str = "",
               current: object = UNKNOWN) -> Deferred: ...
     def scan(self, node: str, prefix: bytes, after: bytes | None, limit: int) -> Deferred: ...
@@ -66,7 +67,7 @@ class Replicas:
         self.max_batch = max_batch
         self.max_batch_bytes = max_batch_bytes
         self._puts: dict[tuple[str, str], _Batch] = {}
-        self._gets: dict[tuple[str, bool], _Batch] = {}
+        self._gets: dict[tuple[str, bool, bool], _Batch] = {}
         self.frames_sent: Counter[str] = Counter()  # by body: replica_put, replica_get, ...
 
     def _remote(self, node: str, frame: pb.Frame) -> Deferred:
@@ -90,19 +91,23 @@ class Replicas:
 
     # -- reads -------------------------------------------------------------------------------
 
-    def read(self, node: str, keys: Sequence[bytes], include_pending: bool = False) -> Deferred:
+    def read(self, node: str, keys: Sequence[bytes], include_pending: bool = False,
+             local_only: bool = False) -> Deferred:
+        """Records for ``keys`` from ``node`` (``local_only``: its own store, asking nobody else)."""
         if node == self.local_id:
-            return maybeDeferred(self.local.read, keys, include_pending)
+            return maybeDeferred(self.local.read, keys, include_pending, local_only)
         if self.clock is None:
-            return self._send_get(node, list(keys), include_pending)
+            return self._send_get(node, list(keys), include_pending, local_only)
         size = sum(len(k) for k in keys)
-        return self._batch(self._gets, (node, include_pending), self._flush_gets, len(keys), size).add(keys, size)
+        return self._batch(self._gets, (node, include_pending, local_only), self._flush_gets, len(keys),
+                           size).add(keys, size)
 
-    def _send_get(self, node: str, keys: list[bytes], include_pending: bool) -> Deferred:
+    def _send_get(self, node: str, keys: list[bytes], include_pending: bool, local_only: bool = False) -> Deferred:
         """Records for every key: a ``partial`` answer (it would not fit a frame) is followed up."""
         frame = pb.Frame()
         frame.replica_get.keys.extend(keys)
         frame.replica_get.include_pending = include_pending
+        frame.replica_get.local_only = local_only
 
         def answered(answer: pb.Frame) -> list[Record | None] | Deferred:
             result = answer.replica_get_result
@@ -111,12 +116,12 @@ class Replicas:
                 return records
             if not records or len(records) >= len(keys):
                 raise ConnectionError(f"{node} sent a partial answer with {len(records)} of {len(keys)} keys")
-            rest = self._send_get(node, keys[len(records):], include_pending)
+            rest = self._send_get(node, keys[len(records):], include_pending, local_only)
             return rest.addCallback(lambda more: records + more)
 
         return self._remote(node, frame).addCallback(answered)
 
-    def _flush_gets(self, key: tuple[str, bool], batch: _Batch) -> None:
+    def _flush_gets(self, key: tuple[str, bool, bool], batch: _Batch) -> None:
         if self._gets.get(key) is not batch:
             return  # already sent
         del self._gets[key]
@@ -128,7 +133,7 @@ class Replicas:
             for d, first, count in batch.waiters:
                 d.callback(records[first : first + count])
 
-        self._send_get(key[0], batch.items, key[1]).addCallbacks(answered, batch.fail)
+        self._send_get(key[0], batch.items, key[1], key[2]).addCallbacks(answered, batch.fail)
 
     # -- writes ------------------------------------------------------------------------------
 

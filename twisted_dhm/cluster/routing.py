@@ -8,8 +8,9 @@ nodes are used, never the table.
 from __future__ import annotations
 
 import attrs
+from twisted.internet.interfaces import IReactorTime
 
-from twisted_dhm.membership import Member, MembershipView
+from twisted_dhm.membership import DEAD, Member, MembershipView
 from twisted_dhm.ring import PartitionTable
 
 
@@ -24,11 +25,22 @@ class WritePlan:
 
 
 class Routing:
-    def __init__(self, view: MembershipView, partitions: int, replicas: int, vnodes: int = 128) -> None:
+    """The partition table of the current members, and each request's replicas.
+
+    A member that is ``dead`` keeps its partitions (writes for it go to fallbacks as
+    hints) for ``rereplicate_after`` seconds; after that the table is rebuilt without
+    it, so its partitions get new owners that copy them from the surviving replicas.
+    """
+
+    def __init__(self, view: MembershipView, partitions: int, replicas: int, vnodes: int = 128,
+                 clock: IReactorTime | None = None, rereplicate_after: float | None = None) -> None:
         self.view = view
         self.partitions = partitions
         self.replicas = replicas
         self.vnodes = vnodes
+        self.clock = clock
+        self.rereplicate_after = rereplicate_after if clock is not None else None
+        self._dead_since: dict[str, float] = {}
         self._weights: dict[str, int] = {}
         self.table = PartitionTable({}, partitions, replicas, vnodes)
         self.rebuilds = 0
@@ -39,11 +51,38 @@ class Routing:
 
     def _changed(self, view: MembershipView, member: Member, old: Member | None) -> None:
         self._plans.clear()
-        if view.ring_weights() != self._weights:
+        if member.state == DEAD:
+            if member.id not in self._dead_since and self.clock is not None:
+                self._dead_since[member.id] = self.clock.seconds()
+                if self.rereplicate_after is not None:
+                    self.clock.callLater(self.rereplicate_after, self._recheck)
+        else:
+            self._dead_since.pop(member.id, None)
+        self._recheck()
+
+    def _recheck(self) -> None:
+        if self.ring_weights() != self._weights:
+            self._plans.clear()
             self._rebuild()
 
+    def ring_weights(self, without: str | None = None) -> dict[str, int]:
+        """Members that hold partitions: not ``left``, not dead for longer than ``rereplicate_after``."""
+        weights = self.view.ring_weights()
+        if self.rereplicate_after is not None:
+            now = self.clock.seconds()  # type: ignore[union-attr]
+            for member_id, since in self._dead_since.items():
+                if now - since >= self.rereplicate_after:
+                    weights.pop(member_id, None)
+        if without is not None:
+            weights.pop(without, None)
+        return weights
+
+    def table_without(self, member_id: str) -> PartitionTable:
+        """The table once ``member_id`` has left: where a draining node's data goes."""
+        return PartitionTable(self.ring_weights(without=member_id), self.partitions, self.replicas, self.vnodes)
+
     def _rebuild(self) -> None:
-        self._weights = self.view.ring_weights()
+        self._weights = self.ring_weights()
         self.table = PartitionTable(self._weights, self.partitions, self.replicas, self.vnodes)
         self.rebuilds += 1
 

@@ -19,7 +19,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twisted_dhm.membership.view import ALIVE, DEAD, SUSPECT, Member, MembershipView
+from twisted_dhm.membership.view import ALIVE, DEAD, LEFT, SUSPECT, Member, MembershipView
 from twisted_dhm.peer import peer_pb2 as pb
 from twisted_dhm.peer.pool import PeerPool
 
@@ -75,6 +75,12 @@ class StaticMembership(Service):
         member = member_from_hello(hello, host)
         if known is None:
             log.info("member {id} joined at {host}:{port}", id=member.id, host=member.host, port=member.peer_port)
+        if hello.leaving:
+            # Draining: still a member we talk to, no longer one that holds partitions.
+            if known is None or known.state != LEFT:
+                log.info("member {id} is leaving", id=member.id)
+            self.view.upsert(attrs.evolve(member, state=LEFT))
+            return
         self.view.upsert(attrs.evolve(member, state=ALIVE))
         self.missed.pop(member.id, None)
 

@@ -106,7 +106,13 @@ class MembershipView:
         return member
 
     def set_state(self, member_id: str, state: str) -> Member | None:
+        """A member's state as health checks or a registry see it.
+
+        ``left`` sticks: a member that left answers pings while it finishes, and its
+        registration vanishes when it stops, but neither brings it back into the ring.
+        Only news of the member itself (``upsert``: it joined again) does.
+        """
         member = self._members.get(member_id)
-        if member is None or member.state == state:
+        if member is None or member.state == state or member.state == LEFT:
             return member
         return self.upsert(attrs.evolve(member, state=state))

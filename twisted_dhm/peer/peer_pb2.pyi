@@ -74,7 +74,7 @@ class Addresses(_message.Message):
     def __init__(self, host: _Optional[str] = ..., peer_port: _Optional[int] = ..., rest_port: _Optional[int] = ..., grpc_port: _Optional[int] = ..., gossip_port: _Optional[int] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("protocol_version", "cluster", "node_id", "role", "addresses", "weight", "software_version", "partitions")
+    __slots__ = ("protocol_version", "cluster", "node_id", "role", "addresses", "weight", "software_version", "partitions", "leaving")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +83,7 @@ class Hello(_message.Message):
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    LEAVING_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     cluster: str
     node_id: str
@@ -91,7 +92,8 @@ class Hello(_message.Message):
     weight: int
     software_version: str
     partitions: int
-    def __init__(self, protocol_version: _Optional[int] = ..., cluster: _Optional[str] = ..., node_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., addresses: _Optional[_Union[Addresses, _Mapping]] = ..., weight: _Optional[int] = ..., software_version: _Optional[str] = ..., partitions: _Optional[int] = ...) -> None: ...
+    leaving: bool
+    def __init__(self, protocol_version: _Optional[int] = ..., cluster: _Optional[str] = ..., node_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., addresses: _Optional[_Union[Addresses, _Mapping]] = ..., weight: _Optional[int] = ..., software_version: _Optional[str] = ..., partitions: _Optional[int] = ..., leaving: _Optional[bool] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "acks", "required")
@@ -120,12 +122,14 @@ class Pong(_message.Message):
     def __init__(self, sent_at_ms: _Optional[int] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class ReplicaGet(_message.Message):
-    __slots__ = ("keys", "include_pending")
+    __slots__ = ("keys", "include_pending", "local_only")
     KEYS_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_PENDING_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_ONLY_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedScalarFieldContainer[bytes]
     include_pending: bool
-    def __init__(self, keys: _Optional[_Iterable[bytes]] = ..., include_pending: _Optional[bool] = ...) -> None: ...
+    local_only: bool
+    def __init__(self, keys: _Optional[_Iterable[bytes]] = ..., include_pending: _Optional[bool] = ..., local_only: _Optional[bool] = ...) -> None: ...
 
 class ReplicaGetResult(_message.Message):
     __slots__ = ("records", "partial")
@@ -178,6 +182,76 @@ class ReplicaScanResult(_message.Message):
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[ScanEntry]
     def __init__(self, entries: _Optional[_Iterable[_Union[ScanEntry, _Mapping]]] = ...) -> None: ...
+
+class TreeRoots(_message.Message):
+    __slots__ = ("partitions",)
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    partitions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, partitions: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class TreeRootsResult(_message.Message):
+    __slots__ = ("roots", "keys")
+    ROOTS_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    roots: _containers.RepeatedScalarFieldContainer[int]
+    keys: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, roots: _Optional[_Iterable[int]] = ..., keys: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class TreeBuckets(_message.Message):
+    __slots__ = ("partition",)
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    def __init__(self, partition: _Optional[int] = ...) -> None: ...
+
+class TreeBucketsResult(_message.Message):
+    __slots__ = ("buckets",)
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    buckets: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, buckets: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class TreeKeys(_message.Message):
+    __slots__ = ("partition", "buckets", "after", "has_after", "limit")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    HAS_AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    buckets: _containers.RepeatedScalarFieldContainer[int]
+    after: bytes
+    has_after: bool
+    limit: int
+    def __init__(self, partition: _Optional[int] = ..., buckets: _Optional[_Iterable[int]] = ..., after: _Optional[bytes] = ..., has_after: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class TreeKeysResult(_message.Message):
+    __slots__ = ("keys", "digests", "more")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedScalarFieldContainer[bytes]
+    digests: _containers.RepeatedScalarFieldContainer[int]
+    more: bool
+    def __init__(self, keys: _Optional[_Iterable[bytes]] = ..., digests: _Optional[_Iterable[int]] = ..., more: _Optional[bool] = ...) -> None: ...
+
+class Leave(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+
+class LeaveResult(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NodeStatus(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NodeStatusResult(_message.Message):
+    __slots__ = ("json",)
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    json: bytes
+    def __init__(self, json: _Optional[bytes] = ...) -> None: ...
 
 class Consistency(_message.Message):
     __slots__ = ("level", "count")
@@ -256,7 +330,7 @@ class DeleteResult(_message.Message):
     def __init__(self, version: _Optional[str] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("id", "hello", "error", "ping", "pong", "replica_get", "replica_get_result", "replica_put", "replica_put_result", "replica_scan", "replica_scan_result", "get", "get_result", "put", "put_result", "delete", "delete_result")
+    __slots__ = ("id", "hello", "error", "ping", "pong", "replica_get", "replica_get_result", "replica_put", "replica_put_result", "replica_scan", "replica_scan_result", "get", "get_result", "put", "put_result", "delete", "delete_result", "tree_roots", "tree_roots_result", "tree_buckets", "tree_buckets_result", "tree_keys", "tree_keys_result", "leave", "leave_result", "node_status", "node_status_result")
     ID_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
@@ -274,6 +348,16 @@ class Frame(_message.Message):
     PUT_RESULT_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
     DELETE_RESULT_FIELD_NUMBER: _ClassVar[int]
+    TREE_ROOTS_FIELD_NUMBER: _ClassVar[int]
+    TREE_ROOTS_RESULT_FIELD_NUMBER: _ClassVar[int]
+    TREE_BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    TREE_BUCKETS_RESULT_FIELD_NUMBER: _ClassVar[int]
+    TREE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    TREE_KEYS_RESULT_FIELD_NUMBER: _ClassVar[int]
+    LEAVE_FIELD_NUMBER: _ClassVar[int]
+    LEAVE_RESULT_FIELD_NUMBER: _ClassVar[int]
+    NODE_STATUS_FIELD_NUMBER: _ClassVar[int]
+    NODE_STATUS_RESULT_FIELD_NUMBER: _ClassVar[int]
     id: int
     hello: Hello
     error: Error
@@ -291,4 +375,14 @@ class Frame(_message.Message):
     put_result: PutResult
     delete: Delete
     delete_result: DeleteResult
-    def __init__(self, id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., replica_get: _Optional[_Union[ReplicaGet, _Mapping]] = ..., replica_get_result: _Optional[_Union[ReplicaGetResult, _Mapping]] = ..., replica_put: _Optional[_Union[ReplicaPut, _Mapping]] = ..., replica_put_result: _Optional[_Union[ReplicaPutResult, _Mapping]] = ..., replica_scan: _Optional[_Union[ReplicaScan, _Mapping]] = ..., replica_scan_result: _Optional[_Union[ReplicaScanResult, _Mapping]] = ..., get: _Optional[_Union[Get, _Mapping]] = ..., get_result: _Optional[_Union[GetResult, _Mapping]] = ..., put: _Optional[_Union[Put, _Mapping]] = ..., put_result: _Optional[_Union[PutResult, _Mapping]] = ..., delete: _Optional[_Union[Delete, _Mapping]] = ..., delete_result: _Optional[_Union[DeleteResult, _Mapping]] = ...) -> None: ...
+    tree_roots: TreeRoots
+    tree_roots_result: TreeRootsResult
+    tree_buckets: TreeBuckets
+    tree_buckets_result: TreeBucketsResult
+    tree_keys: TreeKeys
+    tree_keys_result: TreeKeysResult
+    leave: Leave
+    leave_result: LeaveResult
+    node_status: NodeStatus
+    node_status_result: NodeStatusResult
+    def __init__(self, id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., replica_get: _Optional[_Union[ReplicaGet, _Mapping]] = ..., replica_get_result: _Optional[_Union[ReplicaGetResult, _Mapping]] = ..., replica_put: _Optional[_Union[ReplicaPut, _Mapping]] = ..., replica_put_result: _Optional[_Union[ReplicaPutResult, _Mapping]] = ..., replica_scan: _Optional[_Union[ReplicaScan, _Mapping]] = ..., replica_scan_result: _Optional[_Union[ReplicaScanResult, _Mapping]] = ..., get: _Optional[_Union[Get, _Mapping]] = ..., get_result: _Optional[_Union[GetResult, _Mapping]] = ..., put: _Optional[_Union[Put, _Mapping]] = ..., put_result: _Optional[_Union[PutResult, _Mapping]] = ..., delete: _Optional[_Union[Delete, _Mapping]] = ..., delete_result: _Optional[_Union[DeleteResult, _Mapping]] = ..., tree_roots: _Optional[_Union[TreeRoots, _Mapping]] = ..., tree_roots_result: _Optional[_Union[TreeRootsResult, _Mapping]] = ..., tree_buckets: _Optional[_Union[TreeBuckets, _Mapping]] = ..., tree_buckets_result: _Optional[_Union[TreeBucketsResult, _Mapping]] = ..., tree_keys: _Optional[_Union[TreeKeys, _Mapping]] = ..., tree_keys_result: _Optional[_Union[TreeKeysResult, _Mapping]] = ..., leave: _Optional[_Union[Leave, _Mapping]] = ..., leave_result: _Optional[_Union[LeaveResult, _Mapping]] = ..., node_status: _Optional[_Union[NodeStatus, _Mapping]] = ..., node_status_result: _Optional[_Union[NodeStatusResult, _Mapping]] = ...) -> None: ...

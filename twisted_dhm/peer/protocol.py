@@ -39,10 +39,14 @@ DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 MAX_IN_FLIGHT = 1024  # requests one connection may have waiting for answers here
 HANDSHAKE_TIMEOUT = 10.0  # seconds a connection may take to send its Hello
 
-REQUEST_BODIES = frozenset({"ping", "replica_get", "replica_put", "replica_scan", "get", "put", "delete"})
+REQUEST_BODIES = frozenset({
+    "ping", "replica_get", "replica_put", "replica_scan", "get", "put", "delete",
+    "tree_roots", "tree_buckets", "tree_keys", "leave", "node_status",
+})
 RESPONSE_BODIES = frozenset({
     "pong", "replica_get_result", "replica_put_result", "replica_scan_result", "get_result", "put_result",
     "delete_result", "error",
+    "tree_roots_result", "tree_buckets_result", "tree_keys_result", "leave_result", "node_status_result",
 })
 
 log = Logger(namespace="dhashmap.peer")
@@ -70,12 +74,13 @@ class LocalIdentity:
     weight: int = 1
     software_version: str = ""
     partitions: int = 0
+    leaving: bool = False  # draining: out of the ring, finishing its work
 
     def hello(self) -> pb.Hello:
         msg = pb.Hello(
             protocol_version=PROTOCOL_VERSION, cluster=self.cluster, node_id=self.node_id,
             role=self.role, weight=self.weight, software_version=self.software_version,
-            partitions=self.partitions,
+            partitions=self.partitions, leaving=self.leaving,
         )
         msg.addresses.host = self.host
         msg.addresses.peer_port = self.peer_port

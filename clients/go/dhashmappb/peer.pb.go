@@ -212,7 +212,7 @@ func (x Consistency_Level) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Consistency_Level.Descriptor instead.
 func (Consistency_Level) EnumDescriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{13, 0}
+	return file_peer_proto_rawDescGZIP(), []int{23, 0}
 }
 
 // A key and one replica's record for it. Nodes pass records in the storage encoding they
@@ -364,6 +364,7 @@ type Hello struct {
 	Weight          uint32                 `protobuf:"varint,6,opt,name=weight,proto3" json:"weight,omitempty"`
 	SoftwareVersion string                 `protobuf:"bytes,7,opt,name=software_version,json=softwareVersion,proto3" json:"software_version,omitempty"`
 	Partitions      uint32                 `protobuf:"varint,8,opt,name=partitions,proto3" json:"partitions,omitempty"` // Q: must match, or placement would differ
+	Leaving         bool                   `protobuf:"varint,9,opt,name=leaving,proto3" json:"leaving,omitempty"`       // the node is draining: it is leaving the ring (docs/rebalancing.md)
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -452,6 +453,13 @@ func (x *Hello) GetPartitions() uint32 {
 		return x.Partitions
 	}
 	return 0
+}
+
+func (x *Hello) GetLeaving() bool {
+	if x != nil {
+		return x.Leaving
+	}
+	return false
 }
 
 type Error struct {
@@ -624,8 +632,11 @@ type ReplicaGet struct {
 	// Also see writes queued for the replica's next commit: a coordinator that
 	// builds a new version, or checks a precondition, must not miss them.
 	IncludePending bool `protobuf:"varint,2,opt,name=include_pending,json=includePending,proto3" json:"include_pending,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Answer from this replica's own store only. Without it, a replica still pulling a
+	// partition it just gained also asks the members it pulls from (docs/rebalancing.md).
+	LocalOnly     bool `protobuf:"varint,3,opt,name=local_only,json=localOnly,proto3" json:"local_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReplicaGet) Reset() {
@@ -668,6 +679,13 @@ func (x *ReplicaGet) GetKeys() [][]byte {
 func (x *ReplicaGet) GetIncludePending() bool {
 	if x != nil {
 		return x.IncludePending
+	}
+	return false
+}
+
+func (x *ReplicaGet) GetLocalOnly() bool {
+	if x != nil {
+		return x.LocalOnly
 	}
 	return false
 }
@@ -1004,6 +1022,491 @@ func (x *ReplicaScanResult) GetEntries() []*ScanEntry {
 	return nil
 }
 
+type TreeRoots struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Partitions    []uint32               `protobuf:"varint,1,rep,packed,name=partitions,proto3" json:"partitions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TreeRoots) Reset() {
+	*x = TreeRoots{}
+	mi := &file_peer_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TreeRoots) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TreeRoots) ProtoMessage() {}
+
+func (x *TreeRoots) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TreeRoots.ProtoReflect.Descriptor instead.
+func (*TreeRoots) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *TreeRoots) GetPartitions() []uint32 {
+	if x != nil {
+		return x.Partitions
+	}
+	return nil
+}
+
+type TreeRootsResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Roots         []uint64               `protobuf:"fixed64,1,rep,packed,name=roots,proto3" json:"roots,omitempty"` // in the order asked
+	Keys          []uint32               `protobuf:"varint,2,rep,packed,name=keys,proto3" json:"keys,omitempty"`    // records (tombstones included) per partition
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TreeRootsResult) Reset() {
+	*x = TreeRootsResult{}
+	mi := &file_peer_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TreeRootsResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TreeRootsResult) ProtoMessage() {}
+
+func (x *TreeRootsResult) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TreeRootsResult.ProtoReflect.Descriptor instead.
+func (*TreeRootsResult) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *TreeRootsResult) GetRoots() []uint64 {
+	if x != nil {
+		return x.Roots
+	}
+	return nil
+}
+
+func (x *TreeRootsResult) GetKeys() []uint32 {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+type TreeBuckets struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Partition     uint32                 `protobuf:"varint,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TreeBuckets) Reset() {
+	*x = TreeBuckets{}
+	mi := &file_peer_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TreeBuckets) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TreeBuckets) ProtoMessage() {}
+
+func (x *TreeBuckets) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TreeBuckets.ProtoReflect.Descriptor instead.
+func (*TreeBuckets) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *TreeBuckets) GetPartition() uint32 {
+	if x != nil {
+		return x.Partition
+	}
+	return 0
+}
+
+type TreeBucketsResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Buckets       []uint64               `protobuf:"fixed64,1,rep,packed,name=buckets,proto3" json:"buckets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TreeBucketsResult) Reset() {
+	*x = TreeBucketsResult{}
+	mi := &file_peer_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TreeBucketsResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TreeBucketsResult) ProtoMessage() {}
+
+func (x *TreeBucketsResult) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TreeBucketsResult.ProtoReflect.Descriptor instead.
+func (*TreeBucketsResult) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *TreeBucketsResult) GetBuckets() []uint64 {
+	if x != nil {
+		return x.Buckets
+	}
+	return nil
+}
+
+// The keys and record digests of some buckets of a partition, in key order after `after`
+// (when has_after), at most `limit`; `more` when the answer stopped at the limit.
+type TreeKeys struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Partition     uint32                 `protobuf:"varint,1,opt,name=partition,proto3" json:"partition,omitempty"`
+	Buckets       []uint32               `protobuf:"varint,2,rep,packed,name=buckets,proto3" json:"buckets,omitempty"`
+	After         []byte                 `protobuf:"bytes,3,opt,name=after,proto3" json:"after,omitempty"`
+	HasAfter      bool                   `protobuf:"varint,4,opt,name=has_after,json=hasAfter,proto3" json:"has_after,omitempty"`
+	Limit         uint32                 `protobuf:"varint,5,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TreeKeys) Reset() {
+	*x = TreeKeys{}
+	mi := &file_peer_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TreeKeys) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TreeKeys) ProtoMessage() {}
+
+func (x *TreeKeys) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TreeKeys.ProtoReflect.Descriptor instead.
+func (*TreeKeys) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *TreeKeys) GetPartition() uint32 {
+	if x != nil {
+		return x.Partition
+	}
+	return 0
+}
+
+func (x *TreeKeys) GetBuckets() []uint32 {
+	if x != nil {
+		return x.Buckets
+	}
+	return nil
+}
+
+func (x *TreeKeys) GetAfter() []byte {
+	if x != nil {
+		return x.After
+	}
+	return nil
+}
+
+func (x *TreeKeys) GetHasAfter() bool {
+	if x != nil {
+		return x.HasAfter
+	}
+	return false
+}
+
+func (x *TreeKeys) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type TreeKeysResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Keys          [][]byte               `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	Digests       []uint64               `protobuf:"fixed64,2,rep,packed,name=digests,proto3" json:"digests,omitempty"`
+	More          bool                   `protobuf:"varint,3,opt,name=more,proto3" json:"more,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TreeKeysResult) Reset() {
+	*x = TreeKeysResult{}
+	mi := &file_peer_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TreeKeysResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TreeKeysResult) ProtoMessage() {}
+
+func (x *TreeKeysResult) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TreeKeysResult.ProtoReflect.Descriptor instead.
+func (*TreeKeysResult) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *TreeKeysResult) GetKeys() [][]byte {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *TreeKeysResult) GetDigests() []uint64 {
+	if x != nil {
+		return x.Digests
+	}
+	return nil
+}
+
+func (x *TreeKeysResult) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
+}
+
+// A member says it is leaving the ring for good (it has handed its data over).
+type Leave struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Leave) Reset() {
+	*x = Leave{}
+	mi := &file_peer_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Leave) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Leave) ProtoMessage() {}
+
+func (x *Leave) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Leave.ProtoReflect.Descriptor instead.
+func (*Leave) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *Leave) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+type LeaveResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaveResult) Reset() {
+	*x = LeaveResult{}
+	mi := &file_peer_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaveResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaveResult) ProtoMessage() {}
+
+func (x *LeaveResult) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaveResult.ProtoReflect.Descriptor instead.
+func (*LeaveResult) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{20}
+}
+
+// This node's own view of its data movement and repair, as JSON (the body of
+// GET /v1/node/status).
+type NodeStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeStatus) Reset() {
+	*x = NodeStatus{}
+	mi := &file_peer_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeStatus) ProtoMessage() {}
+
+func (x *NodeStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
+func (*NodeStatus) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{21}
+}
+
+type NodeStatusResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Json          []byte                 `protobuf:"bytes,1,opt,name=json,proto3" json:"json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeStatusResult) Reset() {
+	*x = NodeStatusResult{}
+	mi := &file_peer_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeStatusResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeStatusResult) ProtoMessage() {}
+
+func (x *NodeStatusResult) ProtoReflect() protoreflect.Message {
+	mi := &file_peer_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeStatusResult.ProtoReflect.Descriptor instead.
+func (*NodeStatusResult) Descriptor() ([]byte, []int) {
+	return file_peer_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *NodeStatusResult) GetJson() []byte {
+	if x != nil {
+		return x.Json
+	}
+	return nil
+}
+
 // How many replicas must answer: level, or an exact count.
 type Consistency struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1015,7 +1518,7 @@ type Consistency struct {
 
 func (x *Consistency) Reset() {
 	*x = Consistency{}
-	mi := &file_peer_proto_msgTypes[13]
+	mi := &file_peer_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1027,7 +1530,7 @@ func (x *Consistency) String() string {
 func (*Consistency) ProtoMessage() {}
 
 func (x *Consistency) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[13]
+	mi := &file_peer_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1040,7 +1543,7 @@ func (x *Consistency) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Consistency.ProtoReflect.Descriptor instead.
 func (*Consistency) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{13}
+	return file_peer_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Consistency) GetLevel() Consistency_Level {
@@ -1067,7 +1570,7 @@ type Get struct {
 
 func (x *Get) Reset() {
 	*x = Get{}
-	mi := &file_peer_proto_msgTypes[14]
+	mi := &file_peer_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1079,7 +1582,7 @@ func (x *Get) String() string {
 func (*Get) ProtoMessage() {}
 
 func (x *Get) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[14]
+	mi := &file_peer_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1092,7 +1595,7 @@ func (x *Get) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Get.ProtoReflect.Descriptor instead.
 func (*Get) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{14}
+	return file_peer_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Get) GetKey() []byte {
@@ -1120,7 +1623,7 @@ type GetResult struct {
 
 func (x *GetResult) Reset() {
 	*x = GetResult{}
-	mi := &file_peer_proto_msgTypes[15]
+	mi := &file_peer_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1132,7 +1635,7 @@ func (x *GetResult) String() string {
 func (*GetResult) ProtoMessage() {}
 
 func (x *GetResult) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[15]
+	mi := &file_peer_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1145,7 +1648,7 @@ func (x *GetResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResult.ProtoReflect.Descriptor instead.
 func (*GetResult) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{15}
+	return file_peer_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetResult) GetFound() bool {
@@ -1183,7 +1686,7 @@ type Put struct {
 
 func (x *Put) Reset() {
 	*x = Put{}
-	mi := &file_peer_proto_msgTypes[16]
+	mi := &file_peer_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1195,7 +1698,7 @@ func (x *Put) String() string {
 func (*Put) ProtoMessage() {}
 
 func (x *Put) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[16]
+	mi := &file_peer_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1208,7 +1711,7 @@ func (x *Put) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Put.ProtoReflect.Descriptor instead.
 func (*Put) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{16}
+	return file_peer_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Put) GetKey() []byte {
@@ -1263,7 +1766,7 @@ type PutResult struct {
 
 func (x *PutResult) Reset() {
 	*x = PutResult{}
-	mi := &file_peer_proto_msgTypes[17]
+	mi := &file_peer_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1275,7 +1778,7 @@ func (x *PutResult) String() string {
 func (*PutResult) ProtoMessage() {}
 
 func (x *PutResult) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[17]
+	mi := &file_peer_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1288,7 +1791,7 @@ func (x *PutResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutResult.ProtoReflect.Descriptor instead.
 func (*PutResult) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{17}
+	return file_peer_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *PutResult) GetVersion() string {
@@ -1316,7 +1819,7 @@ type Delete struct {
 
 func (x *Delete) Reset() {
 	*x = Delete{}
-	mi := &file_peer_proto_msgTypes[18]
+	mi := &file_peer_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1328,7 +1831,7 @@ func (x *Delete) String() string {
 func (*Delete) ProtoMessage() {}
 
 func (x *Delete) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[18]
+	mi := &file_peer_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1341,7 +1844,7 @@ func (x *Delete) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delete.ProtoReflect.Descriptor instead.
 func (*Delete) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{18}
+	return file_peer_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Delete) GetKey() []byte {
@@ -1374,7 +1877,7 @@ type DeleteResult struct {
 
 func (x *DeleteResult) Reset() {
 	*x = DeleteResult{}
-	mi := &file_peer_proto_msgTypes[19]
+	mi := &file_peer_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1386,7 +1889,7 @@ func (x *DeleteResult) String() string {
 func (*DeleteResult) ProtoMessage() {}
 
 func (x *DeleteResult) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[19]
+	mi := &file_peer_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1399,7 +1902,7 @@ func (x *DeleteResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResult.ProtoReflect.Descriptor instead.
 func (*DeleteResult) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{19}
+	return file_peer_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DeleteResult) GetVersion() string {
@@ -1430,6 +1933,16 @@ type Frame struct {
 	//	*Frame_PutResult
 	//	*Frame_Delete
 	//	*Frame_DeleteResult
+	//	*Frame_TreeRoots
+	//	*Frame_TreeRootsResult
+	//	*Frame_TreeBuckets
+	//	*Frame_TreeBucketsResult
+	//	*Frame_TreeKeys
+	//	*Frame_TreeKeysResult
+	//	*Frame_Leave
+	//	*Frame_LeaveResult
+	//	*Frame_NodeStatus
+	//	*Frame_NodeStatusResult
 	Body          isFrame_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1437,7 +1950,7 @@ type Frame struct {
 
 func (x *Frame) Reset() {
 	*x = Frame{}
-	mi := &file_peer_proto_msgTypes[20]
+	mi := &file_peer_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1449,7 +1962,7 @@ func (x *Frame) String() string {
 func (*Frame) ProtoMessage() {}
 
 func (x *Frame) ProtoReflect() protoreflect.Message {
-	mi := &file_peer_proto_msgTypes[20]
+	mi := &file_peer_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1462,7 +1975,7 @@ func (x *Frame) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Frame.ProtoReflect.Descriptor instead.
 func (*Frame) Descriptor() ([]byte, []int) {
-	return file_peer_proto_rawDescGZIP(), []int{20}
+	return file_peer_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Frame) GetId() uint64 {
@@ -1623,6 +2136,96 @@ func (x *Frame) GetDeleteResult() *DeleteResult {
 	return nil
 }
 
+func (x *Frame) GetTreeRoots() *TreeRoots {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_TreeRoots); ok {
+			return x.TreeRoots
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetTreeRootsResult() *TreeRootsResult {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_TreeRootsResult); ok {
+			return x.TreeRootsResult
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetTreeBuckets() *TreeBuckets {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_TreeBuckets); ok {
+			return x.TreeBuckets
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetTreeBucketsResult() *TreeBucketsResult {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_TreeBucketsResult); ok {
+			return x.TreeBucketsResult
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetTreeKeys() *TreeKeys {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_TreeKeys); ok {
+			return x.TreeKeys
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetTreeKeysResult() *TreeKeysResult {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_TreeKeysResult); ok {
+			return x.TreeKeysResult
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetLeave() *Leave {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_Leave); ok {
+			return x.Leave
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetLeaveResult() *LeaveResult {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_LeaveResult); ok {
+			return x.LeaveResult
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetNodeStatus() *NodeStatus {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_NodeStatus); ok {
+			return x.NodeStatus
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetNodeStatusResult() *NodeStatusResult {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_NodeStatusResult); ok {
+			return x.NodeStatusResult
+		}
+	}
+	return nil
+}
+
 type isFrame_Body interface {
 	isFrame_Body()
 }
@@ -1691,6 +2294,46 @@ type Frame_DeleteResult struct {
 	DeleteResult *DeleteResult `protobuf:"bytes,25,opt,name=delete_result,json=deleteResult,proto3,oneof"`
 }
 
+type Frame_TreeRoots struct {
+	TreeRoots *TreeRoots `protobuf:"bytes,30,opt,name=tree_roots,json=treeRoots,proto3,oneof"`
+}
+
+type Frame_TreeRootsResult struct {
+	TreeRootsResult *TreeRootsResult `protobuf:"bytes,31,opt,name=tree_roots_result,json=treeRootsResult,proto3,oneof"`
+}
+
+type Frame_TreeBuckets struct {
+	TreeBuckets *TreeBuckets `protobuf:"bytes,32,opt,name=tree_buckets,json=treeBuckets,proto3,oneof"`
+}
+
+type Frame_TreeBucketsResult struct {
+	TreeBucketsResult *TreeBucketsResult `protobuf:"bytes,33,opt,name=tree_buckets_result,json=treeBucketsResult,proto3,oneof"`
+}
+
+type Frame_TreeKeys struct {
+	TreeKeys *TreeKeys `protobuf:"bytes,34,opt,name=tree_keys,json=treeKeys,proto3,oneof"`
+}
+
+type Frame_TreeKeysResult struct {
+	TreeKeysResult *TreeKeysResult `protobuf:"bytes,35,opt,name=tree_keys_result,json=treeKeysResult,proto3,oneof"`
+}
+
+type Frame_Leave struct {
+	Leave *Leave `protobuf:"bytes,36,opt,name=leave,proto3,oneof"`
+}
+
+type Frame_LeaveResult struct {
+	LeaveResult *LeaveResult `protobuf:"bytes,37,opt,name=leave_result,json=leaveResult,proto3,oneof"`
+}
+
+type Frame_NodeStatus struct {
+	NodeStatus *NodeStatus `protobuf:"bytes,38,opt,name=node_status,json=nodeStatus,proto3,oneof"`
+}
+
+type Frame_NodeStatusResult struct {
+	NodeStatusResult *NodeStatusResult `protobuf:"bytes,39,opt,name=node_status_result,json=nodeStatusResult,proto3,oneof"`
+}
+
 func (*Frame_Hello) isFrame_Body() {}
 
 func (*Frame_Error) isFrame_Body() {}
@@ -1723,6 +2366,26 @@ func (*Frame_Delete) isFrame_Body() {}
 
 func (*Frame_DeleteResult) isFrame_Body() {}
 
+func (*Frame_TreeRoots) isFrame_Body() {}
+
+func (*Frame_TreeRootsResult) isFrame_Body() {}
+
+func (*Frame_TreeBuckets) isFrame_Body() {}
+
+func (*Frame_TreeBucketsResult) isFrame_Body() {}
+
+func (*Frame_TreeKeys) isFrame_Body() {}
+
+func (*Frame_TreeKeysResult) isFrame_Body() {}
+
+func (*Frame_Leave) isFrame_Body() {}
+
+func (*Frame_LeaveResult) isFrame_Body() {}
+
+func (*Frame_NodeStatus) isFrame_Body() {}
+
+func (*Frame_NodeStatusResult) isFrame_Body() {}
+
 var File_peer_proto protoreflect.FileDescriptor
 
 const file_peer_proto_rawDesc = "" +
@@ -1739,7 +2402,7 @@ const file_peer_proto_rawDesc = "" +
 	"\trest_port\x18\x03 \x01(\rR\brestPort\x12\x1b\n" +
 	"\tgrpc_port\x18\x04 \x01(\rR\bgrpcPort\x12\x1f\n" +
 	"\vgossip_port\x18\x05 \x01(\rR\n" +
-	"gossipPort\"\xa5\x02\n" +
+	"gossipPort\"\xbf\x02\n" +
 	"\x05Hello\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\tR\acluster\x12\x17\n" +
@@ -1750,7 +2413,8 @@ const file_peer_proto_rawDesc = "" +
 	"\x10software_version\x18\a \x01(\tR\x0fsoftwareVersion\x12\x1e\n" +
 	"\n" +
 	"partitions\x18\b \x01(\rR\n" +
-	"partitions\"}\n" +
+	"partitions\x12\x18\n" +
+	"\aleaving\x18\t \x01(\bR\aleaving\"}\n" +
 	"\x05Error\x12*\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x16.dhashmap.v1.ErrorCodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x12\n" +
@@ -1762,11 +2426,13 @@ const file_peer_proto_rawDesc = "" +
 	"\x04Pong\x12\x1c\n" +
 	"\n" +
 	"sent_at_ms\x18\x01 \x01(\x04R\bsentAtMs\x12\x17\n" +
-	"\anode_id\x18\x02 \x01(\tR\x06nodeId\"I\n" +
+	"\anode_id\x18\x02 \x01(\tR\x06nodeId\"h\n" +
 	"\n" +
 	"ReplicaGet\x12\x12\n" +
 	"\x04keys\x18\x01 \x03(\fR\x04keys\x12'\n" +
-	"\x0finclude_pending\x18\x02 \x01(\bR\x0eincludePending\"^\n" +
+	"\x0finclude_pending\x18\x02 \x01(\bR\x0eincludePending\x12\x1d\n" +
+	"\n" +
+	"local_only\x18\x03 \x01(\bR\tlocalOnly\"^\n" +
 	"\x10ReplicaGetResult\x120\n" +
 	"\arecords\x18\x01 \x03(\v2\x16.dhashmap.v1.KeyRecordR\arecords\x12\x18\n" +
 	"\apartial\x18\x02 \x01(\bR\apartial\"Y\n" +
@@ -1788,7 +2454,35 @@ const file_peer_proto_rawDesc = "" +
 	"expires_at\x18\x03 \x01(\x04R\texpiresAt\x12\x10\n" +
 	"\x03hlc\x18\x04 \x01(\x04R\x03hlc\"E\n" +
 	"\x11ReplicaScanResult\x120\n" +
-	"\aentries\x18\x01 \x03(\v2\x16.dhashmap.v1.ScanEntryR\aentries\"\xa5\x01\n" +
+	"\aentries\x18\x01 \x03(\v2\x16.dhashmap.v1.ScanEntryR\aentries\"+\n" +
+	"\tTreeRoots\x12\x1e\n" +
+	"\n" +
+	"partitions\x18\x01 \x03(\rR\n" +
+	"partitions\";\n" +
+	"\x0fTreeRootsResult\x12\x14\n" +
+	"\x05roots\x18\x01 \x03(\x06R\x05roots\x12\x12\n" +
+	"\x04keys\x18\x02 \x03(\rR\x04keys\"+\n" +
+	"\vTreeBuckets\x12\x1c\n" +
+	"\tpartition\x18\x01 \x01(\rR\tpartition\"-\n" +
+	"\x11TreeBucketsResult\x12\x18\n" +
+	"\abuckets\x18\x01 \x03(\x06R\abuckets\"\x8b\x01\n" +
+	"\bTreeKeys\x12\x1c\n" +
+	"\tpartition\x18\x01 \x01(\rR\tpartition\x12\x18\n" +
+	"\abuckets\x18\x02 \x03(\rR\abuckets\x12\x14\n" +
+	"\x05after\x18\x03 \x01(\fR\x05after\x12\x1b\n" +
+	"\thas_after\x18\x04 \x01(\bR\bhasAfter\x12\x14\n" +
+	"\x05limit\x18\x05 \x01(\rR\x05limit\"R\n" +
+	"\x0eTreeKeysResult\x12\x12\n" +
+	"\x04keys\x18\x01 \x03(\fR\x04keys\x12\x18\n" +
+	"\adigests\x18\x02 \x03(\x06R\adigests\x12\x12\n" +
+	"\x04more\x18\x03 \x01(\bR\x04more\" \n" +
+	"\x05Leave\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"\r\n" +
+	"\vLeaveResult\"\f\n" +
+	"\n" +
+	"NodeStatus\"&\n" +
+	"\x10NodeStatusResult\x12\x12\n" +
+	"\x04json\x18\x01 \x01(\fR\x04json\"\xa5\x01\n" +
 	"\vConsistency\x124\n" +
 	"\x05level\x18\x01 \x01(\x0e2\x1e.dhashmap.v1.Consistency.LevelR\x05level\x12\x14\n" +
 	"\x05count\x18\x02 \x01(\rR\x05count\"J\n" +
@@ -1820,7 +2514,7 @@ const file_peer_proto_rawDesc = "" +
 	"\bif_match\x18\x02 \x01(\tR\aifMatch\x12&\n" +
 	"\x01w\x18\x03 \x01(\v2\x18.dhashmap.v1.ConsistencyR\x01w\"(\n" +
 	"\fDeleteResult\x12\x18\n" +
-	"\aversion\x18\x01 \x01(\tR\aversion\"\x9f\a\n" +
+	"\aversion\x18\x01 \x01(\tR\aversion\"\xaa\f\n" +
 	"\x05Frame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12*\n" +
 	"\x05hello\x18\x02 \x01(\v2\x12.dhashmap.v1.HelloH\x00R\x05hello\x12*\n" +
@@ -1843,7 +2537,19 @@ const file_peer_proto_rawDesc = "" +
 	"\n" +
 	"put_result\x18\x17 \x01(\v2\x16.dhashmap.v1.PutResultH\x00R\tputResult\x12-\n" +
 	"\x06delete\x18\x18 \x01(\v2\x13.dhashmap.v1.DeleteH\x00R\x06delete\x12@\n" +
-	"\rdelete_result\x18\x19 \x01(\v2\x19.dhashmap.v1.DeleteResultH\x00R\fdeleteResultB\x06\n" +
+	"\rdelete_result\x18\x19 \x01(\v2\x19.dhashmap.v1.DeleteResultH\x00R\fdeleteResult\x127\n" +
+	"\n" +
+	"tree_roots\x18\x1e \x01(\v2\x16.dhashmap.v1.TreeRootsH\x00R\ttreeRoots\x12J\n" +
+	"\x11tree_roots_result\x18\x1f \x01(\v2\x1c.dhashmap.v1.TreeRootsResultH\x00R\x0ftreeRootsResult\x12=\n" +
+	"\ftree_buckets\x18  \x01(\v2\x18.dhashmap.v1.TreeBucketsH\x00R\vtreeBuckets\x12P\n" +
+	"\x13tree_buckets_result\x18! \x01(\v2\x1e.dhashmap.v1.TreeBucketsResultH\x00R\x11treeBucketsResult\x124\n" +
+	"\ttree_keys\x18\" \x01(\v2\x15.dhashmap.v1.TreeKeysH\x00R\btreeKeys\x12G\n" +
+	"\x10tree_keys_result\x18# \x01(\v2\x1b.dhashmap.v1.TreeKeysResultH\x00R\x0etreeKeysResult\x12*\n" +
+	"\x05leave\x18$ \x01(\v2\x12.dhashmap.v1.LeaveH\x00R\x05leave\x12=\n" +
+	"\fleave_result\x18% \x01(\v2\x18.dhashmap.v1.LeaveResultH\x00R\vleaveResult\x12:\n" +
+	"\vnode_status\x18& \x01(\v2\x17.dhashmap.v1.NodeStatusH\x00R\n" +
+	"nodeStatus\x12M\n" +
+	"\x12node_status_result\x18' \x01(\v2\x1d.dhashmap.v1.NodeStatusResultH\x00R\x10nodeStatusResultB\x06\n" +
 	"\x04body*<\n" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n" +
@@ -1880,7 +2586,7 @@ func file_peer_proto_rawDescGZIP() []byte {
 }
 
 var file_peer_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_peer_proto_goTypes = []any{
 	(Role)(0),                 // 0: dhashmap.v1.Role
 	(ErrorCode)(0),            // 1: dhashmap.v1.ErrorCode
@@ -1898,14 +2604,24 @@ var file_peer_proto_goTypes = []any{
 	(*ReplicaScan)(nil),       // 13: dhashmap.v1.ReplicaScan
 	(*ScanEntry)(nil),         // 14: dhashmap.v1.ScanEntry
 	(*ReplicaScanResult)(nil), // 15: dhashmap.v1.ReplicaScanResult
-	(*Consistency)(nil),       // 16: dhashmap.v1.Consistency
-	(*Get)(nil),               // 17: dhashmap.v1.Get
-	(*GetResult)(nil),         // 18: dhashmap.v1.GetResult
-	(*Put)(nil),               // 19: dhashmap.v1.Put
-	(*PutResult)(nil),         // 20: dhashmap.v1.PutResult
-	(*Delete)(nil),            // 21: dhashmap.v1.Delete
-	(*DeleteResult)(nil),      // 22: dhashmap.v1.DeleteResult
-	(*Frame)(nil),             // 23: dhashmap.v1.Frame
+	(*TreeRoots)(nil),         // 16: dhashmap.v1.TreeRoots
+	(*TreeRootsResult)(nil),   // 17: dhashmap.v1.TreeRootsResult
+	(*TreeBuckets)(nil),       // 18: dhashmap.v1.TreeBuckets
+	(*TreeBucketsResult)(nil), // 19: dhashmap.v1.TreeBucketsResult
+	(*TreeKeys)(nil),          // 20: dhashmap.v1.TreeKeys
+	(*TreeKeysResult)(nil),    // 21: dhashmap.v1.TreeKeysResult
+	(*Leave)(nil),             // 22: dhashmap.v1.Leave
+	(*LeaveResult)(nil),       // 23: dhashmap.v1.LeaveResult
+	(*NodeStatus)(nil),        // 24: dhashmap.v1.NodeStatus
+	(*NodeStatusResult)(nil),  // 25: dhashmap.v1.NodeStatusResult
+	(*Consistency)(nil),       // 26: dhashmap.v1.Consistency
+	(*Get)(nil),               // 27: dhashmap.v1.Get
+	(*GetResult)(nil),         // 28: dhashmap.v1.GetResult
+	(*Put)(nil),               // 29: dhashmap.v1.Put
+	(*PutResult)(nil),         // 30: dhashmap.v1.PutResult
+	(*Delete)(nil),            // 31: dhashmap.v1.Delete
+	(*DeleteResult)(nil),      // 32: dhashmap.v1.DeleteResult
+	(*Frame)(nil),             // 33: dhashmap.v1.Frame
 }
 var file_peer_proto_depIdxs = []int32{
 	0,  // 0: dhashmap.v1.Hello.role:type_name -> dhashmap.v1.Role
@@ -1915,9 +2631,9 @@ var file_peer_proto_depIdxs = []int32{
 	3,  // 4: dhashmap.v1.ReplicaPut.records:type_name -> dhashmap.v1.KeyRecord
 	14, // 5: dhashmap.v1.ReplicaScanResult.entries:type_name -> dhashmap.v1.ScanEntry
 	2,  // 6: dhashmap.v1.Consistency.level:type_name -> dhashmap.v1.Consistency.Level
-	16, // 7: dhashmap.v1.Get.r:type_name -> dhashmap.v1.Consistency
-	16, // 8: dhashmap.v1.Put.w:type_name -> dhashmap.v1.Consistency
-	16, // 9: dhashmap.v1.Delete.w:type_name -> dhashmap.v1.Consistency
+	26, // 7: dhashmap.v1.Get.r:type_name -> dhashmap.v1.Consistency
+	26, // 8: dhashmap.v1.Put.w:type_name -> dhashmap.v1.Consistency
+	26, // 9: dhashmap.v1.Delete.w:type_name -> dhashmap.v1.Consistency
 	5,  // 10: dhashmap.v1.Frame.hello:type_name -> dhashmap.v1.Hello
 	6,  // 11: dhashmap.v1.Frame.error:type_name -> dhashmap.v1.Error
 	7,  // 12: dhashmap.v1.Frame.ping:type_name -> dhashmap.v1.Ping
@@ -1928,17 +2644,27 @@ var file_peer_proto_depIdxs = []int32{
 	12, // 17: dhashmap.v1.Frame.replica_put_result:type_name -> dhashmap.v1.ReplicaPutResult
 	13, // 18: dhashmap.v1.Frame.replica_scan:type_name -> dhashmap.v1.ReplicaScan
 	15, // 19: dhashmap.v1.Frame.replica_scan_result:type_name -> dhashmap.v1.ReplicaScanResult
-	17, // 20: dhashmap.v1.Frame.get:type_name -> dhashmap.v1.Get
-	18, // 21: dhashmap.v1.Frame.get_result:type_name -> dhashmap.v1.GetResult
-	19, // 22: dhashmap.v1.Frame.put:type_name -> dhashmap.v1.Put
-	20, // 23: dhashmap.v1.Frame.put_result:type_name -> dhashmap.v1.PutResult
-	21, // 24: dhashmap.v1.Frame.delete:type_name -> dhashmap.v1.Delete
-	22, // 25: dhashmap.v1.Frame.delete_result:type_name -> dhashmap.v1.DeleteResult
-	26, // [26:26] is the sub-list for method output_type
-	26, // [26:26] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	27, // 20: dhashmap.v1.Frame.get:type_name -> dhashmap.v1.Get
+	28, // 21: dhashmap.v1.Frame.get_result:type_name -> dhashmap.v1.GetResult
+	29, // 22: dhashmap.v1.Frame.put:type_name -> dhashmap.v1.Put
+	30, // 23: dhashmap.v1.Frame.put_result:type_name -> dhashmap.v1.PutResult
+	31, // 24: dhashmap.v1.Frame.delete:type_name -> dhashmap.v1.Delete
+	32, // 25: dhashmap.v1.Frame.delete_result:type_name -> dhashmap.v1.DeleteResult
+	16, // 26: dhashmap.v1.Frame.tree_roots:type_name -> dhashmap.v1.TreeRoots
+	17, // 27: dhashmap.v1.Frame.tree_roots_result:type_name -> dhashmap.v1.TreeRootsResult
+	18, // 28: dhashmap.v1.Frame.tree_buckets:type_name -> dhashmap.v1.TreeBuckets
+	19, // 29: dhashmap.v1.Frame.tree_buckets_result:type_name -> dhashmap.v1.TreeBucketsResult
+	20, // 30: dhashmap.v1.Frame.tree_keys:type_name -> dhashmap.v1.TreeKeys
+	21, // 31: dhashmap.v1.Frame.tree_keys_result:type_name -> dhashmap.v1.TreeKeysResult
+	22, // 32: dhashmap.v1.Frame.leave:type_name -> dhashmap.v1.Leave
+	23, // 33: dhashmap.v1.Frame.leave_result:type_name -> dhashmap.v1.LeaveResult
+	24, // 34: dhashmap.v1.Frame.node_status:type_name -> dhashmap.v1.NodeStatus
+	25, // 35: dhashmap.v1.Frame.node_status_result:type_name -> dhashmap.v1.NodeStatusResult
+	36, // [36:36] is the sub-list for method output_type
+	36, // [36:36] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_peer_proto_init() }
@@ -1946,7 +2672,7 @@ func file_peer_proto_init() {
 	if File_peer_proto != nil {
 		return
 	}
-	file_peer_proto_msgTypes[20].OneofWrappers = []any{
+	file_peer_proto_msgTypes[30].OneofWrappers = []any{
 		(*Frame_Hello)(nil),
 		(*Frame_Error)(nil),
 		(*Frame_Ping)(nil),
@@ -1963,6 +2689,16 @@ func file_peer_proto_init() {
 		(*Frame_PutResult)(nil),
 		(*Frame_Delete)(nil),
 		(*Frame_DeleteResult)(nil),
+		(*Frame_TreeRoots)(nil),
+		(*Frame_TreeRootsResult)(nil),
+		(*Frame_TreeBuckets)(nil),
+		(*Frame_TreeBucketsResult)(nil),
+		(*Frame_TreeKeys)(nil),
+		(*Frame_TreeKeysResult)(nil),
+		(*Frame_Leave)(nil),
+		(*Frame_LeaveResult)(nil),
+		(*Frame_NodeStatus)(nil),
+		(*Frame_NodeStatusResult)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1970,7 +2706,7 @@ func file_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_peer_proto_rawDesc), len(file_peer_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   21,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -344,6 +344,11 @@ class SwimMembership(Service):
             if stream.transport is not None:
                 stream.transport.abortConnection()
 
+    def leave(self) -> None:
+        """Announce a graceful leave now, while the node still serves (a drain's last step)."""
+        if self._udp is not None:
+            self._carry(self.core.leave(self.clock.seconds()))
+
     def halt(self) -> None:
         """Stop as a killed process would: no leave, no more timers (the simulator's crash)."""
         self._close_streams()

@@ -1,0 +1,253 @@
+"""Data movement and repair on simulated clusters: join, drain, death, anti-entropy, deletes."""
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_dhm.cluster.index import BUCKETS, IndexedEngine, PartitionIndex
+from twisted_dhm.cluster.rebalance import RateLimiter
+from twisted_dhm.membership import LEFT
+from twisted_dhm.storage import Record
+from twisted_dhm.storage.memory import MemoryEngine
+from twisted_dhm.testing.simulation import SimCluster
+from twisted_dhm.versions import Version
+
+
+def record(value: bytes, n: int = 1, tombstone: bool = False) -> Record:
+    return Record(value, Version().increment("node1", n), tombstone=tombstone)
+
+
+class IndexTests(SynchronousTestCase):
+    @given(st.lists(st.tuples(st.binary(min_size=1, max_size=8), st.binary(max_size=8)), max_size=60),
+           st.randoms(use_true_random=False))
+    @settings(max_examples=60, deadline=None)
+    def test_same_records_same_tree_whatever_the_order(self, writes, rng):
+        final = {}
+        a = PartitionIndex(16)
+        for i, (key, value) in enumerate(writes):
+            final[key] = record(value, i + 1)
+            a.update(key, final[key])
+        b = PartitionIndex(16)
+        items = list(final.items())
+        rng.shuffle(items)
+        for key, rec in items:
+            b.update(key, rec)
+        self.assertEqual(a.roots, b.roots)
+        self.assertEqual(a.buckets, b.buckets)
+        for key in list(final):
+            a.update(key, None)
+        self.assertEqual(a.roots, [0] * 16)
+        self.assertEqual(a.held(), [])
+
+    def test_one_changed_record_changes_one_bucket(self):
+        index = PartitionIndex(4)
+        for i in range(200):
+            index.update(b"k%d" % i, record(b"v"))
+        before = [list(b) for b in index.buckets]
+        index.update(b"k7", record(b"other"))
+        _, p, bucket = index.locate(b"k7")
+        changed = [(q, b) for q in range(4) for b in range(BUCKETS) if before[q][b] != index.buckets[q][b]]
+        self.assertEqual(changed, [(p, bucket)])
+
+    def test_bucket_keys_pages_in_key_order(self):
+        index = PartitionIndex(1)
+        for i in range(100):
+            index.update(b"k%03d" % i, record(b"v"))
+        everything = set(range(BUCKETS))
+        first, more = index.bucket_keys(0, everything, None, 40)
+        self.assertTrue(more)
+        second, _ = index.bucket_keys(0, everything, first[-1][0], 1000)
+        keys = [k for k, _ in first + second]
+        self.assertEqual(keys, sorted(b"k%03d" % i for i in range(100)))
+
+    def test_engine_rebuilds_the_index_it_kept(self):
+        inner = MemoryEngine()
+        engine = IndexedEngine(inner, 8)
+        engine.open()
+        for i in range(50):
+            engine.write(b"k%d" % i, record(b"v%d" % i))
+        engine.write(b"k3", None)
+        kept = list(engine.index.roots)
+        again = IndexedEngine(inner, 8)
+        again.open()
+        self.assertEqual(again.index.roots, kept)
+
+
+class RateLimiterTests(SynchronousTestCase):
+    def test_waits_for_the_budget(self):
+        from twisted.internet.task import Clock
+
+        clock = Clock()
+        limiter = RateLimiter(clock, 1000)
+        clock.advance(1)
+        self.assertTrue(limiter.take(250).called)  # a quarter second carried over
+        d = limiter.take(1000)
+        self.assertFalse(d.called)
+        clock.advance(0.99)
+        self.assertFalse(d.called)
+        clock.advance(0.02)
+        self.assertTrue(d.called)
+
+
+def load(sim: SimCluster, count: int, prefix: bytes = b"key", via: str = "node1") -> dict[bytes, bytes]:
+    written = {}
+    coordinator = sim.nodes[via].coordinator
+    for i in range(count):
+        key, value = prefix + b"%04d" % i, b"value-%d" % i
+        sim.result(coordinator.put(key, value))
+        written[key] = value
+    return written
+
+
+def placement_problems(sim: SimCluster, keys, table) -> list:
+    """Keys whose records are not on exactly their preference list's nodes."""
+    wrong = []
+    for key in keys:
+        owners = set(table.preference_list(table.partition(key)))
+        holders = sim.holders(key)
+        if holders != owners:
+            wrong.append((key, sorted(holders), sorted(owners)))
+    return wrong
+
+
+SETTINGS = {"partitions": "64", "anti_entropy_interval": "5", "rereplicate_after": "5", "handoff_rate": "64MiB"}
+
+
+class JoinTests(SynchronousTestCase):
+    def test_growing_from_three_to_five_moves_only_changed_partitions_and_loses_nothing(self):
+        sim = SimCluster(3, seed=7, **SETTINGS)
+        sim.run(3)
+        written = load(sim, 300)
+        before = sim.nodes["node1"].routing.table
+        sim.start("node4")
+        sim.start("node5")
+        # A writer keeps writing while the partitions move.
+        rng = random.Random(1)
+        for i in range(100):
+            key = b"during%03d" % i
+            via = rng.choice(sorted(sim.nodes))
+            sim.result(sim.nodes[via].coordinator.put(key, b"late"))
+            written[key] = b"late"
+            sim.run(0.2)
+        sim.run(30)
+        after = sim.nodes["node1"].routing.table
+        self.assertEqual(sorted(after.nodes), ["node1", "node2", "node3", "node4", "node5"])
+        for node in sim.nodes.values():
+            self.assertEqual(node.routing.table.as_dict(), after.as_dict())
+        self.assertEqual(placement_problems(sim, written, after), [])
+        for host in sim.nodes:
+            for key, value in written.items():
+                found = sim.result(sim.nodes[host].coordinator.get(key))
+                self.assertEqual(found.value if found else None, value, (host, key))
+        moved = sum(1 for p in range(after.partitions) if set(before.preference_list(p)) != set(after.preference_list(p)))
+        self.assertLess(moved, after.partitions)  # some partitions kept all their owners
+        for node in sim.nodes.values():
+            status = node.node_status()
+            self.assertEqual(status["partitions_pulling"], 0)
+            self.assertEqual(status["partitions_held"], status["partitions_owned"])
+
+    def test_a_new_owner_answers_with_the_old_owners_records_until_its_copy_is_complete(self):
+        sim = SimCluster(3, seed=3, **{**SETTINGS, "handoff_rate": "1KiB"})
+        sim.run(3)
+        written = load(sim, 300)
+        node4 = sim.start("node4")
+        sim.run(3)
+        table = node4.routing.table
+        mine = [k for k in written if "node4" in table.preference_list(table.partition(k))]
+        self.assertTrue(mine)
+        missing = [k for k in mine if node4.engine.get(k) is None]
+        self.assertTrue(missing, "the slow transfer should still be going")
+        answers = sim.result(node4.replicas.read("node4", missing))
+        self.assertEqual([r.value for r in answers], [written[k] for k in missing])
+        self.assertTrue(node4.node_status()["transfers"] or node4.node_status()["transfers_queued"])
+
+
+class LeaveTests(SynchronousTestCase):
+    def test_a_drained_node_has_handed_everything_over_before_it_is_done(self):
+        sim = SimCluster(4, seed=11, **SETTINGS)
+        sim.run(3)
+        written = load(sim, 200)
+        leaving = sim.nodes["node4"]
+        target = leaving.routing.table_without("node4")
+        sim.result(leaving.leave(), seconds=120)
+        self.assertFalse(leaving.is_ready())
+        self.assertEqual(leaving.node_status()["state"], "draining")
+        for host in ("node1", "node2", "node3"):
+            self.assertEqual(sim.nodes[host].view.get("node4").state, LEFT)
+            self.assertEqual(sim.nodes[host].routing.table.as_dict(), target.as_dict())
+        for key in written:
+            owners = set(target.preference_list(target.partition(key)))
+            self.assertLessEqual(owners, sim.holders(key), key)
+        sim.crash("node4")
+        sim.run(30)
+        for key, value in written.items():
+            found = sim.result(sim.nodes["node1"].coordinator.get(key, r="all"))
+            self.assertEqual(found.value, value)
+
+
+class DeathTests(SynchronousTestCase):
+    def test_a_dead_node_is_rereplicated_after_the_delay(self):
+        sim = SimCluster(4, seed=5, **SETTINGS)
+        sim.run(3)
+        written = load(sim, 200)
+        sim.crash("node4")
+        sim.disks["node4"] = (MemoryEngine(), MemoryEngine())  # and its disk is gone
+        sim.run(4)
+        table = sim.nodes["node1"].routing.table
+        self.assertIn("node4", table.nodes)  # not yet: it may come back
+        sim.run(40)
+        table = sim.nodes["node1"].routing.table
+        self.assertEqual(sorted(table.nodes), ["node1", "node2", "node3"])
+        self.assertEqual(placement_problems(sim, written, table), [])
+
+    def test_a_returning_node_with_an_empty_disk_is_filled_not_trusted(self):
+        sim = SimCluster(3, seed=9, **{**SETTINGS, "rereplicate_after": "600"})
+        sim.run(3)
+        written = load(sim, 100)
+        sim.crash("node3")
+        sim.disks["node3"] = (MemoryEngine(), MemoryEngine())
+        sim.run(5)
+        node3 = sim.start("node3")
+        sim.run(30)
+        for key, value in written.items():
+            self.assertEqual(node3.engine.get(key).value, value)
+            found = sim.result(node3.coordinator.get(key, r="one"))
+            self.assertEqual(found.value, value)
+
+
+class AntiEntropyTests(SynchronousTestCase):
+    def test_lost_records_come_back_and_agreeing_replicas_move_nothing(self):
+        sim = SimCluster(3, seed=2, **SETTINGS)
+        sim.run(3)
+        written = load(sim, 150)
+        sim.run(12)
+        moved = {h: dict(n.rebalance.counters) for h, n in sim.nodes.items()}
+        sim.run(12)  # two more rounds, nothing to repair
+        for host, node in sim.nodes.items():
+            self.assertEqual(node.rebalance.counters["keys_repaired"], moved[host].get("keys_repaired", 0))
+            self.assertGreaterEqual(node.rebalance.counters["anti_entropy_rounds"], 2)
+        node2 = sim.nodes["node2"]
+        lost = list(written)[:30]
+        for key in lost:
+            node2.engine.write(key, None)  # as if its disk lost them
+        sim.run(12)
+        for key in lost:
+            self.assertEqual(node2.engine.get(key).value, written[key])
+        self.assertGreaterEqual(sum(n.rebalance.counters["keys_repaired"] for n in sim.nodes.values()), 30)
+
+    def test_a_key_deleted_while_a_replica_was_down_stays_deleted(self):
+        sim = SimCluster(3, seed=4, **SETTINGS)
+        sim.run(3)
+        load(sim, 20)
+        sim.crash("node3")
+        sim.run(5)
+        for i in range(10):
+            sim.result(sim.nodes["node1"].coordinator.delete(b"key%04d" % i, w=2))
+        sim.start("node3")
+        sim.run(30)
+        for i in range(10):
+            for host in sim.nodes:
+                self.assertIsNone(sim.result(sim.nodes[host].coordinator.get(b"key%04d" % i, r="all")))
+            self.assertTrue(sim.nodes["node3"].engine.get(b"key%04d" % i).tombstone)
