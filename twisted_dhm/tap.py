@@ -63,6 +63,7 @@ def makeService(options: Options) -> IService:
 
     rng = random.Random(os.urandom(16))
     node = DhashmapNode(options.config, reactor=reactor, rng=rng)
+    node.after_drain = reactor.stop  # `dhm leave`: the process exits once its data is elsewhere
     tune_garbage_collector()
     return node
 

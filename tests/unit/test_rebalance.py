@@ -141,7 +141,8 @@ class JoinTests(SynchronousTestCase):
             for key, value in written.items():
                 found = sim.result(sim.nodes[host].coordinator.get(key))
                 self.assertEqual(found.value if found else None, value, (host, key))
-        moved = sum(1 for p in range(after.partitions) if set(before.preference_list(p)) != set(after.preference_list(p)))
+        moved = sum(1 for p in range(after.partitions)
+                    if set(before.preference_list(p)) != set(after.preference_list(p)))
         self.assertLess(moved, after.partitions)  # some partitions kept all their owners
         for node in sim.nodes.values():
             status = node.node_status()

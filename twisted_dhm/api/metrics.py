@@ -82,6 +82,48 @@ class _ClusterCollector(Collector):
         yield CounterMetricFamily("dhashmap_tombstones_reclaimed",
                                   "Tombstones and expired values purged after the grace period.",
                                   node.reaper.reclaimed)
+        rebalance = getattr(node, "rebalance", None)
+        if rebalance is not None:
+            yield from _rebalance_metrics(rebalance)
+
+
+def _rebalance_metrics(rebalance: Any) -> Iterator:
+    """Data movement and anti-entropy (docs/rebalancing.md)."""
+    yield GaugeMetricFamily("dhashmap_partitions_held", "Partitions this node has records for (owned or not).",
+                            len(rebalance.engine.index.held()))
+    yield GaugeMetricFamily("dhashmap_partitions_pulling",
+                            "Owned partitions still being pulled from other members.", len(rebalance.pulling))
+    transfers = GaugeMetricFamily("dhashmap_transfers_active", "Partition transfers in flight, by kind.",
+                                  labels=("kind",))
+    kinds = dict.fromkeys(("pull", "handoff", "drain", "repair"), 0)
+    for transfer in rebalance.transfers.values():
+        kinds[transfer.kind] = kinds.get(transfer.kind, 0) + 1
+    for kind, count in kinds.items():
+        transfers.add_metric((kind,), count)
+    yield transfers
+    yield GaugeMetricFamily("dhashmap_transfers_queued", "Partition transfers waiting their turn.",
+                            rebalance.queued)
+    counters = rebalance.counters
+    moved = CounterMetricFamily("dhashmap_transfer_keys", "Records copied by transfers and repairs, by direction.",
+                                labels=("direction",))
+    moved.add_metric(("received",), counters["keys_received"])
+    moved.add_metric(("sent",), counters["keys_sent"])
+    yield moved
+    moved_bytes = CounterMetricFamily("dhashmap_transfer_bytes", "Bytes copied by transfers and repairs, by direction.",
+                                      labels=("direction",), unit="bytes")
+    moved_bytes.add_metric(("received",), counters["bytes_received"])
+    moved_bytes.add_metric(("sent",), counters["bytes_sent"])
+    yield moved_bytes
+    yield CounterMetricFamily("dhashmap_handoff_keys_dropped",
+                              "Local records removed after every new owner acknowledged them.",
+                              counters["keys_handed_off"])
+    yield CounterMetricFamily("dhashmap_anti_entropy_rounds", "Anti-entropy rounds run by this node.",
+                              counters["anti_entropy_rounds"])
+    yield CounterMetricFamily("dhashmap_anti_entropy_keys_repaired",
+                              "Records anti-entropy stored on a replica that lacked them or had older ones.",
+                              counters["keys_repaired"])
+    yield GaugeMetricFamily("dhashmap_draining", "1 while this node hands its data over to leave the ring.",
+                            1 if rebalance.draining else 0)
 
 
 # Gossip counters from the SWIM core's stats: metric name suffix and help.

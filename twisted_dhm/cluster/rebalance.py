@@ -539,6 +539,11 @@ class Rebalancer(Service):
 
     # -- what operators see --------------------------------------------------------------------
 
+    @property
+    def queued(self) -> int:
+        """Transfers waiting for one of the ``concurrency`` slots."""
+        return len(self._queue)
+
     def status(self) -> dict:
         now = self.clock.seconds()
         index = self.engine.index
@@ -553,7 +558,7 @@ class Rebalancer(Service):
             "pulling_from": sorted({m for members in self.pulling.values() for m in members}),
             "draining": self.draining,
             "transfers": [t.to_json(now) for t in self.transfers.values()],
-            "transfers_queued": len(self._queue),
+            "transfers_queued": self.queued,
             "anti_entropy": {
                 "interval_seconds": self.anti_entropy_interval,
                 "rounds": self.counters["anti_entropy_rounds"],
