@@ -12,7 +12,7 @@ setup(
     # plain .pth entry, so twistd (which scans sys.path) finds twisted/plugins.
     package_dir={"": "."},
     packages=find_packages(include=["twisted_dhm", "twisted_dhm.*"]) + ["twisted.plugins"],
-    package_data={"twisted_dhm.api": ["openapi.json"]},
+    package_data={"twisted_dhm.api": ["openapi.json", "ui/*.html", "ui/*.js", "ui/*.css"]},
     install_requires=[
         # conch: the admin shell (--manhole) over SSH.
         "Twisted[tls,conch]>=24.7,<27",

@@ -6,7 +6,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_dhm.api.manhole import AuthorizedKeysFile, admin_namespace, telnet_factory, transfers_of
+from twisted_dhm.api.introspect import transfers_of
+from twisted_dhm.api.manhole import AuthorizedKeysFile, admin_namespace, telnet_factory
 from twisted_dhm.config import ConfigError, ManholeSpec, load_config
 from twisted_dhm.ring import partition_of
 from twisted_dhm.testing.simulation import SimCluster
@@ -132,10 +133,22 @@ class TransfersTests(SynchronousTestCase):
             def transfers(self):
                 return iter([{"partition": 3, "to": "node2"}])
 
-        class Node:
-            rebalance = Rebalancer()
+        class WithStatus:
+            transfers = {("pull", 1, "n2"): "internal"}
 
-        self.assertEqual(transfers_of(Node()), [{"partition": 3, "to": "node2"}])
+            def status(self):
+                return {"partitions_owned": 9, "transfers": [{"kind": "pull", "partition": 1}]}
+
+        class WithDict:
+            transfers = {("pull", 1, "n2"): "t1"}
+
+        def node(**parts):
+            return type("Node", (), parts)()
+
+        self.assertEqual(transfers_of(node(rebalance=Rebalancer())), [{"partition": 3, "to": "node2"}])
+        self.assertEqual(transfers_of(node(rebalance=WithStatus())), [{"kind": "pull", "partition": 1}])
+        self.assertEqual(transfers_of(node(rebalancer=WithDict())), ["t1"])
+        self.assertEqual(transfers_of(node(transfers=["a"])), ["a"])
 
 
 class AuthorizedKeysTests(SynchronousTestCase):

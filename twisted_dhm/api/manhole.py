@@ -14,7 +14,7 @@ and the plugin import-light.  The helpers in the namespace only read the node.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
@@ -24,13 +24,14 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, ServerFactory
 from twisted.logger import Logger
 
+from twisted_dhm.api.introspect import hints_summary, transfers_of
 from twisted_dhm.config import ManholeSpec
 from twisted_dhm.network import INetwork
 
 log = Logger(namespace="dhashmap.manhole")
 
 HOST_KEY_FILE = "manhole_host_key"
-#: Most hints ``hints()`` counts per node before it says "at least".
+#: Most hints ``hints()`` counts per node.
 HINT_COUNT_LIMIT = 100_000
 
 
@@ -73,13 +74,7 @@ def admin_namespace(node: Any) -> dict[str, Any]:
 
     def hints() -> dict[str, Any]:
         """Hinted writes held here, by the node each is for, and how many were handed over."""
-        from twisted_dhm.cluster.replica import HINT_SEPARATOR
-
-        handoff = node.handoff
-        store = handoff.replica.hints
-        by_target = {t: len(store.scan(t.encode() + HINT_SEPARATOR, None, HINT_COUNT_LIMIT))
-                     for t in handoff.targets()}
-        return {"queued": handoff.queued(), "by_target": by_target, "delivered": handoff.delivered}
+        return hints_summary(node, HINT_COUNT_LIMIT)
 
     def transfers() -> list[Any]:
         """Partition transfers in flight (rebalancing); empty when this node has no rebalancer."""
@@ -110,24 +105,6 @@ def admin_namespace(node: Any) -> dict[str, Any]:
         "members": members, "ring": ring, "where": where, "hints": hints,
         "transfers": transfers, "stats": stats,
     }
-
-
-def transfers_of(node: Any) -> list[Any]:
-    """Transfers from the node's rebalancing service, if it has one (``transfers`` or ``rebalance``).
-
-    Duck-typed: the service may offer ``transfers()`` or ``in_flight()``, or be a list itself.
-    """
-    for name in ("transfers", "rebalance", "rebalancer"):
-        source = getattr(node, name, None)
-        if source is None:
-            continue
-        for method in ("transfers", "in_flight"):
-            fn = getattr(source, method, None)
-            if callable(fn):
-                return list(fn())
-        if isinstance(source, Iterable) and not isinstance(source, str | bytes):
-            return list(source)
-    return []
 
 
 def telnet_factory(namespace: dict[str, Any]) -> Factory:

@@ -28,6 +28,7 @@ from twisted.web import http, server
 from twisted.web.resource import Resource
 from werkzeug.exceptions import Conflict, HTTPException, InternalServerError
 
+from twisted_dhm.api.dashboard import UIResource, is_ui_path
 from twisted_dhm.api.metrics import NodeMetrics
 from twisted_dhm.cluster.coordinator import ANY, NO_CONDITION, Coordinator, Page, Precondition, parse_level
 from twisted_dhm.errors import (
@@ -439,6 +440,18 @@ class RestAPI:
         request.setHeader(b"content-type", JSON_TYPE)
         return json.dumps({"status": "draining", "node": self.node_id}).encode()
 
+    @app.route("/v1/node/stats", methods=["GET"])
+    def node_stats(self, request: server.Request) -> bytes:
+        """This node's requests, storage, hints and transfers, for the dashboard (``/ui``)."""
+        from twisted_dhm.api.introspect import node_stats
+
+        request.setHeader(b"content-type", JSON_TYPE)
+        # The dashboard served by one member reads every member's numbers; they are not secret.
+        request.setHeader(b"access-control-allow-origin", b"*")
+        if self.cluster is None:
+            raise Conflict("no node to describe")
+        return json.dumps(node_stats(self.cluster, self.clock)).encode()
+
     @app.route("/v1/kv", methods=["GET"])
     def list_keys(self, request: server.Request) -> Deferred:
         started = self.clock.seconds()
@@ -479,18 +492,21 @@ class RestAPI:
 
 
 class RootResource(Resource):
-    """Sends ``/v1/kv/...`` to the hot-path resource and everything else to Klein."""
+    """Sends ``/v1/kv/...`` to the hot-path resource, ``/ui`` to the dashboard, the rest to Klein."""
 
     isLeaf = True
 
-    def __init__(self, kv: Resource, rest: Resource) -> None:
+    def __init__(self, kv: Resource, rest: Resource, ui: Resource | None = None) -> None:
         super().__init__()
         self._kv = kv
         self._rest = rest
+        self._ui = ui if ui is not None else UIResource()
 
     def render(self, request: server.Request) -> Any:
         if request.path.startswith(KV_PREFIX):
             return self._kv.render(request)
+        if is_ui_path(request.path):
+            return self._ui.render(request)
         return self._rest.render(request)
 
 

@@ -1,0 +1,119 @@
+"""Operating a live 3-node SWIM cluster: the dashboard in headless Chromium.
+
+One cluster (real twistd processes, LMDB on disk, gossip over UDP) serves every test of this
+module; the fixture always stops it.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from twisted_dhm.testing.process import NodeProcess, free_port, wait_for
+
+pytestmark = pytest.mark.integration
+
+IDS = ("node1", "node2", "node3")
+GOSSIP_TIMING = ("--gossip-probe-interval", "0.5", "--gossip-probe-timeout", "0.2", "--gossip-interval", "0.1")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    base = tmp_path_factory.mktemp("ops")
+    nodes = []
+    seed = None
+    try:
+        for node_id in IDS:
+            gossip_port = free_port()
+            seed = seed or gossip_port
+            node = NodeProcess(base / node_id / "data", node_id=node_id)
+            node.extra_args = ("--discovery", "swim", "--gossip-port", str(gossip_port),
+                               "--seed-nodes", f"127.0.0.1:{seed}", *GOSSIP_TIMING)
+            nodes.append(node)
+            node.start()
+        assert wait_for(lambda: all(n.member_states() == dict.fromkeys(IDS, "alive") for n in nodes)), \
+            [n.log() for n in nodes]
+        for i in range(20):  # some traffic, so request rates, latencies and storage have numbers
+            assert nodes[i % 3].request("PUT", f"/v1/kv/ops-{i}", b"v%d" % i)[0] in (201, 204)
+            assert nodes[(i + 1) % 3].request("GET", f"/v1/kv/ops-{i}")[0] == 200
+        yield nodes
+    finally:
+        for node in nodes:
+            node.kill()
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert path, "the dashboard test needs headless Chromium: apt-get install chromium (.ci/run does)"
+    return path
+
+
+def run_chromium(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess:
+    profile = tmp_path / "chromium-profile"
+    env = {**os.environ, "HOME": str(tmp_path)}
+    return subprocess.run(
+        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-dev-shm-usage", "--no-first-run", f"--user-data-dir={profile}",
+         "--virtual-time-budget=5000", *args, url],
+        capture_output=True, timeout=90, env=env)
+
+
+class DomRows(HTMLParser):
+    """The members table's rows and the ring's arcs, from Chromium's dump of the rendered DOM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.members: dict[str, str] = {}
+        self.arc_owners: set[str] = set()
+        self.request_ops: set[str] = set()
+        self.swatch_styles: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        a = dict(attrs)
+        if tag == "tr" and "data-member" in a:
+            self.members[a["data-member"]] = a.get("data-state", "")
+        if tag == "path" and a.get("data-owner"):
+            self.arc_owners.add(a["data-owner"])
+        if tag == "tr" and "data-op" in a:
+            self.request_ops.add(a["data-op"])
+        if tag == "span" and a.get("class") == "swatch":
+            self.swatch_styles.append(a.get("style") or "")
+
+
+def test_dashboard_renders_the_live_cluster(cluster, tmp_path):
+    node = cluster[0]
+    result = run_chromium(tmp_path, f"{node.url}/ui/", "--dump-dom")
+    dom = result.stdout.decode(errors="replace")
+    assert result.returncode == 0, result.stderr.decode(errors="replace")[-3000:]
+    rows = DomRows()
+    rows.feed(dom)
+    assert rows.members == dict.fromkeys(IDS, "alive"), dom[-3000:]
+    assert rows.arc_owners == set(IDS), "the ring is coloured by all three owners"
+    assert {"get", "put"} <= rows.request_ops
+    # Each member's colour, in the table and the legend (set through the CSSOM: the page's CSP has no inline styles).
+    assert len(rows.swatch_styles) == 6 and all("background" in s for s in rows.swatch_styles), rows.swatch_styles
+    assert re.search(r"<h1>dhashmap <span id=\"node-id\">— node1</span>", dom)
+    assert "cannot reach" not in dom
+
+
+def test_dashboard_screenshot(cluster, tmp_path):
+    shot = tmp_path / "dashboard.png"
+    result = run_chromium(tmp_path, f"{cluster[1].url}/ui/", f"--screenshot={shot}", "--window-size=1280,1100",
+                          "--hide-scrollbars")
+    assert result.returncode == 0, result.stderr.decode(errors="replace")[-3000:]
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+def test_node_stats_of_every_member_allow_cross_origin_reads(cluster):
+    for node in cluster:
+        status, headers, body = node.request("GET", "/v1/node/stats", headers={"Origin": "http://elsewhere"})
+        assert status == 200 and headers["access-control-allow-origin"] == "*"
+        stats = json.loads(body)
+        assert stats["node"] == node.node_id
+        assert stats["requests"]["put"]["count"] + stats["requests"]["get"]["count"] > 0
