@@ -28,7 +28,7 @@ import {
   UnavailableError,
   ValueTooLargeError,
 } from "./errors.js";
-import type { Member, Members, Ring } from "./routing.js";
+import { type Member, type Members, type Ring, Topology } from "./routing.js";
 
 export * from "./index.js";
 
@@ -97,6 +97,16 @@ export interface GrpcClientOptions {
   credentials?: grpc.ChannelCredentials;
   /** Extra grpc-js channel options (`grpc.keepalive_time_ms`, ...). */
   channelOptions?: grpc.ChannelOptions;
+  /**
+   * Send each key's get, put, delete and compareAndSwap straight to the gRPC port of
+   * the key's first live owner, from the partition table (Cluster.Ring and
+   * Cluster.Members). Default false: the target node coordinates every request.
+   */
+  smartRouting?: boolean;
+  /** With smart routing: fetch the table again when it is older than this, in ms. Default 30000. */
+  topologyMaxAgeMs?: number;
+  /** With smart routing: skip a node this long (ms) after it could not be reached. Default 5000. */
+  nodeDownMs?: number;
 }
 
 export type GrpcPutOptions = Omit<PutOptions, "sloppy">;
@@ -237,6 +247,32 @@ function decodeCursor(cursor: string): Buffer {
   return Buffer.from(cursor, "base64url");
 }
 
+function membersOf(response: MembersResponse): Members {
+  return {
+    node: response.node,
+    members: response.members.map((m): Member => ({
+      id: m.id,
+      state: m.state,
+      addresses: { host: m.host, peer: m.peer_port, rest: m.rest_port, gossip: m.gossip_port, grpc: m.grpc_port },
+      weight: m.weight,
+      version: m.version,
+      incarnation: Number(m.incarnation),
+    })),
+  };
+}
+
+function ringOf(response: RingResponse): Ring {
+  if (response.hash && response.hash !== "xxh64") {
+    throw new BadResponseError(`the cluster hashes keys with ${response.hash}; this client knows only xxh64`);
+  }
+  const table = response.table.map((p) => ({ partition: p.partition, owners: [...p.owners] }));
+  const nodes = [...new Set(table.flatMap((p) => p.owners))].sort();
+  return { partitions: response.partitions, replicas: response.replicas, hash: response.hash || "xxh64", nodes, table };
+}
+
+/** A routed call's stub and the gRPC target it talks to. */
+interface Routed { stub: Stub; target: string }
+
 /**
  * A client for one dhashmap node's gRPC API: `new GrpcClient("127.0.0.1:9090")`.
  * The node coordinates every request with the key's replicas, as over REST. One
@@ -246,10 +282,19 @@ export class GrpcClient {
   readonly target: string;
   readonly timeoutMs: number;
   readonly retries: number;
+  readonly smartRouting: boolean;
   private readonly backoffMs: number;
   private readonly maxBackoffMs: number;
   private readonly kv: Stub;
   private readonly cluster: Stub;
+  private readonly topologyMaxAgeMs: number;
+  private readonly nodeDownMs: number;
+  private readonly openNode: (target: string) => { kv: Stub; cluster: Stub };
+  /** Smart routing: the stubs of the other nodes, by gRPC target, opened on first use. */
+  private readonly nodes = new Map<string, { kv: Stub; cluster: Stub }>();
+  private readonly downUntil = new Map<string, number>();
+  private topology: Topology | undefined;
+  private refreshing: Promise<Topology | undefined> | undefined;
 
   constructor(target = "127.0.0.1:9090", options: GrpcClientOptions = {}) {
     if (typeof target !== "string" || target === "") throw new TypeError("a gRPC target (host:port) is needed");
@@ -266,20 +311,47 @@ export class GrpcClient {
       "grpc.max_send_message_length": -1,
       ...options.channelOptions,
     };
-    this.kv = new services.KV(this.target, credentials, channelOptions) as unknown as Stub;
-    this.cluster = new services.Cluster(this.target, credentials, { ...channelOptions, channelOverride: this.kv.getChannel() }) as unknown as Stub;
+    this.openNode = (target: string) => {
+      const kv = new services.KV(target, credentials, channelOptions) as unknown as Stub;
+      const cluster = new services.Cluster(target, credentials, { ...channelOptions, channelOverride: kv.getChannel() }) as unknown as Stub;
+      return { kv, cluster };
+    };
+    ({ kv: this.kv, cluster: this.cluster } = this.openNode(this.target));
+    this.nodes.set(this.target, { kv: this.kv, cluster: this.cluster });
+    this.smartRouting = options.smartRouting ?? false;
+    this.topologyMaxAgeMs = positive(options.topologyMaxAgeMs, 30_000, "topologyMaxAgeMs");
+    this.nodeDownMs = positive(options.nodeDownMs, 5000, "nodeDownMs", true);
   }
 
-  /** Close the channel; calls in flight fail with `ConnectionError` (CANCELLED). */
+  /** Close the channels (the other nodes' too, with smart routing); calls in flight fail with `ConnectionError` (CANCELLED). */
   close(): void {
-    this.kv.close();
+    for (const node of this.nodes.values()) node.kv.close();
+    this.nodes.clear();
+    this.nodes.set(this.target, { kv: this.kv, cluster: this.cluster });
+  }
+
+  /**
+   * Where smart routing sends `key`: its partition, its preference list and the gRPC
+   * target chosen now. Fetches the partition table if needed. For debugging and tests.
+   */
+  async route(k: BytesLike): Promise<{ partition: number; owners: string[]; target: string }> {
+    const bytes = key(k);
+    const topology = await this.currentTopology(true);
+    if (topology === undefined) throw new BadResponseError("no partition table could be fetched");
+    return { partition: topology.partition(bytes), owners: topology.ownersOf(bytes), target: this.targetFor(bytes, topology) };
+  }
+
+  /** Forget the partition table; the next routed request fetches it again. */
+  invalidateTopology(): void {
+    this.topology = undefined;
   }
 
   // -- key operations -------------------------------------------------------------------
 
   /** The live value of `key` and its version; `NotFoundError` when there is none. */
   async get(k: BytesLike, options: GetOptions = {}): Promise<Value> {
-    const response = await this.unary<GetResponse>(this.kv, "Get", { key: key(k), r: quorum(options.r, "r") }, true);
+    const bytes = key(k);
+    const response = await this.keyed<GetResponse>(bytes, "Get", { key: bytes, r: quorum(options.r, "r") }, true);
     return { value: bytesOut(response.value), version: version(response, "Get") };
   }
 
@@ -307,13 +379,14 @@ export class GrpcClient {
       return this.compareAndSwap(k, options.ifMatch ?? null, value, { ttlSeconds: options.ttlSeconds, w: options.w });
     }
     const request = { key: key(k), value: key(value, "value"), ttl_seconds: ttl(options.ttlSeconds), w: quorum(options.w, "w") };
-    return version(await this.unary<VersionResponse>(this.kv, "Put", request, false), "Put");
+    return version(await this.keyed<VersionResponse>(request.key, "Put", request, false), "Put");
   }
 
   /** Delete `key`; deleting an absent key succeeds. With `ifMatch`, only if the value still has that version. */
   async delete(k: BytesLike, options: GrpcDeleteOptions = {}): Promise<void> {
     const ifMatch = options.ifMatch === undefined ? "" : bareVersion(options.ifMatch, "ifMatch");
-    await this.unary(this.kv, "Delete", { key: key(k), if_match: ifMatch, w: quorum(options.w, "w") }, ifMatch === "");
+    const bytes = key(k);
+    await this.keyed(bytes, "Delete", { key: bytes, if_match: ifMatch, w: quorum(options.w, "w") }, ifMatch === "");
   }
 
   /**
@@ -330,7 +403,7 @@ export class GrpcClient {
       ttl_seconds: ttl(options.ttlSeconds),
       w: quorum(options.w, "w"),
     };
-    return version(await this.unary<VersionResponse>(this.kv, "CompareAndSwap", request, false), "CompareAndSwap");
+    return version(await this.keyed<VersionResponse>(request.key, "CompareAndSwap", request, false), "CompareAndSwap");
   }
 
   // -- batches ---------------------------------------------------------------------------
@@ -447,29 +520,12 @@ export class GrpcClient {
 
   /** Cluster.Members, in the shape of the REST `members()` (with `addresses.grpc` too). */
   async members(): Promise<Members> {
-    const response = await this.unary<MembersResponse>(this.cluster, "Members", {}, true);
-    return {
-      node: response.node,
-      members: response.members.map((m): Member => ({
-        id: m.id,
-        state: m.state,
-        addresses: { host: m.host, peer: m.peer_port, rest: m.rest_port, gossip: m.gossip_port, grpc: m.grpc_port },
-        weight: m.weight,
-        version: m.version,
-        incarnation: Number(m.incarnation),
-      })),
-    };
+    return membersOf(await this.unary<MembersResponse>(this.cluster, "Members", {}, true));
   }
 
   /** Cluster.Ring, in the shape of the REST `ring()`; `nodes` is every owner named in the table, sorted. */
   async ring(): Promise<Ring> {
-    const response = await this.unary<RingResponse>(this.cluster, "Ring", {}, true);
-    if (response.hash && response.hash !== "xxh64") {
-      throw new BadResponseError(`the cluster hashes keys with ${response.hash}; this client knows only xxh64`);
-    }
-    const table = response.table.map((p) => ({ partition: p.partition, owners: [...p.owners] }));
-    const nodes = [...new Set(table.flatMap((p) => p.owners))].sort();
-    return { partitions: response.partitions, replicas: response.replicas, hash: response.hash || "xxh64", nodes, table };
+    return ringOf(await this.unary<RingResponse>(this.cluster, "Ring", {}, true));
   }
 
   // -- calls ----------------------------------------------------------------------------
@@ -488,12 +544,17 @@ export class GrpcClient {
    * after UNAVAILABLE (the node's, or no connection); a connection that could not
    * be made is retried for any call. DEADLINE_EXCEEDED is never retried.
    */
-  private async unary<T>(stub: Stub, method: string, request: object, idempotent: boolean): Promise<T> {
+  private async unary<T>(stub: Stub | (() => Promise<Routed>), method: string, request: object,
+                         idempotent: boolean): Promise<T> {
     for (let attempt = 0; ; attempt++) {
+      const routed = typeof stub === "function" ? await stub() : undefined;
       try {
-        return await this.call<T>(stub, method, request);
+        return await this.call<T>(routed?.stub ?? (stub as Stub), method, request);
       } catch (raw) {
         const error = fromServiceError(raw, method);
+        if (routed !== undefined && error instanceof ConnectionError && error.code !== "cancelled") {
+          this.nodeFailed(routed.target);
+        }
         const retryable = (error instanceof ConnectionError && error.connectFailed)
           || (idempotent && (error instanceof UnavailableError || error instanceof ConnectionError) && error.code !== "cancelled");
         if (!retryable || attempt >= this.retries) throw error;
@@ -501,5 +562,86 @@ export class GrpcClient {
         await sleep(step / 2 + Math.random() * (step / 2));
       }
     }
+  }
+
+  // -- smart routing ----------------------------------------------------------------------
+
+  /** A keyed call: to the key's first live owner with smart routing (chosen again on each try), else to the target. */
+  private keyed<T>(k: Uint8Array, method: string, request: object, idempotent: boolean): Promise<T> {
+    if (!this.smartRouting) return this.unary<T>(this.kv, method, request, idempotent);
+    return this.unary<T>(async () => {
+      const target = this.targetFor(k, await this.currentTopology(false));
+      return { stub: this.node(target).kv, target };
+    }, method, request, idempotent);
+  }
+
+  private node(target: string): { kv: Stub; cluster: Stub } {
+    let node = this.nodes.get(target);
+    if (node === undefined) {
+      node = this.openNode(target);
+      this.nodes.set(target, node);
+    }
+    return node;
+  }
+
+  private isDown(target: string, now: number): boolean {
+    const until = this.downUntil.get(target);
+    if (until === undefined) return false;
+    if (until <= now) {
+      this.downUntil.delete(target);
+      return false;
+    }
+    return true;
+  }
+
+  private targetFor(k: Uint8Array, topology: Topology | undefined): string {
+    if (topology !== undefined) {
+      const now = Date.now();
+      const owner = topology.liveOwnerUrls(k).find((target) => !this.isDown(target, now));
+      if (owner !== undefined) return owner;
+    }
+    return this.target;
+  }
+
+  /** A routed node could not be reached: skip it for a while and fetch the table again. */
+  private nodeFailed(target: string): void {
+    if (this.nodeDownMs > 0 && target !== this.target) this.downUntil.set(target, Date.now() + this.nodeDownMs);
+    this.refreshTopology().catch(() => undefined);
+  }
+
+  private async currentTopology(wait: boolean): Promise<Topology | undefined> {
+    const topology = this.topology;
+    if (topology !== undefined && Date.now() - topology.fetchedAt < this.topologyMaxAgeMs) return topology;
+    const refresh = this.refreshTopology();
+    // With a table in hand, use it while a newer one is fetched.
+    return topology !== undefined && !wait ? topology : refresh;
+  }
+
+  /** Ring and members over gRPC from the target, else from another live member; one refresh at a time. */
+  private refreshTopology(): Promise<Topology | undefined> {
+    this.refreshing ??= (async () => {
+      try {
+        const candidates = [this.target];
+        for (const target of this.topology?.addresses() ?? []) {
+          if (!candidates.includes(target)) candidates.push(target);
+        }
+        for (const target of candidates) {
+          if (target !== this.target && this.isDown(target, Date.now())) continue;
+          try {
+            const node = this.node(target);
+            const [ring, members] = await Promise.all([
+              this.call<RingResponse>(node.cluster, "Ring", {}), this.call<MembersResponse>(node.cluster, "Members", {})]);
+            this.topology = new Topology(ringOf(ring), membersOf(members), new URL(`grpc://${this.target}`), Date.now(), "grpc");
+            return this.topology;
+          } catch (error) {
+            if (error instanceof Error && !("code" in error)) throw error;
+          }
+        }
+        return this.topology; // none answered: keep what we had (possibly nothing)
+      } finally {
+        this.refreshing = undefined;
+      }
+    })();
+    return this.refreshing;
   }
 }

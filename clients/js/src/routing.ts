@@ -61,6 +61,12 @@ export function parseRing(doc: unknown): Ring {
 
 const ROUTABLE = new Set(["alive", "suspect"]);
 
+/**
+ * Which port a topology addresses members by: `rest` gives base URLs
+ * (`http://host:rest`, the seed's scheme), `grpc` gives `host:grpc` targets.
+ */
+export type RouteTransport = "rest" | "grpc";
+
 /** One snapshot of the cluster's layout, built from a ring and a member list. */
 export class Topology {
   readonly partitions: number;
@@ -68,7 +74,8 @@ export class Topology {
   private readonly urls = new Map<string, string>();
   private readonly routable = new Set<string>();
 
-  constructor(ring: Ring, members: Members, seedUrl: URL, readonly fetchedAt: number) {
+  constructor(ring: Ring, members: Members, seedUrl: URL, readonly fetchedAt: number,
+              readonly transport: RouteTransport = "rest") {
     this.partitions = ring.partitions;
     this.owners = Array.from({ length: ring.partitions }, () => [] as string[]);
     for (const row of ring.table) {
@@ -77,13 +84,13 @@ export class Topology {
       }
     }
     for (const m of members.members) {
-      const rest = m.addresses?.rest;
-      if (typeof rest !== "number" || rest <= 0) continue;
+      const port = m.addresses?.[transport];
+      if (typeof port !== "number" || port <= 0) continue;
       let host = m.addresses.host;
       // A node bound to every interface that advertises no address: reach it the way the seed was reached.
       if (!host || host === "0.0.0.0" || host === "::") host = seedUrl.hostname;
       else if (host.includes(":") && !host.startsWith("[")) host = `[${host}]`;
-      this.urls.set(m.id, `${seedUrl.protocol}//${host}:${rest}`);
+      this.urls.set(m.id, transport === "rest" ? `${seedUrl.protocol}//${host}:${port}` : `${host}:${port}`);
       if (ROUTABLE.has(m.state)) this.routable.add(m.id);
     }
   }
@@ -98,7 +105,10 @@ export class Topology {
     return [...(this.owners[this.partition(key)] ?? [])];
   }
 
-  /** REST base URLs of the key's owners that are alive (or suspect) and have a REST port, in preference order. */
+  /**
+   * Addresses of the key's owners that are alive (or suspect) and have the port, in
+   * preference order: REST base URLs, or `host:port` gRPC targets.
+   */
   liveOwnerUrls(key: Uint8Array): string[] {
     const out: string[] = [];
     for (const id of this.owners[this.partition(key)] ?? []) {
@@ -110,5 +120,10 @@ export class Topology {
 
   urlOf(nodeId: string): string | undefined {
     return this.urls.get(nodeId);
+  }
+
+  /** The addresses of the members that are alive (or suspect). */
+  addresses(): string[] {
+    return [...this.routable].map((id) => this.urls.get(id)!);
   }
 }

@@ -164,3 +164,31 @@ describe("cluster over gRPC", () => {
     assert.deepEqual(ring.nodes, [...restRing.nodes].sort());
   });
 });
+
+describe("smart routing over gRPC", () => {
+  test("each keyed call is sent to the gRPC port of the key's first owner, with the answers of an unrouted client", async () => {
+    const smart = new GrpcClient(`127.0.0.1:${cluster.nodes[1]!.grpcPort}`, { smartRouting: true, timeoutMs: 10_000 });
+    try {
+      const ring = await rest.ring();
+      const portOf = new Map(cluster.nodes.map((n) => [n.id, n.grpcPort]));
+      const targets = new Set<string>();
+      for (let i = 0; i < 30; i++) {
+        const key = `grpc-smart/${i}`;
+        const route = await smart.route(key);
+        const first = ring.table.find((p) => p.partition === route.partition)!.owners[0]!;
+        assert.deepEqual(route.owners, ring.table.find((p) => p.partition === route.partition)!.owners);
+        assert.equal(route.target, `127.0.0.1:${portOf.get(first)}`, key);
+        targets.add(route.target);
+        const version = await smart.put(key, `v${i}`);
+        const viaPlain = await client.get(key);
+        assert.equal(viaPlain.version, version);
+        assert.equal(toText((await smart.get(key)).value), `v${i}`);
+        await smart.delete(key);
+        await assert.rejects(client.get(key), NotFoundError);
+      }
+      assert.equal(targets.size, 3, "30 keys should spread over the three nodes");
+    } finally {
+      smart.close();
+    }
+  });
+});
