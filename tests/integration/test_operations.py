@@ -117,3 +117,53 @@ def test_node_stats_of_every_member_allow_cross_origin_reads(cluster):
         stats = json.loads(body)
         assert stats["node"] == node.node_id
         assert stats["requests"]["put"]["count"] + stats["requests"]["get"]["count"] > 0
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    assert path, "the metrics test needs promtool: apt-get install prometheus (.ci/run does)"
+    return path
+
+
+def scrape(node: NodeProcess) -> str:
+    status, headers, body = node.request("GET", "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
+    return body.decode()
+
+
+def sample_names(exposition: str) -> set[str]:
+    return {re.split(r"[{ ]", line, maxsplit=1)[0] for line in exposition.splitlines() if line and line[0] != "#"}
+
+
+def test_metrics_pass_promtool(cluster):
+    for node in cluster:
+        text = scrape(node)
+        result = subprocess.run([promtool(), "check", "metrics"], input=text.encode(), capture_output=True,
+                                timeout=60)
+        assert (result.returncode, result.stdout + result.stderr) == (0, b""), (node.node_id, result)
+        names = sample_names(text)
+        assert {"dhashmap_requests_total", "dhashmap_request_duration_seconds_bucket", "dhashmap_storage_keys",
+                "dhashmap_storage_commits_total", "dhashmap_members", "dhashmap_gossip_probes_total",
+                "dhashmap_hints_queued", "process_cpu_seconds_total"} <= names, names
+        assert 'dhashmap_members{state="alive"} 3.0' in text
+    # The fixture's writes were counted where they arrived.
+    assert any(re.search(r'dhashmap_requests_total\{code="20[14]",op="put"\} [1-9]', scrape(n)) for n in cluster)
+
+
+GRAFANA = Path(__file__).parents[2] / "docs" / "grafana" / "dhashmap.json"
+
+
+def test_grafana_dashboard_uses_only_metrics_the_nodes_export(cluster):
+    dashboard = json.loads(GRAFANA.read_text())
+    assert dashboard["title"] and dashboard["uid"]
+    queries = []
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            continue
+        assert panel["targets"] and panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        queries += [target["expr"] for target in panel["targets"]]
+    queries += [v["definition"] for v in dashboard["templating"]["list"] if v.get("definition")]
+    referenced = set(re.findall(r"\b(?:dhashmap|process)_[a-z0-9_]+", " ".join(queries)))
+    assert len(referenced) > 20
+    exported = set().union(*(sample_names(scrape(node)) for node in cluster))
+    assert referenced - exported == set(), "the dashboard queries metrics no node exports"
