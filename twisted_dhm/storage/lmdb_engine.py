@@ -28,6 +28,7 @@ from zope.interface import implementer
 
 from twisted_dhm.storage import lmdb_writer
 from twisted_dhm.storage.interface import (
+    CorruptRecord,
     IStorageEngine,
     Record,
     ScanEntry,
@@ -254,7 +255,11 @@ class LMDBEngine:
                     continue
                 if not key.startswith(prefix) or len(out) >= limit:
                     break
-                out.append(peek_entry(key, value))
+                try:
+                    out.append(peek_entry(key, value))
+                except CorruptRecord as e:
+                    # Skipped, as if absent: a replica's copy will replace it (anti-entropy, read repair).
+                    self.log.warn("record for {key!r} is corrupt: {e}", key=key, e=e)
         return out
 
     def stats(self) -> StorageStats:

@@ -335,9 +335,14 @@ def cmd_status(ctx: Context) -> int:
         members = None
         members_error = str(e)
     is_ready = ready_status == 200
+    try:
+        _, cluster, _ = raw.get_json("/v1/cluster/status")
+        nodes = cluster.get("nodes", [])
+    except DhashmapError:
+        nodes = None  # a node without data movement (older), or it could not ask the others
     if ctx.json:
         ctx.out_json({"node": health.get("node"), "url": ctx.node, "ready": is_ready, "readiness": ready,
-                      "health": health, "members": members})
+                      "health": health, "members": members, "nodes": nodes})
     else:
         state = ready.get("status", "ready" if is_ready else "not_ready")
         problems = ready.get("problems") or []
@@ -349,7 +354,57 @@ def cmd_status(ctx: Context) -> int:
         else:
             lines.append(("members", f"unknown: {members_error}"))
         ctx.out("".join(f"{name:<8} {text}\n" for name, text in lines))
+        if nodes:
+            ctx.out("\n" + format_table(
+                ["NODE", "STATE", "OWNED", "HELD", "PULLING", "TRANSFERS", "HINTS", "ANTI-ENTROPY", "REPAIRED"],
+                [node_row(n) for n in nodes]))
     return EXIT_OK if is_ready else EXIT_UNAVAILABLE
+
+
+def node_row(node: dict[str, Any]) -> list[Any]:
+    """One line of ``dhm status``'s per-node table, from /v1/cluster/status."""
+    if "partitions_owned" not in node:
+        return [node.get("node"), node.get("state") or f"error: {node.get('error')}", "", "", "", "", "", "", ""]
+    transfers = node.get("transfers", [])
+    moving = ""
+    if transfers:
+        done = sum(t.get("keys_done", 0) for t in transfers)
+        total = sum(t.get("keys_total", 0) for t in transfers)
+        etas = [t["eta_seconds"] for t in transfers if t.get("eta_seconds") is not None]
+        moving = f"{len(transfers)} ({done}/{total} keys" + (f", eta {max(etas):.0f}s)" if etas else ")")
+    if node.get("transfers_queued"):
+        moving += f" +{node['transfers_queued']} queued"
+    ae = node.get("anti_entropy", {})
+    last = ae.get("last_round")
+    last_text = f"{last['seconds_ago']:.0f}s ago, {last['partitions_differing']} differed" if last else "not yet"
+    return [node.get("node"), node.get("state"), node.get("partitions_owned"), node.get("partitions_held"),
+            node.get("partitions_pulling"), moving or "-", node.get("hints_queued"), last_text,
+            ae.get("keys_repaired", 0)]
+
+
+def cmd_leave(ctx: Context) -> int:
+    raw = ctx.raw()
+    response = raw.request("POST", "/v1/cluster/leave")
+    if response.status != 202:
+        raise error_from_response(response.status, response.data)
+    node = json.loads(response.data).get("node")
+    if ctx.json:
+        ctx.out_json({"node": node, "status": "draining"})
+    else:
+        ctx.err(f"{node} is draining: it hands its partitions to their next owners, leaves the ring, then exits")
+    if not ctx.args.wait:
+        return EXIT_OK
+    deadline = time.monotonic() + ctx.args.wait
+    while time.monotonic() < deadline:
+        try:
+            raw.get_json("/health")
+        except TransportError:
+            if not ctx.json:
+                ctx.err(f"{node} has left")
+            return EXIT_OK
+        time.sleep(0.5)
+    ctx.err(f"dhm: {node} is still draining after {ctx.args.wait:g}s")
+    return EXIT_UNAVAILABLE
 
 
 def bounded_map(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterable[Any],
@@ -546,6 +601,11 @@ examples:
   dhm status --json
   until dhm status >/dev/null 2>&1; do sleep 1; done   # wait until ready
 """,
+    "leave": """\
+examples:
+  dhm --node http://10.0.0.3:8080 leave             # start the drain; the node exits when done
+  dhm --node http://10.0.0.3:8080 leave --wait 600  # and wait for it to be gone
+""",
     "load": """\
 examples:
   dhm load data.jsonl
@@ -605,7 +665,7 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
         prog="dhm", formatter_class=formatter,
         description="The command line of dhashmap, a Dynamo-style distributed key-value store.",
         epilog="commands (dhm COMMAND -h for each one's options and examples):\n"
-               "  get, put, delete, cas, list, members, ring, status, load, dump\n\n" + EXIT_CODES_HELP
+               "  get, put, delete, cas, list, members, ring, status, leave, load, dump\n\n" + EXIT_CODES_HELP
                + "\nexamples:\n  dhm put greeting hello && dhm get greeting\n"
                  "  DHM_NODE=http://10.0.0.2:8080 dhm status\n",
     )
@@ -656,7 +716,11 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     p = command("members", cmd_members, "the cluster's members as this node sees them")
     p = command("ring", cmd_ring, "the partition table: how many partitions each node owns")
     p.add_argument("--partitions", action="store_true", help="also list the owners of every partition")
-    command("status", cmd_status, "the node's health and readiness and its members by state; exit 4 if not ready")
+    command("status", cmd_status, "the node's health, readiness, members by state, and each node's partitions, "
+            "transfers, hints and anti-entropy; exit 4 if not ready")
+    p = command("leave", cmd_leave, "drain the node: its partitions go to their next owners, then it exits")
+    p.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                   help="wait until the node has left (exit 4 if it has not after SECONDS)")
 
     p = command("load", cmd_load, "write the keys of a JSON lines file (- : stdin), concurrently")
     p.add_argument("file", metavar="FILE")

@@ -206,6 +206,34 @@ def test_members_ring_status_human_and_json(url: str, node: NodeProcess) -> None
     assert f"node     {node.node_id} ({url})" in text and "ready    ready" in text and "members  1 (1 alive)" in text
     doc = run(url, "status", "--json").json()
     assert doc["ready"] is True and doc["members"] == {"total": 1, "by_state": {"alive": 1}}
+    (mine,) = doc["nodes"]
+    assert mine["node"] == node.node_id and mine["partitions_owned"] == ring_json["partitions"]
+    table = text.splitlines()[text.splitlines().index("") + 1:]
+    assert table[0].split()[:5] == ["NODE", "STATE", "OWNED", "HELD", "PULLING"]
+    assert table[1].split()[:3] == [node.node_id, "ready", str(ring_json["partitions"])]
+
+
+def test_leave_drains_a_node_which_then_exits(tmp_path: Path) -> None:
+    staying = NodeProcess(tmp_path / "a" / "data", node_id="stays")
+    leaving = NodeProcess(tmp_path / "b" / "data", node_id="leaves")
+    seeds = f"127.0.0.1:{staying.peer_port},127.0.0.1:{leaving.peer_port}"
+    staying.extra_args = leaving.extra_args = ("--seed-nodes", seeds, "--request-timeout", "1")
+    try:
+        staying.start()
+        leaving.start()
+        for i in range(50):
+            assert run(leaving.url, "put", f"k{i}", f"v{i}").code == 0
+        done = run(leaving.url, "leave", "--wait", "60")
+        assert done.code == 0, done.err
+        assert "leaves is draining" in done.err and "leaves has left" in done.err
+        assert leaving.proc.wait(timeout=10) == 0
+        assert staying.member_states()["leaves"] == "left"
+        for i in range(50):
+            got = run(staying.url, "get", f"k{i}")
+            assert (got.code, got.out) == (0, f"v{i}".encode())
+    finally:
+        leaving.kill()
+        staying.kill()
 
 
 def test_installed_entry_point_members_and_status(url: str, node: NodeProcess) -> None:
