@@ -310,6 +310,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Storage engine: lmdb (durable, on disk) or memory (lost on exit).", "ENGINE"),
     Setting("log_format", "LOG_FORMAT", _choice("text", "json"), "text",
             "Log format on standard output: text, or json (one object per line).", "FORMAT"),
+    Setting("access_log", "ACCESS_LOG", _bool, False,
+            "Log every HTTP request (method, path, status, bytes, duration, request id) under dhashmap.access. "
+            "Off by default: a log line costs more than a GET.", "BOOL"),
     Setting("discovery", "DISCOVERY_MODE", _choice("static", "swim", "etcd", "consul"), "static",
             "How members find each other: static (the --seed-nodes list, health checks over the native "
             "protocol), swim (gossip on --gossip-port; --seed-nodes are gossip addresses), etcd "
@@ -449,6 +452,7 @@ class Config:
     data_dir: str
     storage: str
     log_format: str
+    access_log: bool
     discovery: str
     cluster: str
     grpc_port: int

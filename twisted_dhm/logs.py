@@ -34,7 +34,7 @@ def event_as_json_line(event: dict[str, Any], node_id: str) -> str:
         "subsystem": event.get("log_namespace", ""),
         "message": formatEvent(event),
     }
-    if "request_id" in event:
+    if event.get("request_id") is not None:
         record["request_id"] = event["request_id"]
     failure = event.get("log_failure")
     if failure is not None:

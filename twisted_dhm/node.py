@@ -197,7 +197,7 @@ class DhashmapNode(MultiService):
         limits = Limits(config.max_key_size, config.max_value_size)
         self.site = build_site(
             self.coordinator, self.metrics, reactor, limits, config.http_idle_timeout,
-            config.node_id, is_ready=self.is_ready, cluster=self,
+            config.node_id, is_ready=self.is_ready, cluster=self, access_log=config.access_log,
         )
         self.rest = ListenService("rest", self.network, config.bind, config.port, self.site)
         self.rest.setServiceParent(self)

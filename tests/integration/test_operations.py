@@ -1,4 +1,5 @@
-"""Operating a live 3-node SWIM cluster: the dashboard in headless Chromium.
+"""Operating a live 3-node SWIM cluster: the dashboard in headless Chromium, /metrics through
+promtool and the Grafana dashboard, JSON logs with request ids.
 
 One cluster (real twistd processes, LMDB on disk, gossip over UDP) serves every test of this
 module; the fixture always stops it.
@@ -33,7 +34,8 @@ def cluster(tmp_path_factory):
             seed = seed or gossip_port
             node = NodeProcess(base / node_id / "data", node_id=node_id)
             node.extra_args = ("--discovery", "swim", "--gossip-port", str(gossip_port),
-                               "--seed-nodes", f"127.0.0.1:{seed}", *GOSSIP_TIMING)
+                               "--seed-nodes", f"127.0.0.1:{seed}", *GOSSIP_TIMING,
+                               "--log-format", "json", "--access-log", "true")
             nodes.append(node)
             node.start()
         assert wait_for(lambda: all(n.member_states() == dict.fromkeys(IDS, "alive") for n in nodes)), \
@@ -167,3 +169,30 @@ def test_grafana_dashboard_uses_only_metrics_the_nodes_export(cluster):
     assert len(referenced) > 20
     exported = set().union(*(sample_names(scrape(node)) for node in cluster))
     assert referenced - exported == set(), "the dashboard queries metrics no node exports"
+
+
+def log_records(node: NodeProcess) -> list[dict]:
+    """Every line of the node's output, each of which must be one JSON object."""
+    return [json.loads(line) for line in node.log_path.read_text().splitlines() if line.strip()]
+
+
+def test_json_logs_carry_node_subsystem_and_request_id(cluster):
+    node = cluster[0]
+    status, headers, _ = node.request("GET", "/v1/kv/ops-1", headers={"X-Request-Id": "walkthrough-1"})
+    assert status == 200 and headers["x-request-id"] == "walkthrough-1"
+    status, headers, _ = node.request("GET", "/v1/kv/ops-2")
+    made_up = headers["x-request-id"]
+    assert made_up.startswith("node1-")
+
+    def ours():
+        return [r for r in log_records(node) if r.get("request_id") in ("walkthrough-1", made_up)]
+
+    assert wait_for(lambda: len(ours()) == 2, deadline=10), node.log()
+    passed, generated = sorted(ours(), key=lambda r: r["request_id"] != "walkthrough-1")
+    assert passed["subsystem"] == "dhashmap.access" and "GET /v1/kv/ops-1 200" in passed["message"]
+    assert generated["subsystem"] == "dhashmap.access" and "GET /v1/kv/ops-2 200" in generated["message"]
+    for n in cluster:
+        records = log_records(n)
+        assert records and all(r["node"] == n.node_id for r in records)
+        assert all(r["time"] and r["level"] in ("debug", "info", "warn", "error", "critical") for r in records)
+        assert {"dhashmap.node", "dhashmap.access"} <= {r["subsystem"] for r in records}

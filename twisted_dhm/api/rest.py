@@ -44,6 +44,7 @@ from twisted_dhm.storage import Record, StorageError, StorageFull
 from twisted_dhm.versions import parse_entity_tags, versions_from_tags
 
 log = Logger(namespace="dhashmap.rest")
+access_log = Logger(namespace="dhashmap.access")
 
 KV_PREFIX = b"/v1/kv/"
 OCTET_STREAM = b"application/octet-stream"
@@ -53,6 +54,8 @@ MAX_LIST_LIMIT = 10000
 DEFAULT_LIST_LIMIT = 1000
 
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+# A client's X-Request-Id is passed through (and logged) only if it looks like an id.
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
 
 _STATUS_OF_ERROR: dict[type, int] = {
     InvalidRequest: 400,
@@ -232,7 +235,8 @@ class KVResource(Resource):
         if isinstance(failure.value, Unavailable):
             extra = {"acks": failure.value.acks, "required": failure.value.required}
         elif code >= 500:
-            log.failure("{method} {uri} failed", failure, method=request.method, uri=request.uri)
+            log.failure("{method} {uri} failed", failure, method=request.method, uri=request.uri,
+                        request_id=getattr(request, "request_id", None))
         finish(request, code, error_body(name, message, **extra), JSON_TYPE)
 
     def _get(self, request: server.Request, key: bytes) -> Deferred:
@@ -310,7 +314,8 @@ class RestAPI:
 
     @app.handle_errors(Exception)
     def _unexpected(self, request: server.Request, failure: Failure) -> bytes:
-        log.failure("{method} {uri} failed", failure, method=request.method, uri=request.uri)
+        log.failure("{method} {uri} failed", failure, method=request.method, uri=request.uri,
+                    request_id=getattr(request, "request_id", None))
         request.setResponseCode(500)
         request.setHeader(b"content-type", JSON_TYPE)
         return error_body("internal", "the server failed to handle this request; see its log")
@@ -525,6 +530,8 @@ class DhashmapRequest(server.Request):
 
     _refused = False
     _received = 0
+    request_id: str | None = None
+    started = 0.0
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > self.channel.site.max_body_size:
@@ -553,6 +560,8 @@ class DhashmapRequest(server.Request):
         header is formatted once per second rather than per request.
         """
         site = self.site = self.channel.site
+        if site.access_log or self.requestHeaders.hasHeader(b"x-request-id"):
+            self._identify(site)
         if not self.path.startswith(KV_PREFIX) or site.kv_resource is None:
             super().process()
             return
@@ -564,6 +573,19 @@ class DhashmapRequest(server.Request):
             self.render(site.kv_resource)
         except BaseException:
             self.processingFailed(Failure())
+
+    def _identify(self, site: DhashmapSite) -> None:
+        """The request's id: the client's ``X-Request-Id`` if it is one, else (access log on) a new one."""
+        given = self.requestHeaders.getRawHeaders(b"x-request-id")
+        if given and _REQUEST_ID.fullmatch(given[0]):
+            rid = given[0]
+        elif site.access_log:
+            rid = site.next_request_id()
+        else:
+            return
+        self.request_id = rid.decode("ascii")
+        self.started = site.reactor.seconds()
+        self.setHeader(b"x-request-id", rid)
 
     def _refuse(self, size: int) -> None:
         """Answer 413 at once and close, so the client does not upload the rest."""
@@ -655,8 +677,13 @@ class DhashmapSite(server.Site):
     displayTracebacks = False
 
     def __init__(self, resource: Resource, reactor: IReactorTime, limits: Limits,
-                 idle_timeout: float, kv_resource: Resource | None = None) -> None:
+                 idle_timeout: float, kv_resource: Resource | None = None, access_log: bool = False,
+                 node_id: str = "") -> None:
         super().__init__(resource, timeout=None, reactor=reactor)
+        self.access_log = access_log
+        # Request ids: node, start second, sequence; unique across restarts a second apart.
+        self._id_prefix = f"{node_id or 'node'}-{int(reactor.seconds()):x}-"
+        self._id_seq = 0
         self.max_body_size = limits.max_value_size
         self.kv_resource = kv_resource
         self.idle_timeout = idle_timeout
@@ -690,13 +717,28 @@ class DhashmapSite(server.Site):
             self._date = http.datetimeToString(now)
         return self._date
 
+    def next_request_id(self) -> bytes:
+        self._id_seq += 1
+        return f"{self._id_prefix}{self._id_seq:x}".encode("ascii")
+
     def log(self, request: server.Request) -> None:
-        """No per-request access log: it costs more than a GET. Metrics count requests."""
+        """One line per request with ``--access-log`` (it costs more than a GET, so off by default)."""
+        if not self.access_log:
+            return
+        started = getattr(request, "started", 0.0)
+        access_log.info(
+            "{client} {method} {uri} {code} {size}B {ms:.2f}ms",
+            client=getattr(request.getClientAddress(), "host", "-"),
+            method=request.method.decode("latin-1"), uri=request.uri.decode("latin-1"), code=request.code,
+            size=request.sentLength, ms=(self.reactor.seconds() - started) * 1000 if started else 0.0,
+            request_id=getattr(request, "request_id", None),
+        )
 
 
 def build_site(coordinator: Coordinator, metrics: NodeMetrics, clock: IReactorTime,
                limits: Limits, idle_timeout: float, node_id: str,
-               is_ready: Callable[[], bool], cluster: Any = None) -> DhashmapSite:
+               is_ready: Callable[[], bool], cluster: Any = None, access_log: bool = False) -> DhashmapSite:
     kv = KVResource(coordinator, metrics, clock, limits)
     api = RestAPI(node_id, coordinator, metrics, clock, is_ready, cluster)
-    return DhashmapSite(RootResource(kv, api.app.resource()), clock, limits, idle_timeout, kv_resource=kv)
+    return DhashmapSite(RootResource(kv, api.app.resource()), clock, limits, idle_timeout, kv_resource=kv,
+                        access_log=access_log, node_id=node_id)
