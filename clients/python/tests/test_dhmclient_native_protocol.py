@@ -53,8 +53,8 @@ def test_the_client_copy_of_the_generated_code_is_the_servers(name: str) -> None
 def test_the_makefile_regenerates_the_client_copy() -> None:
     makefile = (ROOT / "Makefile").read_text()
     proto_target = makefile.split("\nproto:", 1)[1].split("\n\n", 1)[0]
-    assert "--python_out=clients/python/dhashmap_client/_pb" in proto_target
-    assert "--pyi_out=clients/python/dhashmap_client/_pb" in proto_target
+    assert "--python_out=$(PROTO_OUT)/clients/python/dhashmap_client/_pb" in proto_target
+    assert "--pyi_out=$(PROTO_OUT)/clients/python/dhashmap_client/_pb" in proto_target
 
 
 def test_the_client_package_does_not_import_the_server_package() -> None:
