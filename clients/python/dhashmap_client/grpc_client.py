@@ -54,6 +54,7 @@ from dhashmap_client.errors import (
     Unavailable,
     ValueTooLarge,
 )
+from dhashmap_client.routing import Router, Topology
 
 __all__ = ["GrpcClient", "error_from_rpc", "Call"]
 
@@ -341,13 +342,20 @@ class GrpcClient:
 
     ``r`` / ``w`` take ``"one"``, ``"quorum"``, ``"all"`` or a number of replicas (``None``:
     the node's default, quorum), as on ``NativeClient``.
+
+    ``smart_routing=True``: ``get``, ``put``, ``delete`` and ``cas`` go straight to the gRPC
+    port of the key's first live owner (``routing.Router``: the table from ``ring()`` and
+    ``members()``, fetched again after ``topology_max_age`` seconds or when a routed node cannot
+    be reached, which is then avoided for ``node_down`` seconds); the other calls go to
+    ``target``.  One more channel per node routed to.
     """
 
     def __init__(self, target: str = DEFAULT_TARGET, timeout: float = 10.0, retries: int = 2, *,
                  backoff: float = 0.1, backoff_max: float = 2.0,
                  options: Iterable[tuple[str, Any]] = (),
                  credentials: grpc.ChannelCredentials | None = None,
-                 max_message_size: int = DEFAULT_MAX_MESSAGE) -> None:
+                 max_message_size: int = DEFAULT_MAX_MESSAGE, smart_routing: bool = False,
+                 topology_max_age: float = 30.0, node_down: float = 5.0) -> None:
         if not isinstance(target, str) or not target:
             raise ValueError(f"the target must be 'host:port', not {target!r}")
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
@@ -371,6 +379,11 @@ class GrpcClient:
         # Tests replace these to observe the backoff without waiting.
         self._sleep: Callable[[float], None] = time.sleep
         self._random: Callable[[], float] = random.random
+        self._node_args: dict[str, Any] = {"timeout": timeout, "retries": 0, "options": tuple(options),
+                                           "credentials": credentials, "max_message_size": max_message_size}
+        self._nodes: dict[str, GrpcClient] = {}
+        self.router: Router | None = (Router(self._load_topology, topology_max_age, node_down)
+                                      if smart_routing else None)
 
     def __repr__(self) -> str:
         return f"GrpcClient({self.target!r}, timeout={self.timeout!r}, retries={self.retries!r})"
@@ -386,8 +399,11 @@ class GrpcClient:
         """Close the channel; calls in flight fail.  The client can still be used afterwards."""
         with self._lock:
             channel, self._channel, self._kv, self._cluster = self._channel, None, None, None
+            nodes, self._nodes = self._nodes, {}
         if channel is not None:
             channel.close()
+        for node in nodes.values():
+            node.close()
 
     # -- KV ---------------------------------------------------------------------------------
 
@@ -496,12 +512,74 @@ class GrpcClient:
     def _delay(self, attempt: int) -> float:
         return backoff_delay(attempt, self.backoff, self.backoff_max, self._random)
 
+    def route(self, key: BytesLike) -> dict[str, Any]:
+        """Where smart routing sends ``key`` now: ``{"partition", "owners", "target"}`` (for debugging)."""
+        if self.router is None:
+            raise ValueError("route() needs smart_routing=True")
+        raw = proto.to_bytes(key, "key")
+        topology = self.router.current()
+        if topology is None:
+            raise ConnectionError("no partition table could be fetched")
+        targets = self.router.targets(raw)
+        return {"partition": topology.partition(raw), "owners": topology.owners_of(raw),
+                "target": _address(targets[0]) if targets else self.target}
+
     def _run(self, call: Call) -> Any:
+        if self.router is not None and call.method in _KEYED:
+            return self._routed(call)
+        return self._once(call, call.idempotent)
+
+    def _routed(self, call: Call) -> Any:
+        """A keyed call to the key's first owner that was not recently unreachable, else to ``target``.
+
+        After a connection error the router avoids that node and fetches the table again, and
+        the call goes on to the next choice when a replay is safe: an idempotent call, or one
+        grpc never sent (it could not connect).
+        """
+        attempt = 0
+        while True:
+            owners = self.router.targets(call.request.key) if self.router is not None else []
+            target = _address(owners[0]) if owners else self.target
+            node = self if target == self.target else self._node(target)
+            try:
+                return node._once(call, False)
+            except (Unavailable, ConnectionError) as error:
+                never_sent = isinstance(error, ConnectionError) and _never_sent(error.message)
+                if isinstance(error, ConnectionError) and owners and self.router is not None:
+                    self.router.node_failed(owners[0])
+                if not ((call.idempotent or never_sent) and attempt < self.retries):
+                    raise
+                if not never_sent:
+                    self._sleep(self._delay(attempt))
+            attempt += 1
+
+    def _node(self, target: str) -> GrpcClient:
+        with self._lock:
+            node = self._nodes.get(target)
+            if node is None:
+                node = self._nodes[target] = GrpcClient(target, **self._node_args)
+            return node
+
+    def _load_topology(self, known: list[tuple[str, int]]) -> Topology:
+        """The table and members over gRPC: from ``target``, else from a live member already known."""
+        seed_host = self.target.rsplit(":", 1)[0].strip("[]")
+        error: DhashmapError | None = None
+        for target in dict.fromkeys([self.target, *(_address(a) for a in known)]):
+            node = self if target == self.target else self._node(target)
+            try:
+                ring, members = node._once(RING_CALL, True), node._once(MEMBERS_CALL, True)
+            except (ConnectionError, Unavailable, Timeout) as e:
+                error = e
+                continue
+            return Topology(ring, members["members"], "grpc_port", seed_host)
+        raise error or ConnectionError("no node to ask for the partition table")
+
+    def _once(self, call: Call, idempotent: bool) -> Any:
         def method() -> Any:
             kv, cluster = self._stubs()
             return getattr(kv if call.service == "kv" else cluster, call.method)
 
-        return call.answer(self._unary(method, call.request, idempotent=call.idempotent))
+        return call.answer(self._unary(method, call.request, idempotent=idempotent))
 
     def _unary(self, method: Callable[[], Any], request: Any, *, idempotent: bool) -> Any:
         attempt = 0
@@ -543,6 +621,21 @@ class GrpcClient:
                 stream.cancel()  # a no-op after the end; stops the stream if the caller stopped early
             self._sleep(self._delay(attempt))
             attempt += 1
+
+
+_KEYED = frozenset(("Get", "Put", "Delete", "CompareAndSwap"))
+
+
+def _address(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _never_sent(message: str) -> bool:
+    """grpc could not connect, so the call did not leave the client."""
+    lowered = message.lower()
+    return any(s in lowered for s in ("failed to connect", "connection refused", "connect failed",
+                                      "dns resolution failed"))
 
 
 class _ItemStatus(grpc.RpcError):

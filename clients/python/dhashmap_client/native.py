@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import socket
 import threading
 import time
@@ -12,8 +13,9 @@ from types import TracebackType
 
 from dhashmap_client import _native as native
 from dhashmap_client._pb import peer_pb2 as pb
-from dhashmap_client._protocol import BytesLike, Value
+from dhashmap_client._protocol import BytesLike, Value, to_bytes
 from dhashmap_client.errors import ConnectionError, DhashmapError, Timeout, ValueTooLarge
+from dhashmap_client.routing import Router, Topology
 
 __all__ = ["NativeClient"]
 
@@ -165,18 +167,31 @@ class NativeClient:
     The operations and their errors are those of ``Client``, plus the replica
     counts ``r``/``w``: ``"one"``, ``"quorum"``, ``"all"`` or a number.  A node
     of another cluster raises ``HandshakeError``.
+
+    ``smart_routing=True``: ``get``, ``put``, ``delete`` and ``cas`` go straight to the native
+    port of the key's first live owner (``routing.Router``, with a connection per node routed
+    to).  The table comes from the REST API of this node (the REST port its ``Hello``
+    announces, or ``rest_url``), and is fetched again after ``topology_max_age`` seconds or when
+    a routed node cannot be reached, which is then avoided for ``node_down`` seconds.  A request
+    that could not be sent (no connection) goes on to the next owner; one that was sent is
+    replayed elsewhere only if it is a ``get``.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = native.DEFAULT_PORT,
                  cluster: str = native.DEFAULT_CLUSTER, timeout: float | None = 10.0, *,
-                 max_frame: int = native.DEFAULT_MAX_FRAME) -> None:
+                 max_frame: int = native.DEFAULT_MAX_FRAME, smart_routing: bool = False,
+                 topology_max_age: float = 30.0, node_down: float = 5.0, rest_url: str | None = None) -> None:
         self.host = host
         self.port = port
         self.cluster = native.check_cluster(cluster)
         self.timeout = timeout
         self.max_frame = max_frame
+        self.rest_url = rest_url.rstrip("/") if rest_url else None
         self._lock = threading.Lock()
         self._conn: _Connection | None = None
+        self._nodes: dict[tuple[str, int], NativeClient] = {}
+        self.router: Router | None = (Router(self._load_topology, topology_max_age, node_down)
+                                      if smart_routing else None)
 
     def __repr__(self) -> str:
         return f"NativeClient({self.host!r}, {self.port!r}, cluster={self.cluster!r}, timeout={self.timeout!r})"
@@ -195,8 +210,11 @@ class NativeClient:
         """
         with self._lock:
             conn, self._conn = self._conn, None
+            nodes, self._nodes = self._nodes, {}
         if conn is not None:
             conn.close()
+        for node in nodes.values():
+            node.close()
 
     @property
     def node_id(self) -> str | None:
@@ -240,7 +258,74 @@ class NativeClient:
     # -- plumbing ---------------------------------------------------------------------------
 
     def _call(self, request: pb.Frame) -> pb.Frame:
-        conn = self._connection()
+        body = request.WhichOneof("body")
+        if self.router is not None and body in ("get", "put", "delete"):
+            return self._routed(request, getattr(request, body).key, body == "get")
+        return self._send(self._connection(), request)
+
+    def _routed(self, request: pb.Frame, key: bytes, idempotent: bool) -> pb.Frame:
+        """To the key's first owner not recently unreachable, else to this client's node.
+
+        A node that cannot be reached is reported to the router (avoided for a while, the table
+        fetched again) and the request goes on to the next choice when nothing was sent, or
+        when it is a read.  At most three tries.
+        """
+        assert self.router is not None
+        for attempt in range(3):
+            owners = self.router.targets(key)
+            address = owners[0] if owners else (self.host, self.port)
+            node = self if address == (self.host, self.port) else self._node(address)
+            last = attempt == 2
+            try:
+                conn = node._connection()
+            except (ConnectionError, Timeout):
+                if owners:
+                    self.router.node_failed(address)
+                if last or not owners:
+                    raise
+                continue  # nothing was sent
+            try:
+                return node._send(conn, request)
+            except ConnectionError:
+                if owners:
+                    self.router.node_failed(address)
+                if last or not idempotent:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _node(self, address: tuple[str, int]) -> NativeClient:
+        with self._lock:
+            node = self._nodes.get(address)
+            if node is None:
+                node = self._nodes[address] = NativeClient(address[0], address[1], self.cluster, self.timeout,
+                                                           max_frame=self.max_frame)
+            return node
+
+    def route(self, key: BytesLike) -> dict[str, object]:
+        """Where smart routing sends ``key`` now: ``{"partition", "owners", "address"}`` (for debugging)."""
+        if self.router is None:
+            raise ValueError("route() needs smart_routing=True")
+        raw = to_bytes(key, "key")
+        topology = self.router.current()
+        if topology is None:
+            raise ConnectionError("no partition table could be fetched")
+        owners = self.router.targets(raw)
+        return {"partition": topology.partition(raw), "owners": topology.owners_of(raw),
+                "address": owners[0] if owners else (self.host, self.port)}
+
+    def _load_topology(self, known: list[tuple[str, int]]) -> Topology:
+        """The table and the members from the REST API of this client's node."""
+        if self.rest_url is not None:
+            base = self.rest_url
+        else:
+            addresses = self._connection().hello.addresses
+            host = addresses.host if addresses.host not in ("", "0.0.0.0", "::") else self.host
+            base = f"http://{f'[{host}]' if ':' in host else host}:{addresses.rest_port or 8080}"
+        ring, members = _get_json(base + "/v1/cluster/ring", self.timeout), \
+            _get_json(base + "/v1/cluster/members", self.timeout)
+        return Topology(ring, members["members"], "peer_port", self.host)
+
+    def _send(self, conn: _Connection, request: pb.Frame) -> pb.Frame:
         try:
             request_id, future = conn.submit(request)
         except DhashmapError:
@@ -297,3 +382,19 @@ class NativeClient:
             frames = reader.feed(data)
             if frames:
                 return frames[0], frames[1:]
+
+
+def _get_json(url: str, timeout: float | None) -> dict:
+    """One GET of a JSON document (the routing table), with urllib3 as the REST client."""
+    import urllib3
+
+    try:
+        response = urllib3.request("GET", url, timeout=urllib3.Timeout(total=timeout), retries=False)
+    except urllib3.exceptions.HTTPError as e:
+        raise ConnectionError(f"cannot fetch {url}: {e}") from e
+    if response.status != 200:
+        raise DhashmapError(f"GET {url} answered {response.status}", code="bad_response")
+    try:
+        return json.loads(response.data)
+    except ValueError as e:
+        raise DhashmapError(f"GET {url} did not answer JSON", code="bad_response") from e
