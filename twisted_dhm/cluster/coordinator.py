@@ -290,7 +290,11 @@ class Coordinator:
             return replicate((local, [local.version]), local)
 
         local = self.replicas.local  # type: ignore[attr-defined]
-        if precondition == NO_CONDITION and self.node_id in plan.preference and not local.syncing(key):
+        if precondition == NO_CONDITION and self.node_id in plan.preference:
+            if local.syncing(key):
+                # This replica is still pulling the key's partition: build on the others, as
+                # when it has nothing for the key.
+                return self._read(key, min(need, plan.n // 2 + 1), for_write=True).addCallback(replicate)
             try:
                 records = local.read_local([key], True)
             except Exception:

@@ -129,6 +129,7 @@ class Rebalancer(Service):
         self.settle = settle
         self.concurrency = concurrency
         self.request_timeout = request_timeout
+        self.forward_timeout = min(request_timeout, 1.0)
         # partition -> members this node still has to pull it from; read by LocalReplica
         self.pulling: dict[int, set[str]] = {}
         self.owned: frozenset[int] = frozenset()
@@ -173,7 +174,10 @@ class Rebalancer(Service):
         return self.pulling.get(self.engine.index.partition(key), ())
 
     def remote_read(self, node: str, keys: Sequence[bytes], include_pending: bool) -> Deferred:
-        return self.replicas.read(node, keys, include_pending, local_only=True)
+        """A read this node forwards while it pulls: bounded by ``forward_timeout``, so a
+        member that hangs delays this replica's answers only that long (then it is left out)."""
+        d = self.replicas.read(node, keys, include_pending, local_only=True)
+        return d.addTimeout(self.forward_timeout, self.clock)
 
     def _others(self) -> set[str]:
         return {m.id for m in self.view.members() if m.id != self.node_id and m.routable}
@@ -206,6 +210,9 @@ class Rebalancer(Service):
             # before this node knew it, or it took writes on the far side of a partition).
             for p in self.owned:
                 self.pulling.setdefault(p, set()).add(member.id)
+            if self.running and member.id not in self._asking:
+                # Compare at once: usually the trees agree (or it is empty) and this is one round trip.
+                self._compare_pulls(member.id)
         elif not member.routable:
             for p in list(self.pulling):
                 self._pulled(p, member.id)
