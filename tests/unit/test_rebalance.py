@@ -154,7 +154,7 @@ class JoinTests(SynchronousTestCase):
         sim.run(3)
         written = load(sim, 300)
         node4 = sim.start("node4")
-        sim.run(3)
+        sim.run(8)  # past the 5 s the table must be stable before copying starts
         table = node4.routing.table
         mine = [k for k in written if "node4" in table.preference_list(table.partition(k))]
         self.assertTrue(mine)

@@ -233,8 +233,12 @@ class Rebalancer(Service):
         self._check_table()
         for member in sorted({m for members in self.pulling.values() for m in members} - self._asking):
             self._compare_pulls(member)
-        if not self.draining and self.clock.seconds() - self._table_since >= self.settle:
+        if not self.draining and self._stable():
             self._plan_handoffs()
+
+    def _stable(self) -> bool:
+        """The partition table has not changed for ``settle`` seconds."""
+        return self.clock.seconds() - self._table_since >= self.settle
 
     def _compare_pulls(self, member: str) -> None:
         parts = sorted(p for p, members in self.pulling.items() if member in members)
@@ -247,8 +251,11 @@ class Rebalancer(Service):
                     continue
                 if root == self.engine.index.roots[p] or count == 0:
                     self._pulled(p, member)
-                else:
+                elif self._stable():
                     self._enqueue("pull", p, member, count)
+                # else: compared again next tick. While members are still being discovered the
+                # table changes several times; copying for a table that lasts a second would
+                # move data this node hands on again (reads forward meanwhile).
 
         def failed(failure: Failure) -> None:
             log.info("could not compare partitions with {member}: {e}", member=member, e=failure.getErrorMessage())
@@ -438,6 +445,7 @@ class Rebalancer(Service):
         """
         if self.draining:
             return
+        started = self.clock.seconds()
         table = self.routing.table
         shared: dict[str, list[int]] = {}
         for p in sorted(self.owned):
@@ -461,6 +469,7 @@ class Rebalancer(Service):
         self.counters["anti_entropy_rounds"] += 1
         self.last_anti_entropy = {
             "at": self.clock.seconds(), "partitions_compared": compared, "partitions_differing": differing,
+            "members": len(shared), "duration_seconds": round(self.clock.seconds() - started, 4),
         }
 
     # -- leaving -------------------------------------------------------------------------------
