@@ -6,6 +6,10 @@ STAMP  := $(VENV)/.installed
 
 NODES ?= 3
 DISCOVERY ?= static
+# MANHOLE_PORT=2222: an admin shell per node on 127.0.0.1:2222-2224 (SSH with MANHOLE_KEYS=authorized_keys
+# file, else telnet); docs/admin.md
+MANHOLE_PORT ?= 0
+MANHOLE_KEYS ?=
 
 .PHONY: run run-client test lint clean bench bench-cluster swim-eval proto proto-check etcd consul grpcurl
 
@@ -18,7 +22,8 @@ $(STAMP): setup.py clients/python/pyproject.toml
 ## run: set up and start a local cluster in the foreground (REST on :8080-8082, data in ./data/;
 ##      DISCOVERY=swim for gossip membership on :7946-7948)
 run: $(STAMP)
-	$(BIN)/python -m twisted_dhm.devcluster --nodes $(NODES) --discovery $(DISCOVERY)
+	$(BIN)/python -m twisted_dhm.devcluster --nodes $(NODES) --discovery $(DISCOVERY) \
+		--manhole-port $(MANHOLE_PORT) $(if $(MANHOLE_KEYS),--manhole-keys $(MANHOLE_KEYS))
 
 ## run-client: try dhm (docs/cli.md) against the cluster `make run` serves: put, get, list, members
 run-client: $(STAMP)

@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--discovery", default="static", choices=("static", "swim"))
     parser.add_argument("--gossip-port", type=int, default=7946, help="gossip port of the first node (swim)")
     parser.add_argument("--grpc-port", type=int, default=9090, help="gRPC port of the first node")
+    parser.add_argument("--manhole-port", type=int, default=0,
+                        help="admin shell port of the first node on 127.0.0.1 (0: none; docs/admin.md)")
+    parser.add_argument("--manhole-keys", default="",
+                        help="authorized_keys file: the manhole speaks SSH (without it: telnet, loopback only)")
     args = parser.parse_args(argv)
 
     twistd = str(Path(sys.executable).with_name("twistd"))
@@ -72,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
             "--discovery", args.discovery, "--gossip-port", str(args.gossip_port + i),
             "--grpc-port", str(args.grpc_port + i),
         ]
+        if args.manhole_port:
+            kind = "ssh" if args.manhole_keys else "telnet"
+            command += ["--manhole", f"{kind}:{args.manhole_port + i}:interface=127.0.0.1"]
+            if args.manhole_keys:
+                command += ["--manhole-keys", str(Path(args.manhole_keys).expanduser().resolve())]
         child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  start_new_session=True)
         children.append(child)
