@@ -120,6 +120,9 @@ class HandlerTests(SynchronousTestCase):
         record = Record(b"forged", Version().increment("a", 99))
         self.failureResultOf(self.handler(CLIENT, self.replica_put(b"k", record)), Forbidden)
         self.failureResultOf(self.handler(CLIENT, pb.Frame(replica_get=pb.ReplicaGet(keys=[b"k"]))), Forbidden)
+        for frame in (pb.Frame(tree_roots=pb.TreeRoots(partitions=[0])), pb.Frame(tree_buckets=pb.TreeBuckets()),
+                      pb.Frame(tree_keys=pb.TreeKeys()), pb.Frame(leave=pb.Leave(node_id="a"))):
+            self.failureResultOf(self.handler(CLIENT, frame), Forbidden)
         self.assertIsNone(self.engine.get(b"k"))
         self.assertTrue(self.call(pb.Frame(put=pb.Put(key=b"k", value=b"ok")), session=CLIENT).put_result.created)
 

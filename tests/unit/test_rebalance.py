@@ -252,3 +252,31 @@ class AntiEntropyTests(SynchronousTestCase):
             for host in sim.nodes:
                 self.assertIsNone(sim.result(sim.nodes[host].coordinator.get(b"key%04d" % i, r="all")))
             self.assertTrue(sim.nodes["node3"].engine.get(b"key%04d" % i).tombstone)
+
+
+class TreeRequestTests(SynchronousTestCase):
+    def test_key_pages_stay_inside_a_frame_and_bad_requests_are_refused(self):
+        from twisted_dhm.cluster.rebalance import KEYS_PAGE_BYTES, SyncError
+        from twisted_dhm.peer import peer_pb2 as pb
+
+        sim = SimCluster(1, partitions="1")
+        node = sim.nodes["node1"]
+        for i in range(600):
+            sim.result(node.coordinator.put(b"%04d" % i + b"k" * 4000, b"v"))
+        request = pb.TreeKeys(partition=0, buckets=range(64), limit=5000)
+        seen, pages = [], 0
+        while True:
+            answer = node.rebalance.tree_keys(request).tree_keys_result
+            pages += 1
+            self.assertLessEqual(sum(len(k) for k in answer.keys), KEYS_PAGE_BYTES + 4100)
+            seen.extend(answer.keys)
+            if not answer.more:
+                break
+            request.after, request.has_after = answer.keys[-1], True
+        self.assertGreater(pages, 1)
+        self.assertEqual(len(seen), 600)
+        self.assertEqual(seen, sorted(seen))
+        with self.assertRaises(SyncError):
+            node.rebalance.tree_keys(pb.TreeKeys(partition=0, buckets=[64]))
+        with self.assertRaises(SyncError):
+            node.rebalance.tree_buckets(pb.TreeBuckets(partition=1))

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 import xxhash
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_dhm.ring import key_hash
@@ -135,7 +136,16 @@ class IndexedEngine:
     def write(self, key: bytes, record: Record | None) -> Deferred:
         d = self.engine.write(key, record)  # first: it may refuse (closed store, bad record)
         self.index.update(key, record)
-        return d
+
+        def failed(failure: Failure) -> Failure:
+            # The write did not land (disk full, commit error): describe what the store has.
+            try:
+                self.index.update(key, self.engine.latest(key))
+            except Exception:  # noqa: BLE001 - corrupt or unreadable: as if absent
+                self.index.update(key, None)
+            return failure
+
+        return d.addErrback(failed)
 
     def scan(self, prefix: bytes, after: bytes | None, limit: int) -> list[ScanEntry]:
         return self.engine.scan(prefix, after, limit)

@@ -56,6 +56,7 @@ from twisted_dhm.storage.interface import CorruptRecord, encode_record
 log = Logger(namespace="dhashmap.rebalance")
 
 KEYS_PAGE = 5000  # keys (with digests) per TreeKeys answer
+KEYS_PAGE_BYTES = 1 << 20  # and about this many bytes of keys
 CHUNK_KEYS = 500  # records per copy request
 CHUNK_BYTES = 1 << 20
 
@@ -544,8 +545,14 @@ class Rebalancer(Service):
                                                       limit)
         answer = pb.Frame()
         result = answer.tree_keys_result
-        result.keys.extend(k for k, _ in entries)
-        result.digests.extend(d for _, d in entries)
+        size = 0
+        for key, digest in entries:
+            if size > KEYS_PAGE_BYTES:  # long keys: the answer must stay well inside one frame
+                more = True
+                break
+            result.keys.append(key)
+            result.digests.append(digest)
+            size += len(key) + 12
         result.more = more
         return answer
 
