@@ -263,7 +263,7 @@ class TreeRequestTests(SynchronousTestCase):
         node = sim.nodes["node1"]
         for i in range(600):
             sim.result(node.coordinator.put(b"%04d" % i + b"k" * 4000, b"v"))
-        request = pb.TreeKeys(partition=0, buckets=range(64), limit=5000)
+        request = pb.TreeKeys(partition=0, buckets=range(64), limit=2000)
         seen, pages = [], 0
         while True:
             answer = node.rebalance.tree_keys(request).tree_keys_result

@@ -55,10 +55,10 @@ from twisted_dhm.storage.interface import CorruptRecord, encode_record
 
 log = Logger(namespace="dhashmap.rebalance")
 
-KEYS_PAGE = 5000  # keys (with digests) per TreeKeys answer
+KEYS_PAGE = 2000  # keys (with digests) per TreeKeys answer
 KEYS_PAGE_BYTES = 1 << 20  # and about this many bytes of keys
-CHUNK_KEYS = 500  # records per copy request
-CHUNK_BYTES = 1 << 20
+CHUNK_KEYS = 100  # records per copy request: small, so no reactor turn is long
+CHUNK_BYTES = 256 << 10
 
 
 class RateLimiter:
