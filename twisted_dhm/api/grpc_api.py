@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from twisted_dhm import __version__
 from twisted_dhm.api import kv_pb2, kv_pb2_grpc
 from twisted_dhm.cluster.coordinator import ANY, NO_CONDITION, Precondition, encode_cursor
+from twisted_dhm.cluster.handler import NotMine
 from twisted_dhm.errors import (
     Forbidden,
     InvalidRequest,
@@ -126,8 +127,8 @@ def _handled(method: Callable) -> Callable:
             return method(self, request, context)
         except Exception as e:
             status = status_of(e)
-            if status.metadata:
-                context.set_trailing_metadata(status.metadata)
+            if status.metadata:  # kept with the dhashmap-owners a keyed call may have set
+                context.set_trailing_metadata((*(context.trailing_metadata() or ()), *status.metadata))
             context.abort(status.code, status.message)
 
     wrapper.__name__ = method.__name__
@@ -152,6 +153,14 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         self.bridge = bridge
         self.max_key = max_key
         self.max_value = max_value
+        self._not_mine = NotMine(coordinator, lambda owners: (("dhashmap-owners", ",".join(owners)),))
+
+    def _owned(self, key: bytes, context: grpc.ServicerContext) -> bytes:
+        """The checked key; trailing metadata ``dhashmap-owners`` when this node is not an owner."""
+        owners = self._not_mine.owners(self._key(key))
+        if owners is not None:
+            context.set_trailing_metadata(owners)
+        return key
 
     def _key(self, key: bytes) -> bytes:
         if not key:
@@ -167,21 +176,22 @@ class KVServicer(kv_pb2_grpc.KVServicer):
 
     @_handled
     def Get(self, request: kv_pb2.GetRequest, context: grpc.ServicerContext) -> kv_pb2.GetResponse:  # noqa: N802
-        record = self.bridge.call(context, self.coordinator.get, self._key(request.key), _level(request.r))
+        record = self.bridge.call(context, self.coordinator.get, self._owned(request.key, context), _level(request.r))
         if record is None:
             raise _Abort(grpc.StatusCode.NOT_FOUND, "no value for this key")
         return kv_pb2.GetResponse(value=record.value, version=record.version.to_token())
 
     @_handled
     def Put(self, request: kv_pb2.PutRequest, context: grpc.ServicerContext) -> kv_pb2.PutResponse:  # noqa: N802
-        result = self.bridge.call(context, self.coordinator.put, self._key(request.key), self._value(request.value),
-                                  ttl=request.ttl_seconds or None, w=_level(request.w))
+        result = self.bridge.call(context, self.coordinator.put, self._owned(request.key, context),
+                                  self._value(request.value), ttl=request.ttl_seconds or None, w=_level(request.w))
         return kv_pb2.PutResponse(version=result.version.to_token(), created=result.created)
 
     @_handled
     def Delete(self, request: kv_pb2.DeleteRequest, context: grpc.ServicerContext) -> kv_pb2.DeleteResponse:  # noqa: N802
         precondition = _precondition(request.if_match, False)
-        self.bridge.call(context, self.coordinator.delete, self._key(request.key), precondition, w=_level(request.w))
+        self.bridge.call(context, self.coordinator.delete, self._owned(request.key, context), precondition,
+                         w=_level(request.w))
         return kv_pb2.DeleteResponse()
 
     @_handled
@@ -190,7 +200,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         if not request.create_only and not request.expected_version:
             raise InvalidRequest("give expected_version, or create_only")
         precondition = _precondition(request.expected_version, request.create_only)
-        result = self.bridge.call(context, self.coordinator.put, self._key(request.key),
+        result = self.bridge.call(context, self.coordinator.put, self._owned(request.key, context),
                                   self._value(request.value), ttl=request.ttl_seconds or None,
                                   precondition=precondition, w=_level(request.w))
         return kv_pb2.CompareAndSwapResponse(version=result.version.to_token())

@@ -31,6 +31,7 @@ from werkzeug.exceptions import Conflict, HTTPException, InternalServerError
 from twisted_dhm.api.dashboard import UIResource, is_ui_path
 from twisted_dhm.api.metrics import NodeMetrics
 from twisted_dhm.cluster.coordinator import ANY, NO_CONDITION, Coordinator, Page, Precondition, parse_level
+from twisted_dhm.cluster.handler import NotMine
 from twisted_dhm.errors import (
     Forbidden,
     InvalidRequest,
@@ -203,6 +204,8 @@ class KVResource(Resource):
         self._metrics = metrics
         self._clock = clock
         self._limits = limits
+        # Smart routing: a keyed answer from a node that does not own the key names the owners.
+        self._not_mine = NotMine(coordinator, lambda owners: ",".join(owners).encode())
 
     def render(self, request: server.Request) -> Any:
         started = self._clock.seconds()
@@ -220,6 +223,9 @@ class KVResource(Resource):
             return server.NOT_DONE_YET
         try:
             key = key_from_uri(request.uri, self._limits.max_key_size)
+            owners = self._not_mine.owners(key)
+            if owners is not None:
+                request.setHeader(b"dhashmap-owners", owners)
             d = handler(request, key)
         except Exception:
             self._failed(Failure(), request)

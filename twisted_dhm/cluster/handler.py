@@ -37,6 +37,43 @@ def _version_token(token: str) -> tuple[Version, ...]:
 _MEMBERS_ONLY = ("replica_", "tree_", "leave")
 
 
+def _as_is(owners: tuple[str, ...]) -> Any:
+    return owners
+
+
+class NotMine:
+    """Smart routing's "not mine" signal: the key's owners when this node is not one of them.
+
+    ``owners(key)`` is ``None`` when this node is in the key's preference list (its own partition
+    table), else ``render(preference list)``: the form each API answers with (a header value, gRPC
+    metadata, the list itself), made once per partition and kept until the table is rebuilt.  A
+    client that routes by a stale table learns from it that it should fetch the table again.
+    Safe to call from gRPC's threads: a cache is only ever filled from the table it belongs to.
+    """
+
+    def __init__(self, coordinator: Any, render: Callable[[tuple[str, ...]], Any] = _as_is) -> None:
+        self.node_id: str = getattr(coordinator, "node_id", "")
+        self.routing = getattr(coordinator, "routing", None)  # None: a stand-in coordinator; never says it
+        self.render = render
+        self._cache: tuple[Any, dict[int, Any]] = (None, {})
+
+    def owners(self, key: bytes) -> Any:
+        if self.routing is None:
+            return None
+        table = self.routing.table
+        cache = self._cache
+        if cache[0] is not table:
+            cache = self._cache = (table, {})
+        partition = table.partition(key)
+        try:
+            return cache[1][partition]
+        except KeyError:
+            preference = table.preference_list(partition)
+            answer = cache[1][partition] = (
+                None if not preference or self.node_id in preference else self.render(preference))
+            return answer
+
+
 def _is_peer(session: object) -> bool:
     remote = getattr(session, "remote", None)
     return remote is not None and remote.role == pb.ROLE_PEER
@@ -54,6 +91,7 @@ class PeerHandler:
         self.sync: Any = None  # the Rebalancer: answers hash-tree requests
         self.on_leave: Callable[[str], None] | None = None  # a member said it is leaving
         self.status: Callable[[], dict] | None = None  # this node's data-movement status
+        self.not_mine = NotMine(coordinator)
 
     def __call__(self, session: object, frame: pb.Frame) -> Deferred:
         """Always a Deferred: a bad request is a failed one, answered with an Error frame."""
@@ -163,12 +201,16 @@ class PeerHandler:
     def _get(self, msg: pb.Get) -> Deferred:
         self._check_key(msg.key)
 
+        owners = self.not_mine.owners(msg.key)
+
         def answer(record) -> pb.Frame:  # type: ignore[no-untyped-def]
             frame = pb.Frame()
             frame.get_result.found = record is not None
             if record is not None:
                 frame.get_result.value = record.value
                 frame.get_result.version = record.version.to_token()
+            if owners is not None:
+                frame.get_result.owners.extend(owners)
             return frame
 
         return self.coordinator.get(msg.key, _level(msg.r)).addCallback(answer)
@@ -191,14 +233,18 @@ class PeerHandler:
         d = self.coordinator.put(msg.key, msg.value, ttl, self._precondition(msg.if_match, msg.if_none_match),
                                  _level(msg.w))
 
+        owners = self.not_mine.owners(msg.key)
+
         def answer(result) -> pb.Frame:  # type: ignore[no-untyped-def]
-            return pb.Frame(put_result=pb.PutResult(version=result.version.to_token(), created=result.created))
+            return pb.Frame(put_result=pb.PutResult(version=result.version.to_token(), created=result.created,
+                                                    owners=owners))
 
         return d.addCallback(answer)
 
     def _delete(self, msg: pb.Delete) -> Deferred:
         self._check_key(msg.key)
+        owners = self.not_mine.owners(msg.key)
         d = self.coordinator.delete(msg.key, self._precondition(msg.if_match, False), _level(msg.w))
         return d.addCallback(lambda r: pb.Frame(delete_result=pb.DeleteResult(
-            version="" if r.created else r.version.to_token())))
+            version="" if r.created else r.version.to_token(), owners=owners)))
 

@@ -280,14 +280,16 @@ class Get(_message.Message):
     def __init__(self, key: _Optional[bytes] = ..., r: _Optional[_Union[Consistency, _Mapping]] = ...) -> None: ...
 
 class GetResult(_message.Message):
-    __slots__ = ("found", "value", "version")
+    __slots__ = ("found", "value", "version", "owners")
     FOUND_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    OWNERS_FIELD_NUMBER: _ClassVar[int]
     found: bool
     value: bytes
     version: str
-    def __init__(self, found: _Optional[bool] = ..., value: _Optional[bytes] = ..., version: _Optional[str] = ...) -> None: ...
+    owners: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, found: _Optional[bool] = ..., value: _Optional[bytes] = ..., version: _Optional[str] = ..., owners: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Put(_message.Message):
     __slots__ = ("key", "value", "ttl_seconds", "if_match", "if_none_match", "w")
@@ -306,12 +308,14 @@ class Put(_message.Message):
     def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., ttl_seconds: _Optional[int] = ..., if_match: _Optional[str] = ..., if_none_match: _Optional[bool] = ..., w: _Optional[_Union[Consistency, _Mapping]] = ...) -> None: ...
 
 class PutResult(_message.Message):
-    __slots__ = ("version", "created")
+    __slots__ = ("version", "created", "owners")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
+    OWNERS_FIELD_NUMBER: _ClassVar[int]
     version: str
     created: bool
-    def __init__(self, version: _Optional[str] = ..., created: _Optional[bool] = ...) -> None: ...
+    owners: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[str] = ..., created: _Optional[bool] = ..., owners: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Delete(_message.Message):
     __slots__ = ("key", "if_match", "w")
@@ -324,10 +328,12 @@ class Delete(_message.Message):
     def __init__(self, key: _Optional[bytes] = ..., if_match: _Optional[str] = ..., w: _Optional[_Union[Consistency, _Mapping]] = ...) -> None: ...
 
 class DeleteResult(_message.Message):
-    __slots__ = ("version",)
+    __slots__ = ("version", "owners")
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    OWNERS_FIELD_NUMBER: _ClassVar[int]
     version: str
-    def __init__(self, version: _Optional[str] = ...) -> None: ...
+    owners: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[str] = ..., owners: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("id", "hello", "error", "ping", "pong", "replica_get", "replica_get_result", "replica_put", "replica_put_result", "replica_scan", "replica_scan_result", "get", "get_result", "put", "put_result", "delete", "delete_result", "tree_roots", "tree_roots_result", "tree_buckets", "tree_buckets_result", "tree_keys", "tree_keys_result", "leave", "leave_result", "node_status", "node_status_result")

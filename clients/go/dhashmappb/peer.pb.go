@@ -1613,10 +1613,13 @@ func (x *Get) GetR() *Consistency {
 }
 
 type GetResult struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Found         bool                   `protobuf:"varint,1,opt,name=found,proto3" json:"found,omitempty"`
-	Value         []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
-	Version       string                 `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"` // the ETag token
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Found   bool                   `protobuf:"varint,1,opt,name=found,proto3" json:"found,omitempty"`
+	Value   []byte                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	Version string                 `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"` // the ETag token
+	// Smart routing: the key's owners (its preference list in this node's partition table),
+	// set only when this node is not one of them ("not mine"); empty when it is.
+	Owners        []string `protobuf:"bytes,4,rep,name=owners,proto3" json:"owners,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1670,6 +1673,13 @@ func (x *GetResult) GetVersion() string {
 		return x.Version
 	}
 	return ""
+}
+
+func (x *GetResult) GetOwners() []string {
+	if x != nil {
+		return x.Owners
+	}
+	return nil
 }
 
 type Put struct {
@@ -1757,9 +1767,12 @@ func (x *Put) GetW() *Consistency {
 }
 
 type PutResult struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
-	Created       bool                   `protobuf:"varint,2,opt,name=created,proto3" json:"created,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Version string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	Created bool                   `protobuf:"varint,2,opt,name=created,proto3" json:"created,omitempty"`
+	// Smart routing: the key's owners (its preference list in this node's partition table),
+	// set only when this node is not one of them ("not mine"); empty when it is.
+	Owners        []string `protobuf:"bytes,3,rep,name=owners,proto3" json:"owners,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1806,6 +1819,13 @@ func (x *PutResult) GetCreated() bool {
 		return x.Created
 	}
 	return false
+}
+
+func (x *PutResult) GetOwners() []string {
+	if x != nil {
+		return x.Owners
+	}
+	return nil
 }
 
 type Delete struct {
@@ -1869,8 +1889,11 @@ func (x *Delete) GetW() *Consistency {
 }
 
 type DeleteResult struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"` // the tombstone's version; empty when nothing was there
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Version string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"` // the tombstone's version; empty when nothing was there
+	// Smart routing: the key's owners (its preference list in this node's partition table),
+	// set only when this node is not one of them ("not mine"); empty when it is.
+	Owners        []string `protobuf:"bytes,2,rep,name=owners,proto3" json:"owners,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1910,6 +1933,13 @@ func (x *DeleteResult) GetVersion() string {
 		return x.Version
 	}
 	return ""
+}
+
+func (x *DeleteResult) GetOwners() []string {
+	if x != nil {
+		return x.Owners
+	}
+	return nil
 }
 
 type Frame struct {
@@ -2493,11 +2523,12 @@ const file_peer_proto_rawDesc = "" +
 	"\tLEVEL_ALL\x10\x03\"?\n" +
 	"\x03Get\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12&\n" +
-	"\x01r\x18\x02 \x01(\v2\x18.dhashmap.v1.ConsistencyR\x01r\"Q\n" +
+	"\x01r\x18\x02 \x01(\v2\x18.dhashmap.v1.ConsistencyR\x01r\"i\n" +
 	"\tGetResult\x12\x14\n" +
 	"\x05found\x18\x01 \x01(\bR\x05found\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x18\n" +
-	"\aversion\x18\x03 \x01(\tR\aversion\"\xb5\x01\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion\x12\x16\n" +
+	"\x06owners\x18\x04 \x03(\tR\x06owners\"\xb5\x01\n" +
 	"\x03Put\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12\x1f\n" +
@@ -2505,16 +2536,18 @@ const file_peer_proto_rawDesc = "" +
 	"ttlSeconds\x12\x19\n" +
 	"\bif_match\x18\x04 \x01(\tR\aifMatch\x12\"\n" +
 	"\rif_none_match\x18\x05 \x01(\bR\vifNoneMatch\x12&\n" +
-	"\x01w\x18\x06 \x01(\v2\x18.dhashmap.v1.ConsistencyR\x01w\"?\n" +
+	"\x01w\x18\x06 \x01(\v2\x18.dhashmap.v1.ConsistencyR\x01w\"W\n" +
 	"\tPutResult\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x18\n" +
-	"\acreated\x18\x02 \x01(\bR\acreated\"]\n" +
+	"\acreated\x18\x02 \x01(\bR\acreated\x12\x16\n" +
+	"\x06owners\x18\x03 \x03(\tR\x06owners\"]\n" +
 	"\x06Delete\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x19\n" +
 	"\bif_match\x18\x02 \x01(\tR\aifMatch\x12&\n" +
-	"\x01w\x18\x03 \x01(\v2\x18.dhashmap.v1.ConsistencyR\x01w\"(\n" +
+	"\x01w\x18\x03 \x01(\v2\x18.dhashmap.v1.ConsistencyR\x01w\"@\n" +
 	"\fDeleteResult\x12\x18\n" +
-	"\aversion\x18\x01 \x01(\tR\aversion\"\xaa\f\n" +
+	"\aversion\x18\x01 \x01(\tR\aversion\x12\x16\n" +
+	"\x06owners\x18\x02 \x03(\tR\x06owners\"\xaa\f\n" +
 	"\x05Frame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12*\n" +
 	"\x05hello\x18\x02 \x01(\v2\x12.dhashmap.v1.HelloH\x00R\x05hello\x12*\n" +
