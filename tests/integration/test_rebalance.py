@@ -166,6 +166,24 @@ def test_a_drained_node_exits_only_after_its_data_is_elsewhere(cluster):
     assert all(code == 200 and body == value_of(k) for k, (code, body) in answers.items())
 
 
+def test_sigterm_with_drain_on_stop_hands_the_data_over_first(cluster):
+    nodes = cluster.add(["n1", "n2", "n3"])
+    leaving = cluster.add(["n4"])[0]
+    cluster.wait_members(["n1", "n2", "n3", "n4"])
+    keys = keys_of(b"s", 600)
+    assert set(put_many(nodes[0], keys, value_of).values()) == {201}
+    # A restart with the flag: only this node drains on SIGTERM.
+    leaving.stop()
+    leaving.extra_args = (*leaving.extra_args, "--drain-on-stop", "true")
+    leaving.start()
+    cluster.wait_members(["n1", "n2", "n3", "n4"])
+    leaving.stop(timeout=120)  # twistd ends by re-raising SIGTERM: the status says "terminated"
+    assert "--drain-on-stop: handing this node's data over before stopping" in leaving.log()
+    assert "drained: every partition is with its next owners" in leaving.log()
+    assert all(node.member_states()["n4"] == "left" for node in cluster.running())
+    assert not cluster.placement_problems(keys), cluster.placement_problems(keys)[:5]
+
+
 def test_a_lost_node_and_disk_are_rereplicated(cluster):
     nodes = cluster.add(["n1", "n2", "n3", "n4"])
     cluster.wait_members(["n1", "n2", "n3", "n4"])
