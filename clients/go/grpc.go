@@ -39,6 +39,9 @@ type GRPCClient struct {
 	timeout time.Duration
 
 	routing *grpcRouting // nil without smart routing
+	// notMine (set by smart routing) hears of an answer whose trailing metadata
+	// dhashmap-owners says the node does not own the key.
+	notMine func()
 }
 
 // NewGRPCClient connects to the node's gRPC port at addr (host:port, 9090 by
@@ -140,11 +143,17 @@ func grpcCall[Req, Resp any](c *GRPCClient, ctx context.Context, what string, f 
 	defer cancel()
 	var trailer metadata.MD
 	resp, err := f(ctx, req, grpc.Trailer(&trailer))
+	if c.notMine != nil && len(trailer.Get(ownersMetadata)) > 0 {
+		c.notMine()
+	}
 	if err != nil {
 		return resp, c.statusError(ctx, err, trailer, what)
 	}
 	return resp, nil
 }
+
+// ownersMetadata is the trailing metadata of a node that does not own the key it answered for.
+const ownersMetadata = "dhashmap-owners"
 
 func quorumOf(set bool, q Consistency) *pb.Quorum {
 	if !set {

@@ -27,6 +27,7 @@ func newGRPCRouting(seed *GRPCClient, cfg config) *grpcRouting {
 	g := &grpcRouting{seed: seed, cfg: cfg, nodes: map[string]*GRPCClient{seed.addr: seed}}
 	g.router = newRouter(routerSource{load: g.load, addr: Member.GRPCAddr, seeds: []string{seed.addr},
 		refresh: cfg.refresh, timeout: cfg.timeout})
+	seed.notMine = g.router.notMine
 	return g
 }
 
@@ -75,6 +76,7 @@ func (g *grpcRouting) node(addr string) (*GRPCClient, error) {
 	if err != nil {
 		return nil, err
 	}
+	n.notMine = g.router.notMine
 	g.nodes[addr] = n
 	return n, nil
 }

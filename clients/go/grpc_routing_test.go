@@ -16,6 +16,7 @@ import (
 
 	pb "github.com/dhashmap/dhashmap/clients/go/dhashmappb"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 )
 
 // routeStub is an in-process gRPC node for smart routing: Get echoes the key, Put
@@ -34,14 +35,26 @@ type routeStub struct {
 	listenAddr string
 }
 
-func (s *routeStub) Get(_ context.Context, r *pb.GetRequest) (*pb.GetResponse, error) {
+func (s *routeStub) Get(ctx context.Context, r *pb.GetRequest) (*pb.GetResponse, error) {
 	s.hits.Add(1)
+	s.notMine(ctx)
 	return &pb.GetResponse{Value: r.GetKey(), Version: s.id}, nil
 }
 
-func (s *routeStub) Put(_ context.Context, _ *pb.PutRequest) (*pb.PutResponse, error) {
+func (s *routeStub) Put(ctx context.Context, _ *pb.PutRequest) (*pb.PutResponse, error) {
 	s.hits.Add(1)
+	s.notMine(ctx)
 	return &pb.PutResponse{Version: s.id, Created: true}, nil
+}
+
+// notMine: like a real node, a stub that is not an owner names the owners in the
+// trailing metadata dhashmap-owners (and still answers: it coordinates).
+func (s *routeStub) notMine(ctx context.Context) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !slices.Contains(s.owners, s.id) {
+		_ = grpc.SetTrailer(ctx, metadata.Pairs("dhashmap-owners", strings.Join(s.owners, ",")))
+	}
 }
 
 func (s *routeStub) Ring(context.Context, *pb.RingRequest) (*pb.RingResponse, error) {
@@ -165,6 +178,58 @@ func TestGRPCSmartRoutingFollowsANewTable(t *testing.T) {
 			t.Fatal("the client kept routing to a after the table changed")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A table that is correct causes no reload. When the cluster's table changes
+// under the client, the node it still routes to answers "not mine" (trailing
+// metadata dhashmap-owners): the client reloads its table once, in the
+// background, and later requests go to the new owner.
+func TestGRPCSmartRoutingNotMine(t *testing.T) {
+	ctx := context.Background()
+	a, b := startRouteStub(t, "a"), startRouteStub(t, "b")
+	for _, s := range []*routeStub{a, b} {
+		s.serve([]string{"a"}, a.member(), b.member())
+	}
+	c, err := NewGRPCClient(ctx, b.listenAddr, WithSmartRouting(), WithRefreshInterval(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := range 20 {
+		if v, err := c.Get(ctx, []byte{byte(i)}); err != nil || v.Version != "a" {
+			t.Fatalf("Get %d: %+v %v", i, v, err)
+		}
+		if v, err := c.Put(ctx, []byte{byte(i)}, []byte("v")); err != nil || v != "a" {
+			t.Fatalf("Put %d: %q %v", i, v, err)
+		}
+	}
+	if n, r := b.ringLoads.Load(), c.routing.router.notMineReloads.Load(); n != 1 || r != 0 {
+		t.Fatalf("with a correct table: %d table loads, %d for not mine; want 1 and 0", n, r)
+	}
+
+	for _, s := range []*routeStub{a, b} { // b owns every key now; the client does not know
+		s.serve([]string{"b"}, a.member(), b.member())
+	}
+	if v, err := c.Get(ctx, []byte("k")); err != nil || v.Version != "a" {
+		t.Fatalf("Get by the stale table: %+v %v (a still answers: it coordinates)", v, err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for b.ringLoads.Load() == 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("not mine did not reload the table")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	hitsA := a.hits.Load()
+	for i := range 20 {
+		if v, err := c.Get(ctx, []byte{byte(i)}); err != nil || v.Version != "b" {
+			t.Fatalf("Get %d after the reload: %+v %v", i, v, err)
+		}
+	}
+	time.Sleep(minRefreshGap + 200*time.Millisecond) // room for a second reload, if one were asked for
+	if n, r := b.ringLoads.Load(), c.routing.router.notMineReloads.Load(); n != 2 || r != 1 || a.hits.Load() != hitsA {
+		t.Fatalf("%d table loads, %d for not mine, a hit %d more times; want 2, 1, 0", n, r, a.hits.Load()-hitsA)
 	}
 }
 

@@ -339,6 +339,9 @@ func (c *NativeClient) call(ctx context.Context, key []byte, frame *pb.Frame) (*
 				if perr := answer.GetError(); perr != nil {
 					return nil, addr, withNode(requestError(perr), addr)
 				}
+				if c.router != nil && len(ownersOf(answer)) > 0 {
+					c.router.notMine() // "not mine": the table in hand is stale
+				}
 				return answer, addr, nil
 			}
 		}
@@ -361,6 +364,19 @@ func (c *NativeClient) call(ctx context.Context, key []byte, frame *pb.Frame) (*
 		c.connectionFailed()
 	}
 	return nil, "", lastErr
+}
+
+// ownersOf: the owners a node names in its answer when it is not one of the key's.
+func ownersOf(answer *pb.Frame) []string {
+	switch b := answer.GetBody().(type) {
+	case *pb.Frame_GetResult:
+		return b.GetResult.GetOwners()
+	case *pb.Frame_PutResult:
+		return b.PutResult.GetOwners()
+	case *pb.Frame_DeleteResult:
+		return b.DeleteResult.GetOwners()
+	}
+	return nil
 }
 
 // loadTopology: smart routing's table and members, over the REST API of a node.

@@ -4,12 +4,15 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // router is smart routing's view of the cluster: the partition table and the
 // members' addresses and states, reloaded every refresh interval and soon after a
-// connection error (a node went down, or the membership changed). It serves the
+// connection error (a node went down, or the membership changed), and when a node
+// it routed to answers that it does not own the key (the server's "not mine":
+// see notMine). It serves the
 // native client (table over REST, native addresses) and the gRPC client (table
 // over gRPC, gRPC addresses) alike; a routerSource says how to load and address.
 type router struct {
@@ -22,6 +25,12 @@ type router struct {
 	kicks    chan struct{}
 	done     chan struct{}
 	stopOnce sync.Once
+
+	// stale: a node said "not mine" and the reload it asked for has not happened
+	// yet; further "not mine" answers meanwhile ask for nothing more.
+	stale atomic.Bool
+	// notMineReloads counts the reloads "not mine" asked for (tests, debugging).
+	notMineReloads atomic.Int64
 }
 
 // routerSource is what a transport gives smart routing.
@@ -93,7 +102,19 @@ func (r *router) refresh(ctx context.Context) error {
 	r.mu.Lock()
 	r.ring, r.members = ring, members
 	r.mu.Unlock()
+	r.stale.Store(false)
 	return nil
+}
+
+// notMine: a node answered that it is not one of the key's owners (the table in
+// hand is stale). The table is reloaded in the background, once however many
+// answers say so until then, and at most once per minRefreshGap; requests
+// meanwhile keep the old table (the node they reach coordinates them).
+func (r *router) notMine() {
+	if r.stale.CompareAndSwap(false, true) {
+		r.notMineReloads.Add(1)
+		r.kick()
+	}
 }
 
 // kick asks for a reload soon.
@@ -126,7 +147,9 @@ func (r *router) run() {
 		ctx, cancel := context.WithTimeout(context.Background(), r.refreshTimeout())
 		// A failed reload keeps the table it had: routing to a stale owner still
 		// works (that node coordinates), it only costs a hop.
-		_ = r.refresh(ctx)
+		if r.refresh(ctx) != nil {
+			r.stale.Store(false) // let the next "not mine" ask again
+		}
 		cancel()
 	}
 }

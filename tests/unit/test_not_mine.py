@@ -1,5 +1,6 @@
 """Smart routing's "not mine" signal: REST header, gRPC trailing metadata, native result field."""
 
+import inspect
 from types import SimpleNamespace
 from urllib.parse import quote
 
@@ -125,8 +126,28 @@ class Context:
         raise Aborted(message)
 
 
+def finished(result):
+    """A handler's answer: at once, or (grpc.aio handlers) a coroutine that must not wait."""
+    if not inspect.iscoroutine(result):
+        return result
+    try:
+        result.send(None)
+    except StopIteration as stop:
+        return stop.value
+    raise AssertionError("the handler waited")
+
+
+async def _ready(value):
+    return value
+
+
+def bridged(value):
+    """What the bridge hands back: the value, or an awaitable of it for grpc.aio handlers."""
+    return _ready(value) if inspect.iscoroutinefunction(KVServicer.Get) else value
+
+
 class GrpcTests(SynchronousTestCase):
-    """KVServicer with a bridge that runs the coordinator in the test's thread."""
+    """KVServicer with a bridge that runs the coordinator in the test's thread (threaded or grpc.aio servicer)."""
 
     def setUp(self):
         self.clock = Clock()
@@ -136,19 +157,19 @@ class GrpcTests(SynchronousTestCase):
 
         class Bridge:
             def call(self, context, f, *args, **kw):
-                return test.successResultOf(f(*args, **kw))
+                return bridged(test.successResultOf(f(*args, **kw)))
 
         self.servicer = KVServicer(self.coordinator, Bridge(), 64, 1024)
 
     def calls(self):
         contexts = [Context() for _ in range(5)]
-        put = self.servicer.Put(kv_pb2.PutRequest(key=b"k", value=b"v"), contexts[0])
-        self.servicer.Get(kv_pb2.GetRequest(key=b"k"), contexts[1])
-        self.servicer.CompareAndSwap(kv_pb2.CompareAndSwapRequest(key=b"k", value=b"w",
-                                                                  expected_version=put.version), contexts[2])
-        self.servicer.Delete(kv_pb2.DeleteRequest(key=b"k"), contexts[3])
+        put = finished(self.servicer.Put(kv_pb2.PutRequest(key=b"k", value=b"v"), contexts[0]))
+        finished(self.servicer.Get(kv_pb2.GetRequest(key=b"k"), contexts[1]))
+        finished(self.servicer.CompareAndSwap(kv_pb2.CompareAndSwapRequest(key=b"k", value=b"w",
+                                                                           expected_version=put.version), contexts[2]))
+        finished(self.servicer.Delete(kv_pb2.DeleteRequest(key=b"k"), contexts[3]))
         with self.assertRaises(Aborted):
-            self.servicer.Get(kv_pb2.GetRequest(key=b"k"), contexts[4])
+            finished(self.servicer.Get(kv_pb2.GetRequest(key=b"k"), contexts[4]))
         self.assertEqual(contexts[4].code, grpc.StatusCode.NOT_FOUND)
         return [c.trailing for c in contexts]
 
@@ -171,7 +192,7 @@ class GrpcTests(SynchronousTestCase):
         self.servicer.bridge = Raising()
         context = Context()
         with self.assertRaises(Aborted):
-            self.servicer.Get(kv_pb2.GetRequest(key=b"k"), context)
+            finished(self.servicer.Get(kv_pb2.GetRequest(key=b"k"), context))
         names = [name for name, _ in context.trailing]
         self.assertEqual(names[0], "dhashmap-owners")
         self.assertIn("acks", names)

@@ -25,7 +25,7 @@ import {
   errorFromResponse,
 } from "./errors.js";
 import { type FetchLike, type HttpResponse, HttpTransport } from "./http.js";
-import { type Members, type Ring, Topology, parseMembers, parseRing } from "./routing.js";
+import { type Members, NotMineGate, OWNERS_HEADER, type Ring, Topology, parseMembers, parseRing } from "./routing.js";
 
 /** A value read from the store and its version token (opaque: pass it back to make a write conditional). */
 export interface Value {
@@ -159,6 +159,8 @@ export class Client {
   private readonly downUntil = new Map<string, number>();
   private topology: Topology | undefined;
   private refreshing: Promise<Topology | undefined> | undefined;
+  /** Smart routing: the table fetches that "not mine" answers (`Dhashmap-Owners`) made. */
+  readonly notMine = new NotMineGate();
 
   constructor(urls: string | readonly string[] = "http://127.0.0.1:8080", options: ClientOptions = {}) {
     const list = typeof urls === "string" ? [urls] : [...urls];
@@ -487,6 +489,10 @@ export class Client {
         const response = await this.transport.request({
           method: req.method, url: base + req.path, headers: req.headers, body: req.body, timeoutMs: this.timeoutMs,
         });
+        if (topology !== undefined && response.headers.get(OWNERS_HEADER) !== null && this.notMine.shouldRefresh()) {
+          // "Not mine": the table in hand is stale. Fetch it again in the background.
+          this.refreshTopology().catch(() => undefined);
+        }
         if (response.status === 503 && req.idempotent && !last) {
           await this.backoff(attempt);
           continue;

@@ -28,7 +28,7 @@ import {
   UnavailableError,
   ValueTooLargeError,
 } from "./errors.js";
-import { type Member, type Members, type Ring, Topology } from "./routing.js";
+import { type Member, type Members, NotMineGate, OWNERS_HEADER, type Ring, Topology } from "./routing.js";
 
 export * from "./index.js";
 
@@ -295,6 +295,8 @@ export class GrpcClient {
   private readonly downUntil = new Map<string, number>();
   private topology: Topology | undefined;
   private refreshing: Promise<Topology | undefined> | undefined;
+  /** Smart routing: the table fetches that "not mine" answers (trailing metadata `dhashmap-owners`) made. */
+  readonly notMine = new NotMineGate();
 
   constructor(target = "127.0.0.1:9090", options: GrpcClientOptions = {}) {
     if (typeof target !== "string" || target === "") throw new TypeError("a gRPC target (host:port) is needed");
@@ -530,14 +532,22 @@ export class GrpcClient {
 
   // -- calls ----------------------------------------------------------------------------
 
-  private call<T>(stub: Stub, method: string, request: object): Promise<T> {
+  private call<T>(stub: Stub, method: string, request: object, onStatus?: (status: grpc.StatusObject) => void): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      (stub[method] as Unary)(request, new grpc.Metadata(), { deadline: Date.now() + this.timeoutMs }, (error, response) => {
+      const call = (stub[method] as Unary)(request, new grpc.Metadata(), { deadline: Date.now() + this.timeoutMs }, (error, response) => {
         if (error) reject(error);
         else resolve(response as T);
       });
+      if (onStatus !== undefined) call.on("status", onStatus);
     });
   }
+
+  /** A routed call's status: trailing metadata `dhashmap-owners` means the table in hand is stale. */
+  private readonly routedStatus = (status: grpc.StatusObject): void => {
+    if (status.metadata.get(OWNERS_HEADER).length > 0 && this.notMine.shouldRefresh()) {
+      this.refreshTopology().catch(() => undefined);
+    }
+  };
 
   /**
    * One unary call with the client's deadline. Idempotent calls are tried again
@@ -549,7 +559,8 @@ export class GrpcClient {
     for (let attempt = 0; ; attempt++) {
       const routed = typeof stub === "function" ? await stub() : undefined;
       try {
-        return await this.call<T>(routed?.stub ?? (stub as Stub), method, request);
+        return await this.call<T>(routed?.stub ?? (stub as Stub), method, request,
+                                  routed !== undefined ? this.routedStatus : undefined);
       } catch (raw) {
         const error = fromServiceError(raw, method);
         if (routed !== undefined && error instanceof ConnectionError && error.code !== "cancelled") {

@@ -4,6 +4,11 @@
  * there saves the coordinator's hop to a replica; any node gives the same
  * answer, so routing is only ever an optimisation: whenever it cannot decide
  * (no table yet, every owner down) the request goes to a seed URL instead.
+ *
+ * A node that is not one of a key's owners says so ("not mine": the REST header
+ * `Dhashmap-Owners`, the gRPC trailing metadata `dhashmap-owners`), so a client
+ * routing by a stale table fetches it again: in the background, at most once per
+ * second (`NotMineGate`).
  */
 
 import { BadResponseError } from "./errors.js";
@@ -57,6 +62,29 @@ export function parseRing(doc: unknown): Ring {
     throw new BadResponseError(`the cluster hashes keys with ${String(d.hash)}; this client knows only xxh64`);
   }
   return d as Ring;
+}
+
+/** The REST header and gRPC trailing metadata of a node that does not own the key it answered for. */
+export const OWNERS_HEADER = "dhashmap-owners";
+
+/**
+ * Rate limit for the table fetches that "not mine" answers ask for: `shouldRefresh()`
+ * is true at most once per `intervalMs`, so a burst of answers routed by one stale
+ * table makes one fetch. `refreshes` counts the fetches it allowed.
+ */
+export class NotMineGate {
+  refreshes = 0;
+  private last = -Infinity;
+
+  constructor(readonly intervalMs = 1000, private readonly now: () => number = Date.now) {}
+
+  shouldRefresh(): boolean {
+    const now = this.now();
+    if (now - this.last < this.intervalMs) return false;
+    this.last = now;
+    this.refreshes++;
+    return true;
+  }
 }
 
 const ROUTABLE = new Set(["alive", "suspect"]);

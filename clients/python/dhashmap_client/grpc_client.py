@@ -346,7 +346,9 @@ class GrpcClient:
     ``smart_routing=True``: ``get``, ``put``, ``delete`` and ``cas`` go straight to the gRPC
     port of the key's first live owner (``routing.Router``: the table from ``ring()`` and
     ``members()``, fetched again after ``topology_max_age`` seconds or when a routed node cannot
-    be reached, which is then avoided for ``node_down`` seconds); the other calls go to
+    be reached, which is then avoided for ``node_down`` seconds, and in the background, at most once
+    a second, when a routed node's trailing metadata ``dhashmap-owners`` says it does not own the
+    key); the other calls go to
     ``target``.  One more channel per node routed to.
     """
 
@@ -542,7 +544,7 @@ class GrpcClient:
             target = _address(owners[0]) if owners else self.target
             node = self if target == self.target else self._node(target)
             try:
-                return node._once(call, False)
+                return node._once(call, False, self._not_mine if owners else None)
             except (Unavailable, ConnectionError) as error:
                 never_sent = isinstance(error, ConnectionError) and _never_sent(error.message)
                 if isinstance(error, ConnectionError) and owners and self.router is not None:
@@ -552,6 +554,12 @@ class GrpcClient:
                 if not never_sent:
                     self._sleep(self._delay(attempt))
             attempt += 1
+
+    def _not_mine(self, metadata: Any) -> None:
+        """Trailing metadata of a routed call: ``dhashmap-owners`` means the node does not own the key."""
+        for name, value in metadata or ():
+            if name == "dhashmap-owners" and self.router is not None:
+                self.router.not_owner(str(value).split(","))
 
     def _node(self, target: str) -> GrpcClient:
         with self._lock:
@@ -574,19 +582,27 @@ class GrpcClient:
             return Topology(ring, members["members"], "grpc_port", seed_host)
         raise error or ConnectionError("no node to ask for the partition table")
 
-    def _once(self, call: Call, idempotent: bool) -> Any:
+    def _once(self, call: Call, idempotent: bool, trailers: Callable[[Any], None] | None = None) -> Any:
         def method() -> Any:
             kv, cluster = self._stubs()
             return getattr(kv if call.service == "kv" else cluster, call.method)
 
-        return call.answer(self._unary(method, call.request, idempotent=idempotent))
+        return call.answer(self._unary(method, call.request, idempotent=idempotent, trailers=trailers))
 
-    def _unary(self, method: Callable[[], Any], request: Any, *, idempotent: bool) -> Any:
+    def _unary(self, method: Callable[[], Any], request: Any, *, idempotent: bool,
+               trailers: Callable[[Any], None] | None = None) -> Any:
+        """One call, retried as ``retries`` allows; ``trailers`` sees each answer's trailing metadata."""
         attempt = 0
         while True:
             try:
-                return method()(request, timeout=self.timeout)
+                if trailers is None:
+                    return method()(request, timeout=self.timeout)
+                response, rpc = method().with_call(request, timeout=self.timeout)
+                trailers(rpc.trailing_metadata())
+                return response
             except grpc.RpcError as e:
+                if trailers is not None and hasattr(e, "trailing_metadata"):
+                    trailers(e.trailing_metadata())
                 error = error_from_rpc(e)
                 if not retryable(error, idempotent, attempt, self.retries):
                     raise error from e

@@ -172,7 +172,8 @@ class NativeClient:
     port of the key's first live owner (``routing.Router``, with a connection per node routed
     to).  The table comes from the REST API of this node (the REST port its ``Hello``
     announces, or ``rest_url``), and is fetched again after ``topology_max_age`` seconds or when
-    a routed node cannot be reached, which is then avoided for ``node_down`` seconds.  A request
+    a routed node cannot be reached, which is then avoided for ``node_down`` seconds, and (in the
+    background, at most once a second) when a routed node answers that it does not own the key.  A request
     that could not be sent (no connection) goes on to the next owner; one that was sent is
     replayed elsewhere only if it is a ``get``.
     """
@@ -285,12 +286,18 @@ class NativeClient:
                     raise
                 continue  # nothing was sent
             try:
-                return node._send(conn, request)
+                answer = node._send(conn, request)
             except ConnectionError:
                 if owners:
                     self.router.node_failed(address)
                 if last or not idempotent:
                     raise
+                continue
+            if owners:  # routed by the table: a node that is not an owner says so ("not mine")
+                result = getattr(answer, answer.WhichOneof("body") or "error")
+                if getattr(result, "owners", None):
+                    self.router.not_owner(result.owners)
+            return answer
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _node(self, address: tuple[str, int]) -> NativeClient:

@@ -7,8 +7,10 @@ docs/partitioning.md says (XXH64 of the key's bytes, seed 0, modulo the partitio
 sends the request to the first live owner of the partition's preference list.
 
 ``Router`` keeps the table fresh: it is fetched again when older than ``max_age``, after
-``invalidate()``, and after a routed node could not be reached (``node_failed``), which also
-makes the router avoid that node for ``node_down`` seconds.  When routing cannot decide (no
+``invalidate()``, after a routed node could not be reached (``node_failed``), which also
+makes the router avoid that node for ``node_down`` seconds, and when a routed node answers that
+it is not one of the key's owners (``not_owner``: the server's "not mine", docs/api.md): then
+in the background, at most once per ``refresh_interval`` seconds.  When routing cannot decide (no
 table, every owner down) the request goes to the node the client was given.  The native and
 gRPC clients (``NativeClient``, ``GrpcClient`` with ``smart_routing=True``) share it; only how
 the table is fetched and which port addresses a member differ.
@@ -160,16 +162,23 @@ class Router:
     """
 
     def __init__(self, load: Callable[[list[tuple[str, int]]], Topology], max_age: float = 30.0,
-                 node_down: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 node_down: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 refresh_interval: float = 1.0) -> None:
         self._load = load
         self.max_age = max_age
         self.node_down = node_down
+        self.refresh_interval = refresh_interval
         self._clock = clock
         self._lock = threading.Lock()
         self._topology: Topology | None = None
         self._stale = True
         self._down: dict[tuple[str, int], float] = {}
+        self._refreshing = False
+        self._last_refresh: float | None = None
         self.loads = 0  # how many tables were fetched (for tests and debugging)
+        self.not_owner_refreshes = 0  # of those, how many a "not mine" answer asked for
+        # How a "not mine" refresh runs: a daemon thread; tests run it in place.
+        self._spawn: Callable[[Callable[[], None]], None] = _in_a_thread
 
     @property
     def topology(self) -> Topology | None:
@@ -213,3 +222,38 @@ class Router:
         """Fetch the table again before the next routed request."""
         with self._lock:
             self._stale = True
+
+    def not_owner(self, owners: Iterable[str] = ()) -> bool:
+        """A routed node answered that it does not own the key (``owners``: the ones it named).
+
+        Fetches the table again in the background, unless one such fetch is running or one
+        started less than ``refresh_interval`` seconds ago; requests meanwhile keep the table in
+        hand (the node they reach coordinates them: a hop more, the same answer).  Returns
+        whether a fetch was started.
+        """
+        with self._lock:
+            now = self._clock()
+            if self._refreshing or (self._last_refresh is not None
+                                    and now - self._last_refresh < self.refresh_interval):
+                return False
+            self._refreshing, self._last_refresh = True, now
+            known = self._topology.addresses() if self._topology is not None else []
+        self._spawn(lambda: self._refresh(known))
+        return True
+
+    def _refresh(self, known: list[tuple[str, int]]) -> None:
+        try:
+            topology = self._load(known)
+        except Exception:
+            topology = None  # keep the table in hand; age or the next "not mine" tries again
+        with self._lock:
+            self._refreshing = False
+            if topology is not None:
+                topology.fetched_at = self._clock()
+                self._topology, self._stale = topology, False
+                self.loads += 1
+                self.not_owner_refreshes += 1
+
+
+def _in_a_thread(f: Callable[[], None]) -> None:
+    threading.Thread(target=f, name="dhashmap-routing-refresh", daemon=True).start()

@@ -124,6 +124,34 @@ def test_router_keeps_its_table_when_a_fetch_fails() -> None:
     assert empty.targets(b"k") == []  # no table: the caller's own node serves
 
 
+def test_not_mine_refreshes_once_in_the_background_at_most_once_per_interval() -> None:
+    clock = FakeClock()
+    loads: list[list[tuple[str, int]]] = []
+    spawned: list[Any] = []
+
+    def load(known: list[tuple[str, int]]) -> Topology:
+        loads.append(known)
+        return Topology(RING, members(), "grpc_port", "seed")
+
+    router = Router(load, max_age=30.0, clock=clock)
+    router._spawn = spawned.append  # run the background refresh when the test says
+    router.current()
+    assert len(loads) == 1
+    assert router.not_owner(["b"]) is True
+    assert router.not_owner(["b"]) is False, "one refresh at a time"
+    spawned.pop()()
+    assert len(loads) == 2 and router.not_owner_refreshes == 1
+    assert loads[1] == router.topology.addresses(), "the members in hand are asked if the seed is not"
+    clock.now += 0.5
+    assert router.not_owner(["b"]) is False, "at most one refresh per refresh_interval"
+    clock.now += 0.6
+    assert router.not_owner(["b"]) is True
+    spawned.pop()()
+    assert len(loads) == 3 and router.not_owner_refreshes == 2
+    router.current()
+    assert len(loads) == 3, "a refreshed table is fresh"
+
+
 # -- against a live cluster ------------------------------------------------------------------
 
 
@@ -160,10 +188,10 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, str, bytes]]:
     record: list[tuple[Any, str, bytes]] = []
     once, send = GrpcClient._once, NativeClient._send
 
-    def grpc_once(self: GrpcClient, call: Any, idempotent: bool) -> Any:
+    def grpc_once(self: GrpcClient, call: Any, idempotent: bool, *rest: Any) -> Any:
         if call.method in ("Get", "Put", "Delete", "CompareAndSwap"):
             record.append((self, self.target, call.request.key))
-        return once(self, call, idempotent)
+        return once(self, call, idempotent, *rest)
 
     def native_send(self: NativeClient, conn: Any, request: Any) -> Any:
         body = request.WhichOneof("body")
@@ -226,3 +254,63 @@ def test_a_node_that_went_away_is_routed_around_and_the_table_fetched_again(clus
             # ...and so does a write, which could not be sent to the dead node.
             c.put(key, b"after")
             assert c.get(key).value == b"after"
+
+
+# -- "not mine": a table made stale against a live cluster where each key has one replica ---------
+
+
+@pytest.fixture(scope="module")
+def single_replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProcess]]:
+    root = tmp_path_factory.mktemp("notmine")
+    nodes = [NodeProcess(root / f"m{i}" / "data", node_id=f"m{i}") for i in range(1, 3)]
+    seeds = ",".join(f"127.0.0.1:{n.peer_port}" for n in nodes)
+    try:
+        for node in nodes:
+            node.extra_args = ("--seed-nodes", seeds, "--storage", "memory", "--replicas", "1")
+            node.start(wait=False)
+        for node in nodes:
+            node.wait_ready()
+        ids = {n.node_id for n in nodes}
+        assert wait_for(lambda: all({i for i, s in n.member_states().items() if s == "alive"} == ids for n in nodes),
+                        deadline=20), [n.log() for n in nodes]
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def swapped(topology: Topology) -> Topology:
+    """The same table with each partition given to the other node: every route is wrong."""
+    stale = Topology({"partitions": 1, "table": {}}, [], "grpc_port", "x")
+    stale.__dict__.update(topology.__dict__)
+    other = {"m1": "m2", "m2": "m1"}
+    stale._owners = [[other[o] for o in owners] for owners in topology._owners]
+    return stale
+
+
+@pytest.mark.parametrize("transport", ["grpc", "native"])
+def test_a_stale_table_is_refreshed_once_and_a_correct_one_never(
+        single_replica: list[NodeProcess], sent: list[tuple[Any, str, bytes]], transport: str) -> None:
+    address = {n.node_id: f"127.0.0.1:{n.grpc_port if transport == 'grpc' else n.peer_port}" for n in single_replica}
+    with clients(single_replica, transport, 0, smart_routing=True) as routed:
+        router = routed.router
+        keys = [f"notmine-{transport}/{i}".encode() for i in range(20)]
+        for key in keys:  # a correct table: the owner answers, nobody says "not mine"
+            routed.put(key, b"v")
+            assert routed.get(key).value == b"v"
+        assert (router.loads, router.not_owner_refreshes) == (1, 0)
+        owner = {key: address[first_owner(single_replica[0], key)] for key in keys}
+        assert all(where == owner[key] for _, where, key in sent)
+
+        refreshed: list[Any] = []
+        router._spawn = lambda f: (f(), refreshed.append(f))  # the background refresh, run in place
+        router._topology = swapped(router.topology)
+        sent.clear()
+        for key in keys:  # the first answer says "not mine": one refresh, then the right nodes
+            assert routed.get(key).value == b"v"
+            routed.put(key, b"w")
+        assert (router.loads, router.not_owner_refreshes, len(refreshed)) == (2, 1, 1)
+        wrong = [(where, key) for _, where, key in sent if where != owner[key]]
+        assert wrong == [(sent[0][1], keys[0])], "only the first request went to the wrong node"
+        assert all(routed.get(key).value == b"w" for key in keys)
+        assert router.not_owner_refreshes == 1
