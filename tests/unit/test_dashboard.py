@@ -56,8 +56,10 @@ class DashboardTests(SynchronousTestCase):
             response, body = self.request("GET", path)
             self.assertEqual(response.code, 404, path)
             self.assertEqual(json.loads(body)["error"]["code"], "no_route")
-        response, _ = self.request("POST", "/ui/", b"x")
+        response, body = self.request("POST", "/ui/", b"x")
         self.assertEqual(response.code, 405)
+        self.assertEqual(response.headers.getRawHeaders(b"allow"), [b"GET, HEAD"])
+        self.assertEqual(json.loads(body)["error"]["code"], "method_not_allowed")
 
     def test_assets_ship_in_the_package(self):
         files = {p.name for p in resources.files("twisted_dhm.api").joinpath("ui").iterdir()}

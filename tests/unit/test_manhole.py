@@ -179,3 +179,64 @@ class AuthorizedKeysTests(SynchronousTestCase):
 
     def test_unreadable_file_refuses_everyone(self):
         self.assertEqual(AuthorizedKeysFile(self.mktemp()).getAuthorizedKeys(b"root"), [])
+
+
+class FakeChannel:
+    """What an SSH session channel offers the terminal: a process protocol's side of it."""
+
+    session = None
+    lost = False
+    written = b""
+
+    def makeConnection(self, transport):  # noqa: N802
+        self.transport = transport
+
+    def write(self, data):
+        self.written += data
+
+    def loseConnection(self):  # noqa: N802
+        self.lost = True
+
+
+class SSHSessionTests(SynchronousTestCase):
+    """The SSH side in memory: the factory's host key, and a session that ends on EOF and follows resizes."""
+
+    def setUp(self):
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+        from twisted.conch.ssh import keys
+
+        from twisted_dhm.api.manhole import ssh_factory
+
+        self.host_key = keys.Key(ed25519.Ed25519PrivateKey.generate())
+        self.factory = ssh_factory({"answer": 42}, self.mktemp(), self.host_key)
+
+    def test_host_key_is_this_factorys_own(self):
+        from twisted.conch.manhole_ssh import ConchFactory
+
+        self.assertEqual(self.factory.publicKeys, {b"ssh-ed25519": self.host_key.public()})
+        self.assertEqual(ConchFactory.publicKeys, {}, "the class's shared dict is left alone")
+
+    def test_session_eof_and_resize(self):
+        from twisted.conch.interfaces import IConchUser, ISession
+
+        _, user, _ = self.factory.portal.realm.requestAvatar(b"admin", None, IConchUser)
+        session = ISession(user.original)
+
+        channel = FakeChannel()
+        session.getPty(b"xterm", (24, 80, 0, 0), [])
+        session.openShell(channel)
+        session.windowChanged((40, 132, 0, 0))
+        self.assertEqual((session.width, session.height), (132, 40))
+        self.assertFalse(channel.lost)
+        self.assertIn(b">>> ", channel.written)  # the prompt
+        session.eofReceived()
+        self.assertTrue(channel.lost)
+
+    def test_no_pty_gets_a_default_terminal(self):
+        from twisted.conch.interfaces import IConchUser, ISession
+
+        _, user, _ = self.factory.portal.realm.requestAvatar(b"admin", None, IConchUser)
+        session = ISession(user.original)
+        channel = FakeChannel()
+        session.openShell(channel)  # ssh -T: no pty request came first
+        self.assertEqual((session.width, session.height), (80, 24))

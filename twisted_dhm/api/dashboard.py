@@ -58,3 +58,11 @@ class UIResource(Resource):
         return self._read(name)
 
     render_HEAD = render_GET  # noqa: N815
+
+    def render(self, request: server.Request) -> bytes:
+        if request.method not in (b"GET", b"HEAD"):
+            request.setResponseCode(405)
+            request.setHeader(b"allow", b"GET, HEAD")
+            request.setHeader(b"content-type", b"application/json")
+            return b'{"error": {"code": "method_not_allowed", "message": "the dashboard is read with GET"}}'
+        return super().render(request)
