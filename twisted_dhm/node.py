@@ -15,10 +15,11 @@ from typing import Any
 
 import attrs
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, inlineCallbacks
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from twisted_dhm import __version__
@@ -41,6 +42,7 @@ from twisted_dhm.peer import peer_pb2 as pb
 from twisted_dhm.peer.pool import PeerPool
 from twisted_dhm.peer.protocol import LocalIdentity, PeerFactory, PeerProtocol
 from twisted_dhm.storage import IStorageEngine, StorageError
+from twisted_dhm.storage.lastalive import LastAlive
 from twisted_dhm.storage.lmdb_engine import LMDBEngine
 from twisted_dhm.storage.memory import MemoryEngine
 from twisted_dhm.versions import HybridLogicalClock
@@ -161,6 +163,10 @@ class DhashmapNode(MultiService):
         handler = PeerHandler(self.replica, self.coordinator, config.max_key_size, config.max_value_size)
         self.pool.handler = handler
 
+        if config.storage == "lmdb":
+            # First: a directory away longer than the tombstone grace must not rejoin as it is.
+            self.last_alive = LastAlive(config.data_dir, reactor, config.tombstone_grace)
+            self.last_alive.setServiceParent(self)
         self.store = StoreService(self.engine, self.hints)
         self.store.setServiceParent(self)
 
@@ -173,7 +179,8 @@ class DhashmapNode(MultiService):
         self.membership = self._make_membership(config, reactor, rng)
         self.membership.setServiceParent(self)
 
-        self.handoff = HintedHandoff(self.replica, self.view, self.replicas, reactor, config.handoff_interval)
+        self.handoff = HintedHandoff(self.replica, self.view, self.replicas, reactor, config.handoff_interval,
+                                     routing=self.routing)
         self.handoff.setServiceParent(self)
 
         self.reaper = Reaper(self.engine, reactor, grace=config.tombstone_grace)
@@ -192,6 +199,7 @@ class DhashmapNode(MultiService):
         self._peer_factory = peer_factory
         # Called once a drain asked for over the API is complete (the daemon stops its reactor).
         self.after_drain: Any = None
+        self._exit_asked = False
 
         self.metrics = NodeMetrics(self.engine, cluster=self)
         limits = Limits(config.max_key_size, config.max_value_size)
@@ -334,34 +342,52 @@ class DhashmapNode(MultiService):
             log.info("member {id} is leaving the ring", id=member_id)
             self.view.set_state(member_id, LEFT)
 
-    def _announce_leave(self) -> Deferred:
-        """Tell every member this node leaves the ring; from now on it only finishes its work."""
+    @inlineCallbacks
+    def _announce_leave(self) -> Any:
+        """Tell every member this node leaves the ring; from now on it only finishes its work.
+
+        Fires once every member that is up has acknowledged (retrying those that did not): a
+        member that missed the news would go on sending this node writes after its last pass.
+        """
         identity = attrs.evolve(self._identity, leaving=True)
         self.pool.identity = identity
         self._peer_factory.identity = identity
-        tells = []
-        for member in self.view.members():
-            if member.id != self.config.node_id and member.routable:
-                frame = pb.Frame()
-                frame.leave.node_id = self.config.node_id
-                tells.append(self.pool.request(member.id, frame, timeout=self.config.request_timeout))
         leave = getattr(self.membership, "leave", None)
         if leave is not None:
             leave()  # SWIM: the leave also goes out by gossip
         self.view.upsert(attrs.evolve(self.view.local, state=LEFT))
-        return DeferredList(tells, consumeErrors=True)
+        told: set[str] = set()
+        while True:
+            members = [m.id for m in self.view.members()
+                       if m.id != self.config.node_id and m.routable and m.id not in told]
+            if not members:
+                return
+            tells = []
+            for member_id in members:
+                frame = pb.Frame()
+                frame.leave.node_id = self.config.node_id
+                tells.append(self.pool.request(member_id, frame, timeout=self.config.request_timeout))
+            results = yield DeferredList(tells, consumeErrors=True)
+            told.update(m for m, (ok, _) in zip(members, results, strict=True) if ok)
+            if len(told) < len(members):
+                yield deferLater(self.reactor, 1.0, lambda: None)
 
     def leave(self) -> Deferred:
-        """Drain this node: its data to the next owners, then out of the ring (``dhm leave``)."""
-        d = self.rebalance.drain(self._announce_leave)
-        if self.after_drain is not None:
+        """Drain this node: its data to the next owners, then out of the ring (``dhm leave``).
+
+        Any number of callers may ask; each gets a Deferred that fires when the one drain is done.
+        """
+        d = self.rebalance.drain(self._announce_leave, self.handoff.hand_over)
+        if self.after_drain is not None and not self._exit_asked:
+            self._exit_asked = True
             d.addCallback(lambda _: self.after_drain())
         return d
 
     def stopService(self) -> Deferred:
         if self.config.drain_on_stop and self.running and not self.rebalance.drained:
             log.info("--drain-on-stop: handing this node's data over before stopping")
-            return self.leave().addBoth(lambda _: super(DhashmapNode, self).stopService())
+            d = self.rebalance.drain(self._announce_leave, self.handoff.hand_over)
+            return d.addBoth(lambda _: super(DhashmapNode, self).stopService())
         return super().stopService()
 
     def startService(self) -> None:

@@ -156,7 +156,7 @@ func TestFakeHandshake(t *testing.T) {
 	n.mu.Lock()
 	hello := n.hellos[0]
 	n.mu.Unlock()
-	if hello.GetProtocolVersion() != 2 || hello.GetCluster() != "dhashmap" || hello.GetRole() != pb.Role_ROLE_CLIENT ||
+	if hello.GetProtocolVersion() != protocolVersion || hello.GetCluster() != "dhashmap" || hello.GetRole() != pb.Role_ROLE_CLIENT ||
 		hello.GetNodeId() != "" || hello.GetPartitions() != 0 {
 		t.Fatalf("the client's Hello: %v", hello)
 	}
@@ -169,8 +169,8 @@ func TestFakeHandshakeMismatch(t *testing.T) {
 		version uint32
 		code    string
 	}{
-		{"cluster", "another", 2, "cluster_mismatch"},
-		{"version", "dhashmap", 3, "version_mismatch"},
+		{"cluster", "another", protocolVersion, "cluster_mismatch"},
+		{"version", "dhashmap", protocolVersion + 1, "version_mismatch"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := newFakeNodeOf(t, tc.cluster, tc.version, echo)

@@ -27,7 +27,7 @@ func TestWorkedExampleClientHello(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := unhex(t, "00000010 120e 0802 1208 6468617368 6d6170 2002")
+	want := unhex(t, "00000010 120e 0803 1208 6468617368 6d6170 2002")
 	if !bytes.Equal(got, want) {
 		t.Fatalf("client Hello\n got %x\nwant %x", got, want)
 	}
@@ -119,7 +119,7 @@ func TestReadFrameTruncatedAndUndecodable(t *testing.T) {
 }
 
 func TestCheckHello(t *testing.T) {
-	ok := &pb.Frame{Body: &pb.Frame_Hello{Hello: &pb.Hello{ProtocolVersion: 2, Cluster: "dhashmap", NodeId: "n1"}}}
+	ok := &pb.Frame{Body: &pb.Frame_Hello{Hello: &pb.Hello{ProtocolVersion: protocolVersion, Cluster: "dhashmap", NodeId: "n1"}}}
 	if h, err := checkHello(ok, "dhashmap"); err != nil || h.GetNodeId() != "n1" {
 		t.Fatalf("compatible Hello: %v %v", h, err)
 	}
@@ -128,7 +128,7 @@ func TestCheckHello(t *testing.T) {
 		code  string
 	}{
 		{ok, "cluster_mismatch"}, // checked against another name below
-		{&pb.Frame{Body: &pb.Frame_Hello{Hello: &pb.Hello{ProtocolVersion: 3, Cluster: "other"}}}, "version_mismatch"},
+		{&pb.Frame{Body: &pb.Frame_Hello{Hello: &pb.Hello{ProtocolVersion: protocolVersion + 1, Cluster: "other"}}}, "version_mismatch"},
 		{&pb.Frame{Body: &pb.Frame_Error{Error: &pb.Error{Code: pb.ErrorCode_ERROR_CODE_CLUSTER_MISMATCH}}}, "cluster_mismatch"},
 	} {
 		_, err := checkHello(tc.frame, "other")

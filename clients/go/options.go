@@ -29,7 +29,7 @@ const (
 	// MaxTTL is the longest TTL the node accepts (10 years).
 	MaxTTL = 315360000 * time.Second
 
-	protocolVersion = 2
+	protocolVersion = 3
 )
 
 // Option configures a client (NewNativeClient, NewRESTClient). Options that concern

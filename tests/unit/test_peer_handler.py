@@ -74,7 +74,8 @@ class HandlerTests(SynchronousTestCase):
 
     def test_undecodable_records_refused(self):
         good = encode_record(Record(b"v", Version().increment("a", 1)))
-        for bad in (b"", b"\x01", b"\x02" + good[1:], good[:12], good[:20] + b"\xff"):
+        flipped = good[:-5] + bytes([good[-5] ^ 1]) + good[-4:]  # one bit of the value: the checksum says so
+        for bad in (b"", b"\x01", b"\x03" + good[1:], good[:12], good[:20] + b"\xff", flipped):
             frame = pb.Frame()
             frame.replica_put.records.add(key=b"k", found=True, record=bad)
             self.failureResultOf(self.handler(PEER, frame), InvalidRequest)

@@ -122,6 +122,12 @@ def _rebalance_metrics(rebalance: Any) -> Iterator:
     yield CounterMetricFamily("dhashmap_anti_entropy_keys_repaired",
                               "Records anti-entropy stored on a replica that lacked them or had older ones.",
                               counters["keys_repaired"])
+    yield CounterMetricFamily("dhashmap_anti_entropy_conflicts",
+                              "Records another replica holds with the same version but different bytes (not copied).",
+                              counters["conflicts"])
+    yield CounterMetricFamily("dhashmap_index_corrections",
+                              "Hash-tree entries the background scrub found not matching the store (lost or "
+                              "damaged on disk).", counters["index_corrections"])
     yield GaugeMetricFamily("dhashmap_draining", "1 while this node hands its data over to leave the ring.",
                             1 if rebalance.draining else 0)
 

@@ -124,6 +124,32 @@ class IndexedEngine:
                 return
             after = entries[-1].key
 
+    def verify(self, partition: int, after: bytes | None, budget: int) -> tuple[int, bytes | None, int]:
+        """Compare up to ``budget`` of the partition's entries (keys after ``after``) with the store.
+
+        Returns (entries corrected, where to go on or ``None`` at the partition's end, budget left).
+        """
+        keys = sorted(k for k in self.index.keys[partition] if after is None or k > after)
+        fixed = 0
+        for key in keys[:budget]:
+            try:
+                record = self.engine.latest(key)
+            except CorruptRecord:
+                record = None
+            kept = self.index.keys[partition].get(key)
+            actual = None if record is None else digest(self.index.locate(key)[0], record)
+            if kept != actual:
+                log.warn("index entry for {key!r} did not match the store (lost or damaged on disk); corrected",
+                         key=key)
+                self.index.update(key, record)
+                fixed += 1
+        if len(keys) > budget:
+            return fixed, keys[budget - 1], 0
+        return fixed, None, budget - len(keys)
+
+    def flushed(self) -> Deferred:
+        return self.engine.flushed()
+
     def close(self) -> Deferred:
         return self.engine.close()
 

@@ -59,6 +59,7 @@ KEYS_PAGE = 2000  # keys (with digests) per TreeKeys answer
 KEYS_PAGE_BYTES = 1 << 20  # and about this many bytes of keys
 CHUNK_KEYS = 100  # records per copy request: small, so no reactor turn is long
 CHUNK_BYTES = 256 << 10
+SCRUB_KEYS = 1000  # index entries checked against the store per tick
 
 
 class RateLimiter:
@@ -136,6 +137,9 @@ class Rebalancer(Service):
         self.owned: frozenset[int] = frozenset()
         self.draining = False
         self.drained = False
+        self._drain_waiters: list[Deferred] = []
+        self._scrub_partition = 0
+        self._scrub_after: bytes | None = None
         self.transfers: dict[tuple[str, int, str], Transfer] = {}
         self.counters: Counter[str] = Counter()
         self.last_anti_entropy: dict | None = None
@@ -232,10 +236,31 @@ class Rebalancer(Service):
 
     def run_once(self) -> None:
         self._check_table()
+        self.counters["index_corrections"] += self._scrub(SCRUB_KEYS)
         for member in sorted({m for members in self.pulling.values() for m in members} - self._asking):
             self._compare_pulls(member)
         if not self.draining and self._stable():
             self._plan_handoffs()
+
+    def _scrub(self, budget: int) -> int:
+        """Check ``budget`` more index entries against the store, in a cycle over all partitions.
+
+        The index is built at start and kept by every write through this node; a record lost or
+        damaged on disk underneath it (a bad sector, a tool) shows up here, and the partition's
+        root then differs from the other replicas', so anti-entropy brings a good copy.
+        """
+        index = self.engine.index
+        fixed = 0
+        for _ in range(index.partitions):
+            p = self._scrub_partition
+            fixed_here, self._scrub_after, budget = self.engine.verify(p, self._scrub_after, budget)
+            fixed += fixed_here
+            if self._scrub_after is not None:
+                return fixed  # budget spent inside this partition
+            self._scrub_partition = (p + 1) % index.partitions
+            if budget <= 0:
+                return fixed
+        return fixed
 
     def _stable(self) -> bool:
         """The partition table has not changed for ``settle`` seconds."""
@@ -316,6 +341,9 @@ class Rebalancer(Service):
         for owner in owners:
             transfer.peer = owner
             yield self._sync(owner, partition, transfer, pull=False, push=True)
+        # The owners' trees include writes still waiting for their commit: wait until what they
+        # acknowledged is on disk before this copy goes.
+        yield self._barrier(owners)
         if partition in self.owned or self.draining:
             return  # the table changed back meanwhile: keep it
         current = self.engine.index.keys[partition]
@@ -325,6 +353,11 @@ class Rebalancer(Service):
         log.info("handed partition {p} ({n} keys) to {owners}", p=partition, n=len(removals), owners=",".join(owners))
 
     # -- comparing and copying one partition ---------------------------------------------------
+
+    def _barrier(self, nodes: Iterable[str]) -> Deferred:
+        """Fires once each node has made durable every write it had queued (an empty ReplicaPut)."""
+        return gatherResults([self.replicas.barrier(node) for node in nodes], consumeErrors=True).addErrback(
+            lambda f: f.value.subFailure)
 
     def _request(self, node: str, frame: pb.Frame) -> Deferred:
         return self.peers.request(node, frame, timeout=self.request_timeout)
@@ -374,12 +407,13 @@ class Rebalancer(Service):
             after = result.keys[-1]
         local, _ = self.engine.index.bucket_keys(partition, differ, None, 1 << 62)
         mine = dict(local)
+        conflicts: set[bytes] = set()
         if pull:
             wanted = [key for key, digest in remote.items() if mine.get(key) != digest]
             transfer.keys_total = max(transfer.keys_total, len(wanted))
-            yield self._pull(peer, wanted, transfer)
+            conflicts = yield self._pull(peer, wanted, transfer)
         if push:
-            offered = [key for key, digest in mine.items() if remote.get(key) != digest]
+            offered = [key for key, digest in mine.items() if remote.get(key) != digest and key not in conflicts]
             transfer.keys_total = max(transfer.keys_total, len(offered))
             yield self._push(peer, offered, transfer)
 
@@ -390,10 +424,32 @@ class Rebalancer(Service):
 
     @inlineCallbacks
     def _pull(self, peer: str, keys: Sequence[bytes], transfer: Transfer) -> Any:
+        """Fetch ``keys`` from ``peer`` and keep what wins; returns the keys in conflict.
+
+        A conflict is the same version with different bytes: no version can say which is
+        right (records carry a checksum, so it takes a bug or a forged write), so it is
+        counted and logged rather than copied back and forth every round.
+        """
+        conflicts: set[bytes] = set()
         for start in range(0, len(keys), CHUNK_KEYS):
             chunk = keys[start : start + CHUNK_KEYS]
             records = yield self.replicas.read(peer, chunk, False, local_only=True)
-            items = [(k, r) for k, r in zip(chunk, records, strict=True) if r is not None and not self._reclaimable(r)]
+            items = []
+            for k, r in zip(chunk, records, strict=True):
+                if r is None or self._reclaimable(r):
+                    continue
+                try:
+                    mine = self.engine.latest(k)
+                except CorruptRecord:
+                    mine = None
+                if mine is not None and mine.version == r.version:
+                    if encode_record(mine) != encode_record(r):
+                        conflicts.add(k)
+                        self.counters["conflicts"] += 1
+                        log.warn("{key!r}: {peer} has the same version with different bytes; left as it is",
+                                 key=k, peer=peer)
+                    continue
+                items.append((k, r))
             size = sum(len(k) + len(encode_record(r)) for k, r in items)
             yield self.limiter.take(size)
             stored = yield self.replica.apply(items) if items else succeed(0)
@@ -403,13 +459,14 @@ class Rebalancer(Service):
             self.counters["bytes_received"] += size
             if transfer.kind == "repair":
                 self.counters["keys_repaired"] += stored
+        return conflicts
 
     @inlineCallbacks
     def _push(self, peer: str, keys: Sequence[bytes], transfer: Transfer) -> Any:
         for items in self._chunks(keys):
             size = sum(len(k) + len(encode_record(r)) for k, r in items)
             yield self.limiter.take(size)
-            stored = yield self.replicas.write(peer, items)
+            stored = yield self.replicas.write_counted(peer, items)
             transfer.keys_done += len(items)
             transfer.bytes_done += size
             self.counters["keys_sent"] += len(items)
@@ -475,24 +532,48 @@ class Rebalancer(Service):
 
     # -- leaving -------------------------------------------------------------------------------
 
-    @inlineCallbacks
-    def drain(self, announce: Any) -> Any:
-        """Hand every partition to its owners without this node, then leave the ring.
+    def drain(self, announce: Any, hand_over_hints: Any) -> Deferred:
+        """Hand every partition and hint to the owners without this node, then leave the ring.
 
-        ``announce()`` tells the cluster this node is leaving (returns a Deferred); after
-        it, one more pass copies what was written here meanwhile.  Retries, without end,
-        a partition whose owners cannot take it yet: a node leaves only once its data is
-        elsewhere.
+        ``announce()`` tells the cluster this node is leaving; ``hand_over_hints(table)`` sends
+        the hinted writes held here to their keys' owners in ``table``.  After the announce,
+        passes copy what was written here meanwhile until a pass finds nothing new.  Retries,
+        without end, a partition whose owners cannot take it yet: a node leaves only once its
+        data is elsewhere.  Every caller gets a Deferred that fires when the one drain is done.
         """
-        if self.draining:
-            return
-        self.draining = True
+        waiter: Deferred = Deferred()
+        if self.drained:
+            waiter.callback(None)
+            return waiter
+        self._drain_waiters.append(waiter)
+        if not self.draining:
+            self.draining = True
+            self._drain(announce, hand_over_hints).addBoth(self._drain_finished)
+        return waiter
+
+    def _drain_finished(self, result: object) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(None)
+
+    @inlineCallbacks
+    def _drain(self, announce: Any, hand_over_hints: Any) -> Any:
         log.info("draining: handing every partition to its next owners")
         yield self._push_all("drain")
+        yield hand_over_hints(self.routing.table_without(self.node_id))
         yield announce()
-        # Writes that were on their way when the others heard: let them land, then copy them too.
-        yield deferLater(self.clock, self.request_timeout, lambda: None)
-        yield self._push_all("drain")
+        # Writes that were on their way when the others heard: let them land, copy them too,
+        # and again until a pass finds nothing new (a bounded number of times).
+        for _ in range(10):
+            before = list(self.engine.index.roots)
+            yield deferLater(self.clock, self.request_timeout, lambda: None)
+            yield self._push_all("drain")
+            yield hand_over_hints(self.routing.table_without(self.node_id))
+            if self.engine.index.roots == before:
+                break
         self.drained = True
         log.info("drained: every partition is with its next owners")
 
@@ -514,7 +595,12 @@ class Rebalancer(Service):
                     finally:
                         self.transfers.pop(job, None)
             if not failures:
-                return
+                try:
+                    # Every owner has what it acknowledged on disk, not only queued.
+                    yield self._barrier({o for p in self.engine.index.held() for o in table.preference_list(p)})
+                    return
+                except Exception as e:  # noqa: BLE001 - the pass is repeated
+                    log.info("drain: an owner could not confirm its writes are durable: {e}", e=e)
             yield deferLater(self.clock, self.tick, lambda: None)
 
     # -- what other members ask ----------------------------------------------------------------

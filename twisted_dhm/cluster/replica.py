@@ -111,6 +111,10 @@ class LocalReplica:
         ``current`` may pass the record the caller read for a single key in this same
         reactor turn (with pending writes), so it is not read and decoded twice.
         """
+        if not items:
+            # An empty write is a barrier: it answers once everything this replica has
+            # acknowledged or queued is durable (rebalancing asks before dropping its copy).
+            return gatherResults([self.engine.flushed(), self.hints.flushed()]).addCallback(lambda _: 0)
         writes = []
         known = current
         for key, record in items:

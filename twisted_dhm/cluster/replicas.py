@@ -147,6 +147,20 @@ class Replicas:
         size = sum(len(k) + len(r.value) for k, r in items)
         return self._batch(self._puts, (node, hint_for), self._flush_puts, len(items), size).add(items, size)
 
+    def barrier(self, node: str) -> Deferred:
+        """Fires once ``node`` has made durable every write it had queued (an empty ReplicaPut,
+        sent on its own: in a batch with other writes it would be an ordinary one)."""
+        if node == self.local_id:
+            return self.local.apply([])
+        return self._send_put(node, [], "")
+
+    def write_counted(self, node: str, items: Sequence[tuple[bytes, Record]]) -> Deferred:
+        """Like ``write``, in a frame of its own, firing with how many records ``node`` stored
+        (newer than what it had), not how many were sent."""
+        if node == self.local_id:
+            return self.local.apply(items)
+        return self._send_put(node, list(items), "")
+
     def _send_put(self, node: str, items: list[tuple[bytes, Record]], hint_for: str) -> Deferred:
         frame = pb.Frame()
         key_records_to_pb(items, frame.replica_put.records)

@@ -34,7 +34,7 @@ from twisted_dhm.peer import peer_pb2 as pb
 from twisted_dhm.peer.errors import PeerError, error_for_failure, error_frame
 from twisted_dhm.storage import StorageError
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 MAX_IN_FLIGHT = 1024  # requests one connection may have waiting for answers here
 HANDSHAKE_TIMEOUT = 10.0  # seconds a connection may take to send its Hello

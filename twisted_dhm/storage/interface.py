@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import zlib
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -10,10 +11,12 @@ from zope.interface import Interface
 
 from twisted_dhm.versions import Version, VersionDecodeError, decode_version, encode_version
 
-FORMAT_V1 = 1
+FORMAT_V1 = 1  # no checksum: still read
+FORMAT_V2 = 2  # the same, then a CRC-32 of everything before it
 FLAG_TOMBSTONE = 0x01
 _HEADER = struct.Struct(">BBQ")  # format, flags, expires_at (ms since epoch, 0 = never)
 _PEEK = struct.Struct(">BBQQ")  # the header and the version's HLC, which follows it
+_CRC = struct.Struct(">I")
 
 
 class StorageError(Exception):
@@ -70,17 +73,18 @@ class StorageStats:
 
 
 def encode_record(record: Record) -> bytes:
-    """``format:u8 | flags:u8 | expires_at:u64 | version | value`` (big-endian; docs/protocol.md)."""
+    """``format:u8 | flags:u8 | expires_at:u64 | version | value | crc32:u32`` (big-endian; docs/protocol.md)."""
     if record._encoded is not None:
         return record._encoded
     flags = FLAG_TOMBSTONE if record.tombstone else 0
-    encoded = b"".join(
+    body = b"".join(
         (
-            _HEADER.pack(FORMAT_V1, flags, record.expires_at),
+            _HEADER.pack(FORMAT_V2, flags, record.expires_at),
             encode_version(record.version),
             record.value,
         )
     )
+    encoded = body + _CRC.pack(zlib.crc32(body))
     object.__setattr__(record, "_encoded", encoded)
     return encoded
 
@@ -90,15 +94,27 @@ def decode_record(data: bytes) -> Record:
         fmt, flags, expires_at = _HEADER.unpack_from(data, 0)
     except struct.error:
         raise CorruptRecord(f"record of {len(data)} bytes is shorter than its header") from None
-    if fmt != FORMAT_V1:
+    if fmt == FORMAT_V2:
+        if len(data) < _HEADER.size + _CRC.size:
+            raise CorruptRecord(f"record of {len(data)} bytes is shorter than its header and checksum")
+        (crc,) = _CRC.unpack_from(data, len(data) - _CRC.size)
+        if zlib.crc32(memoryview(data)[: len(data) - _CRC.size]) != crc:
+            raise CorruptRecord("record checksum mismatch (damaged on disk or on the way)")
+        limit = len(data) - _CRC.size
+    elif fmt == FORMAT_V1:
+        limit = len(data)  # written before records carried a checksum
+    else:
         raise CorruptRecord(f"unknown record format {fmt}")
     try:
         version, end = decode_version(data, _HEADER.size)
     except VersionDecodeError as e:
         raise CorruptRecord(f"bad version in record: {e}") from None
+    if end > limit:
+        raise CorruptRecord("record version runs into its checksum")
     data = bytes(data)
-    record = Record(data[end:], version, bool(flags & FLAG_TOMBSTONE), expires_at)
-    object.__setattr__(record, "_encoded", data)
+    record = Record(data[end:limit], version, bool(flags & FLAG_TOMBSTONE), expires_at)
+    if fmt == FORMAT_V2:
+        object.__setattr__(record, "_encoded", data)  # a V1 record is re-encoded (with a checksum) when sent
     return record
 
 
@@ -108,7 +124,7 @@ def peek_entry(key: bytes, data: bytes) -> ScanEntry:
         fmt, flags, expires_at, hlc = _PEEK.unpack_from(data, 0)
     except struct.error:
         raise CorruptRecord(f"record of {len(data)} bytes is shorter than its header") from None
-    if fmt != FORMAT_V1:
+    if fmt not in (FORMAT_V1, FORMAT_V2):
         raise CorruptRecord(f"unknown record format {fmt}")
     return ScanEntry(key, bool(flags & FLAG_TOMBSTONE), expires_at, hlc)
 
@@ -140,6 +156,9 @@ class IStorageEngine(Interface):
 
     def write(key: bytes, record: Record | None) -> Deferred:
         """Store ``record`` (``None`` removes the key); fires once it is durable."""
+
+    def flushed() -> Deferred:
+        """Fires once every write queued so far is durable (a barrier; at once when none is)."""
 
     def scan(prefix: bytes, after: bytes | None, limit: int) -> list[ScanEntry]:
         """Up to ``limit`` durable entries with ``prefix``, in key order, after ``after``."""

@@ -287,6 +287,18 @@ class LMDBEngine:
             self._reactor.callLater(0, self._flush_if_idle)
         return waiter
 
+    def flushed(self) -> Deferred:
+        """Fires once every write queued so far is durable (errors included: it is a barrier)."""
+        d: Deferred = Deferred()
+        if self._queue:
+            self._waiters.append(d)  # fires with the commit that takes the queue
+            d.addErrback(lambda _: None)
+        elif self._committing is not None:
+            self._committing.addBoth(lambda result: (d.callback(None), result)[1])
+        else:
+            d.callback(None)
+        return d
+
     def _flush_if_idle(self) -> None:
         self._flush_scheduled = False
         if self._committing is None and self._queue:

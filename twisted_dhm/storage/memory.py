@@ -47,6 +47,9 @@ class MemoryEngine:
             self._bytes += len(key) + len(encode_record(record))
         return succeed(None)
 
+    def flushed(self) -> Deferred:
+        return succeed(None)  # every write is durable at once
+
     def scan(self, prefix: bytes, after: bytes | None, limit: int) -> list[ScanEntry]:
         start = prefix if after is None or after < prefix else after
         out = []

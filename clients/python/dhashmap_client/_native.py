@@ -30,7 +30,7 @@ from dhashmap_client.errors import (
     ValueTooLarge,
 )
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 DEFAULT_CLUSTER = "dhashmap"
 DEFAULT_PORT = 7000
 # The largest frame a node may send us: its frames are bounded by max_value_size

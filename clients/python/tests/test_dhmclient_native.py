@@ -425,7 +425,7 @@ class FakeNode:
         self.listener.close()
 
 
-def _node_hello(cluster: str = "dhashmap", version: int = 2) -> pb.Frame:
+def _node_hello(cluster: str = "dhashmap", version: int = native.PROTOCOL_VERSION) -> pb.Frame:
     frame = pb.Frame(id=0)
     frame.hello.protocol_version = version
     frame.hello.cluster = cluster

@@ -78,7 +78,7 @@ def test_the_client_and_the_server_agree_on_the_constants() -> None:
 
 def test_the_client_hello_is_the_bytes_the_spec_shows() -> None:
     data = native.encode(native.hello_frame("dhashmap"))
-    assert data.hex() == "00000010120e0802120864686173686d61702002"
+    assert data.hex() == "00000010120e0803120864686173686d61702002"
     spec = (ROOT / "docs/protocol.md").read_text()
     shown = re.search(r"```text\n# client Hello\n(.*?)```", spec, re.S)
     assert shown is not None, "docs/protocol.md lost its worked example"
@@ -122,7 +122,7 @@ def test_an_undecodable_frame_is_a_connection_error() -> None:
 # -- the handshake -----------------------------------------------------------------------------
 
 
-def _server_hello(cluster: str = "dhashmap", version: int = 2) -> pb.Frame:
+def _server_hello(cluster: str = "dhashmap", version: int = PROTOCOL_VERSION) -> pb.Frame:
     frame = pb.Frame(id=0)
     frame.hello.protocol_version = version
     frame.hello.cluster = cluster

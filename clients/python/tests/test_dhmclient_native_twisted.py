@@ -49,7 +49,7 @@ from twisted_dhm.testing.stack import single_node_coordinator
 ADDRESS = IPv4Address("TCP", "127.0.0.1", 7000)
 
 
-def node_hello(cluster: str = "dhashmap", version: int = 2) -> pb.Frame:
+def node_hello(cluster: str = "dhashmap", version: int = native.PROTOCOL_VERSION) -> pb.Frame:
     frame = pb.Frame(id=0)
     frame.hello.protocol_version = version
     frame.hello.cluster = cluster
