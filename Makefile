@@ -11,7 +11,7 @@ DISCOVERY ?= static
 MANHOLE_PORT ?= 0
 MANHOLE_KEYS ?=
 
-.PHONY: run run-client test lint clean bench bench-cluster swim-eval proto proto-check etcd consul grpcurl
+.PHONY: run run-client test lint clean bench bench-cluster bench-grpc swim-eval proto proto-check etcd consul grpcurl
 
 $(STAMP): setup.py clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,11 @@ bench: $(STAMP)
 ## bench-cluster: 3-node dhashmap beside 3-member etcd (needs wrk and etcd-server)
 bench-cluster: $(STAMP)
 	bench/cluster_vs_etcd.sh
+
+## bench-grpc: gRPC (ghz), REST (wrk) and native protocol (bench/nativeload) on one node, beside plain grpc.aio
+##             and redis-benchmark; NODES=3 for the cluster (needs ghz, wrk, go, redis-server; docs/benchmarks.md)
+bench-grpc: $(STAMP)
+	bench/grpc_bench.sh
 
 ## swim-eval: SWIM failure detection in the simulator, N = 10/100/1,000 at 0/5/10 % loss and with
 ##            stalled members, Lifeguard on and off -> docs/swim.md (about an hour of CPU on 2 cores)
