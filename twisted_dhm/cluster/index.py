@@ -20,6 +20,7 @@ depth two, docs/rebalancing.md).  The index costs about 150 bytes per key.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 
 import xxhash
@@ -43,13 +44,19 @@ def digest(key_hash_: int, record: Record) -> int:
 
 
 class PartitionIndex:
-    """Keys and digests per partition, with bucket and root hashes."""
+    """Keys and digests per partition, with bucket and root hashes.
+
+    ``keys[p]`` maps each key to ``digest << 6 | bucket`` (compare those values for equality;
+    ``digest_of`` takes the digest out), so listing a bucket needs no rehashing.
+    """
 
     def __init__(self, partitions: int) -> None:
         self.partitions = partitions
         self.keys: list[dict[bytes, int]] = [{} for _ in range(partitions)]
         self.buckets: list[list[int]] = [[0] * BUCKETS for _ in range(partitions)]
         self.roots: list[int] = [0] * partitions
+        self._generation = [0] * partitions
+        self._sorted: dict[tuple[int, tuple[int, ...]], tuple[int, list[bytes]]] = {}
 
     def locate(self, key: bytes) -> tuple[int, int, int]:
         """(key hash, partition, bucket)."""
@@ -59,14 +66,27 @@ class PartitionIndex:
     def partition(self, key: bytes) -> int:
         return key_hash(key) % self.partitions
 
+    @staticmethod
+    def digest_of(entry: int) -> int:
+        return entry >> 6
+
+    def entry(self, key: bytes, record: Record) -> int:
+        """What ``keys[p][key]`` holds for ``record``."""
+        h, _, b = self.locate(key)
+        return digest(h, record) << 6 | b
+
     def update(self, key: bytes, record: Record | None) -> None:
         h, p, b = self.locate(key)
         keys = self.keys[p]
-        delta = keys.pop(key, 0)
+        old = keys.pop(key, None)
+        delta = 0 if old is None else old >> 6
         if record is not None:
             new = digest(h, record)
-            keys[key] = new
+            keys[key] = new << 6 | b
             delta ^= new
+        elif old is None:
+            return
+        self._generation[p] += 1
         if delta:
             self.buckets[p][b] ^= delta
             self.roots[p] ^= delta
@@ -77,13 +97,24 @@ class PartitionIndex:
 
     def bucket_keys(self, partition: int, buckets: set[int], after: bytes | None, limit: int
                     ) -> tuple[list[tuple[bytes, int]], bool]:
-        """(key, digest) of ``buckets`` in key order after ``after``; and whether more remain."""
-        q = self.partitions
-        chosen = sorted(
-            (key, d) for key, d in self.keys[partition].items()
-            if (after is None or key > after) and (key_hash(key) // q) % BUCKETS in buckets
-        )
-        return chosen[:limit], len(chosen) > limit
+        """(key, digest) of ``buckets`` in key order after ``after``; and whether more remain.
+
+        The sorted key list of a (partition, buckets) pair is kept until the partition
+        changes, so paging through a large partition sorts it once, not once per page.
+        """
+        keys = self.keys[partition]
+        cache_key = (partition, tuple(sorted(buckets)))
+        cached = self._sorted.get(cache_key)
+        if cached is None or cached[0] != self._generation[partition]:
+            chosen = sorted(k for k, e in keys.items() if e & (BUCKETS - 1) in buckets)
+            if len(self._sorted) > 64:
+                self._sorted.clear()
+            self._sorted[cache_key] = (self._generation[partition], chosen)
+        else:
+            chosen = cached[1]
+        start = 0 if after is None else bisect.bisect_right(chosen, after)
+        page = chosen[start : start + limit]
+        return [(k, keys[k] >> 6) for k in page], start + limit < len(chosen)
 
 
 @implementer(IStorageEngine)
@@ -137,7 +168,7 @@ class IndexedEngine:
             except CorruptRecord:
                 record = None
             kept = self.index.keys[partition].get(key)
-            actual = None if record is None else digest(self.index.locate(key)[0], record)
+            actual = None if record is None else self.index.entry(key, record)
             if kept != actual:
                 log.warn("index entry for {key!r} did not match the store (lost or damaged on disk); corrected",
                          key=key)
