@@ -1,5 +1,7 @@
 """A data directory away longer than the tombstone grace must not rejoin as it is."""
 
+import os
+
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -9,6 +11,7 @@ from twisted_dhm.storage.lastalive import LastAlive
 class LastAliveTests(SynchronousTestCase):
     def setUp(self):
         self.dir = self.mktemp()
+        os.makedirs(self.dir)  # as the store makes it
         self.clock = Clock()
         self.clock.advance(1_800_000_000)
 

@@ -46,8 +46,8 @@ class LastAlive(Service):
         try:
             with open(self.path) as f:
                 raw = f.read().strip()
-        except FileNotFoundError:
-            return  # a new directory, or one from before this check existed
+        except (FileNotFoundError, NotADirectoryError):
+            return  # a new directory, one from before this check existed, or no directory (the store says)
         except OSError as e:
             raise SystemExit(f"dhashmap: cannot start: cannot read {self.path}: {e.strerror}") from None
         try:
@@ -75,9 +75,9 @@ class LastAlive(Service):
 
     def startService(self) -> None:
         self.check()
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
         super().startService()
-        self._loop.start(self.interval, now=True)
+        # The first note after one interval: the store creates the directory meanwhile.
+        self._loop.start(self.interval, now=False)
 
     def stopService(self) -> None:
         super().stopService()
