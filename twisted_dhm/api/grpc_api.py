@@ -30,6 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, gatherResults, maybeDeferred
+from twisted.internet.error import TimeoutError as DeferredTimeout
 from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
 from twisted.logger import Logger
 
@@ -86,7 +87,7 @@ def status_of(error: BaseException) -> _Abort:
         return _Abort(grpc.StatusCode.PERMISSION_DENIED, error.message)
     if isinstance(error, InvalidRequest | KVError):
         return _Abort(grpc.StatusCode.INVALID_ARGUMENT, error.message)
-    if isinstance(error, CancelledError | TimeoutError):
+    if isinstance(error, CancelledError | TimeoutError | DeferredTimeout):  # Deferred.addTimeout's
         return _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the cluster answered")
     if isinstance(error, StorageError):
         return _Abort(grpc.StatusCode.UNAVAILABLE, str(error))
