@@ -30,7 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, gatherResults, maybeDeferred
-from twisted.internet.error import TimeoutError as DeferredTimeout
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
 from twisted.logger import Logger
 
