@@ -14,12 +14,28 @@ from twisted_dhm.testing.process import NodeProcess, free_port, wait_for
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def grpc_node(tmp_path):
+# Plain `twistd dhashmap` (the epoll reactor: grpc.aio in a thread of its own) and `twistd -r asyncio`
+# (grpc.aio on the reactor's loop): the two bridges of twisted_dhm/api/grpc_api.py.
+REACTOR_CLASS = {"default": "twisted.internet.epollreactor.EPollReactor",
+                 "asyncio": "twisted.internet.asyncioreactor.AsyncioSelectorReactor"}
+REACTORS = tuple(REACTOR_CLASS)
+
+
+def on_reactor(node, reactor):
+    """Run the node under ``twistd -r <reactor>`` (nothing for the default)."""
+    if reactor != "default":
+        args = node.args()
+        node.command = [*args[:args.index("dhashmap")], "-r", reactor, *args[args.index("dhashmap"):]]
+    return node
+
+
+@pytest.fixture(params=REACTORS)
+def grpc_node(tmp_path, request):
     node = NodeProcess(tmp_path / "g1" / "data", node_id="g1")
     node.grpc_port = free_port()
     node.extra_args = ("--grpc-port", str(node.grpc_port))
-    node.start()
+    on_reactor(node, request.param).start()
+    assert f"reactor class: {REACTOR_CLASS[request.param]}." in node.log_path.read_text()
     channel = grpc.insecure_channel(f"127.0.0.1:{node.grpc_port}")
     yield node, channel
     channel.close()
@@ -96,12 +112,14 @@ def test_cluster_health_and_reflection(grpc_node):
     assert {"dhashmap.v1.KV", "dhashmap.v1.Cluster", "grpc.health.v1.Health"} <= names
 
 
-def test_a_deadline_shorter_than_the_work_is_deadline_exceeded(tmp_path):
+@pytest.mark.parametrize("reactor", REACTORS)
+def test_a_deadline_shorter_than_the_work_is_deadline_exceeded(tmp_path, reactor):
     nodes = [NodeProcess(tmp_path / f"d{i}" / "data", node_id=f"d{i}") for i in (1, 2)]
     seeds = ",".join(f"127.0.0.1:{n.peer_port}" for n in nodes)
     grpc_port = free_port()
     nodes[0].extra_args = ("--grpc-port", str(grpc_port), "--seed-nodes", seeds, "--request-timeout", "10")
     nodes[1].extra_args = ("--seed-nodes", seeds)
+    on_reactor(nodes[0], reactor)
     try:
         for n in nodes:
             n.start()

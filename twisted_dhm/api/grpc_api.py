@@ -1,14 +1,14 @@
 """The gRPC API (``--grpc-port``): services dhashmap.v1.KV and dhashmap.v1.Cluster, plus the
 standard grpc.health.v1 health service and server reflection.
 
-The bridge: gRPC's own server (grpc core, C++) accepts and decodes requests on its threads;
-each handler hops into the node's one reactor with ``blockingCallFromThread`` to run the
-coordinator, and waits there for the answer.  It was chosen on the numbers in the gRPC issue
-(with a trivial handler this design beat grpc.aio on Twisted's asyncio reactor, 5.5k against
-5.1k calls/s, and it keeps the default epoll reactor, under which REST and the native protocol
-are faster), so a plain ``twistd -n dhashmap`` needs no ``-r`` flag.  With the real handlers a
-first measurement gives only about 2k calls/s on one node (docs/benchmarks.md): the choice is
-to be settled by measuring both designs on the whole node.
+The bridge: the handlers are grpc.aio coroutines.  Under the default epoll reactor (what plain
+``twistd -n dhashmap`` runs) grpc.aio has an asyncio loop in one thread of its own, and each
+call hands the coordinator's work to the reactor with ``callFromThread`` and gets the answer
+back with ``call_soon_threadsafe``: no thread ever blocks waiting, unlike the threaded
+``grpc.server`` with ``blockingCallFromThread`` it replaces (one node: 2.5k against 1.9k Get/s,
+1.9k against 1.5k Put/s).  Under ``twistd -r asyncio`` grpc.aio shares the reactor's loop and
+calls the coordinator directly: gRPC is faster still (3.0k Get/s) but REST and the native
+protocol are 7-12 % slower, so that is not the default (docs/grpc.md, docs/benchmarks.md).
 
 The client's deadline is honoured end to end: the coordinator's Deferred gets a timeout of the
 time the call has left, so a request that cannot finish in time is cancelled in the reactor and
@@ -20,19 +20,20 @@ does not go through the injected network; so the simulator runs its nodes with `
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import _async as reflection_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, gatherResults, maybeDeferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from twisted_dhm import __version__
 from twisted_dhm.api import kv_pb2, kv_pb2_grpc
@@ -95,42 +96,98 @@ def status_of(error: BaseException) -> _Abort:
     return _Abort(grpc.StatusCode.INTERNAL, "the server failed to handle this request; see its log")
 
 
-class _Bridge:
-    """Runs coordinator calls in the reactor thread for gRPC's threads, within the call's deadline."""
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline had passed when the call arrived")
+    return remaining
 
-    def __init__(self, reactor: Any) -> None:
+
+def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if future.done():  # the call was cancelled meanwhile
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
+
+
+class _ThreadBridge:
+    """grpc.aio on its own event loop in one thread; coordinator calls run in the reactor thread.
+
+    Each call crosses threads twice, both ways without blocking a thread: ``callFromThread`` into
+    the reactor, ``call_soon_threadsafe`` back to gRPC's loop.  A cancelled call (client gone,
+    deadline) cancels the coordinator's Deferred in the reactor.
+    """
+
+    def __init__(self, reactor: Any, loop: asyncio.AbstractEventLoop) -> None:
         self.reactor = reactor
+        self.loop = loop
 
-    def call(self, context: grpc.ServicerContext, f: Callable[..., Deferred], *args: Any, **kw: Any) -> Any:
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
-            raise _Abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline had passed when the call arrived")
+    async def call(self, context: grpc.aio.ServicerContext, f: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        remaining = _deadline(context)
+        loop = self.loop
+        future = loop.create_future()
+        running: list[Deferred] = []
 
-        def run() -> Deferred:
+        def succeeded(result: Any) -> None:
+            loop.call_soon_threadsafe(_settle, future, result, None)
+
+        def failed(failure: Failure) -> None:
+            loop.call_soon_threadsafe(_settle, future, None, failure.value)
+
+        def start() -> None:
+            if future.done():
+                return
             d = maybeDeferred(f, *args, **kw)
             if remaining is not None:
                 d.addTimeout(remaining, self.reactor)
-            return d
+            running.append(d)
+            d.addCallbacks(succeeded, failed)
 
+        self.reactor.callFromThread(start)
         try:
-            return blockingCallFromThread(self.reactor, run)
-        except _Abort:
+            return await future
+        except asyncio.CancelledError:
+            self.reactor.callFromThread(lambda: running and running[0].cancel())
             raise
-        except Exception as e:
-            raise status_of(e) from None
+
+
+class _LoopBridge:
+    """grpc.aio on the asyncio loop that Twisted's asyncio reactor runs: no thread at all."""
+
+    def __init__(self, reactor: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.reactor = reactor
+        self.loop = loop
+
+    async def call(self, context: grpc.aio.ServicerContext, f: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        remaining = _deadline(context)
+        d = maybeDeferred(f, *args, **kw)
+        if d.called and not d.paused and not d.callbacks:  # answered at once: no trip through the loop
+            result = d.result
+            if isinstance(result, Failure):
+                d.addErrback(lambda _: None)
+                result.raiseException()
+            return result
+        if remaining is not None:
+            d.addTimeout(remaining, self.reactor)
+        return await d.asFuture(self.loop)
+
+
+_Bridge = _ThreadBridge | _LoopBridge
 
 
 def _handled(method: Callable) -> Callable:
     """Turn our exceptions into gRPC statuses (abort raises, so nothing runs after it)."""
 
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return method(self, request, context)
+            return await method(self, request, context)
         except Exception as e:
             status = status_of(e)
             if status.metadata:  # kept with the dhashmap-owners a keyed call may have set
                 context.set_trailing_metadata((*(context.trailing_metadata() or ()), *status.metadata))
-            context.abort(status.code, status.message)
+            await context.abort(status.code, status.message)
 
     wrapper.__name__ = method.__name__
     wrapper.__doc__ = method.__doc__
@@ -156,7 +213,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         self.max_value = max_value
         self._not_mine = NotMine(coordinator, lambda owners: (("dhashmap-owners", ",".join(owners)),))
 
-    def _owned(self, key: bytes, context: grpc.ServicerContext) -> bytes:
+    def _owned(self, key: bytes, context: Any) -> bytes:
         """The checked key; trailing metadata ``dhashmap-owners`` when this node is not an owner."""
         owners = self._not_mine.owners(self._key(key))
         if owners is not None:
@@ -176,39 +233,41 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         return value
 
     @_handled
-    def Get(self, request: kv_pb2.GetRequest, context: grpc.ServicerContext) -> kv_pb2.GetResponse:  # noqa: N802
-        record = self.bridge.call(context, self.coordinator.get, self._owned(request.key, context), _level(request.r))
+    async def Get(self, request: kv_pb2.GetRequest, context: grpc.aio.ServicerContext) -> kv_pb2.GetResponse:  # noqa: N802
+        record = await self.bridge.call(context, self.coordinator.get, self._owned(request.key, context),
+                                        _level(request.r))
         if record is None:
             raise _Abort(grpc.StatusCode.NOT_FOUND, "no value for this key")
         return kv_pb2.GetResponse(value=record.value, version=record.version.to_token())
 
     @_handled
-    def Put(self, request: kv_pb2.PutRequest, context: grpc.ServicerContext) -> kv_pb2.PutResponse:  # noqa: N802
-        result = self.bridge.call(context, self.coordinator.put, self._owned(request.key, context),
-                                  self._value(request.value), ttl=request.ttl_seconds or None, w=_level(request.w))
+    async def Put(self, request: kv_pb2.PutRequest, context: grpc.aio.ServicerContext) -> kv_pb2.PutResponse:  # noqa: N802
+        result = await self.bridge.call(context, self.coordinator.put, self._owned(request.key, context),
+                                        self._value(request.value), ttl=request.ttl_seconds or None,
+                                        w=_level(request.w))
         return kv_pb2.PutResponse(version=result.version.to_token(), created=result.created)
 
     @_handled
-    def Delete(self, request: kv_pb2.DeleteRequest, context: grpc.ServicerContext) -> kv_pb2.DeleteResponse:  # noqa: N802
+    async def Delete(self, request: kv_pb2.DeleteRequest, context: grpc.aio.ServicerContext) -> kv_pb2.DeleteResponse:  # noqa: N802
         precondition = _precondition(request.if_match, False)
-        self.bridge.call(context, self.coordinator.delete, self._owned(request.key, context), precondition,
-                         w=_level(request.w))
+        await self.bridge.call(context, self.coordinator.delete, self._owned(request.key, context), precondition,
+                               w=_level(request.w))
         return kv_pb2.DeleteResponse()
 
     @_handled
-    def CompareAndSwap(self, request: kv_pb2.CompareAndSwapRequest,  # noqa: N802
-                       context: grpc.ServicerContext) -> kv_pb2.CompareAndSwapResponse:
+    async def CompareAndSwap(self, request: kv_pb2.CompareAndSwapRequest,  # noqa: N802
+                       context: grpc.aio.ServicerContext) -> kv_pb2.CompareAndSwapResponse:
         if not request.create_only and not request.expected_version:
             raise InvalidRequest("give expected_version, or create_only")
         precondition = _precondition(request.expected_version, request.create_only)
-        result = self.bridge.call(context, self.coordinator.put, self._owned(request.key, context),
+        result = await self.bridge.call(context, self.coordinator.put, self._owned(request.key, context),
                                   self._value(request.value), ttl=request.ttl_seconds or None,
                                   precondition=precondition, w=_level(request.w))
         return kv_pb2.CompareAndSwapResponse(version=result.version.to_token())
 
     @_handled
-    def BatchGet(self, request: kv_pb2.BatchGetRequest,  # noqa: N802
-                 context: grpc.ServicerContext) -> kv_pb2.BatchGetResponse:
+    async def BatchGet(self, request: kv_pb2.BatchGetRequest,  # noqa: N802
+                 context: grpc.aio.ServicerContext) -> kv_pb2.BatchGetResponse:
         if len(request.keys) > MAX_BATCH:
             raise InvalidRequest(f"at most {MAX_BATCH} keys per batch")
         keys = [self._key(k) for k in request.keys]
@@ -217,7 +276,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         def all_of() -> Deferred:
             return gatherResults([self.coordinator.get(k, r) for k in keys], consumeErrors=True)
 
-        records = self.bridge.call(context, all_of)
+        records = await self.bridge.call(context, all_of)
         items = [kv_pb2.BatchGetResponse.Item(key=k, found=rec is not None,
                                               value=rec.value if rec else b"",
                                               version=rec.version.to_token() if rec else "")
@@ -225,8 +284,8 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         return kv_pb2.BatchGetResponse(items=items)
 
     @_handled
-    def BatchPut(self, request: kv_pb2.BatchPutRequest,  # noqa: N802
-                 context: grpc.ServicerContext) -> kv_pb2.BatchPutResponse:
+    async def BatchPut(self, request: kv_pb2.BatchPutRequest,  # noqa: N802
+                 context: grpc.aio.ServicerContext) -> kv_pb2.BatchPutResponse:
         if len(request.items) > MAX_BATCH:
             raise InvalidRequest(f"at most {MAX_BATCH} items per batch")
         items = [(self._key(i.key), self._value(i.value), i.ttl_seconds or None) for i in request.items]
@@ -235,7 +294,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         def all_of() -> Deferred:
             return DeferredList([self.coordinator.put(k, v, ttl=t, w=w) for k, v, t in items], consumeErrors=True)
 
-        outcomes = self.bridge.call(context, all_of)
+        outcomes = await self.bridge.call(context, all_of)
         results = []
         for (key, _, _), (ok, outcome) in zip(items, outcomes, strict=True):
             if ok:
@@ -246,16 +305,17 @@ class KVServicer(kv_pb2_grpc.KVServicer):
                                                               message=status.message))
         return kv_pb2.BatchPutResponse(results=results)
 
-    def Scan(self, request: kv_pb2.ScanRequest, context: grpc.ServicerContext) -> Iterator[kv_pb2.ScanResponse]:  # noqa: N802
+    async def Scan(self, request: kv_pb2.ScanRequest,  # noqa: N802
+                   context: grpc.aio.ServicerContext) -> AsyncIterator[kv_pb2.ScanResponse]:
         try:
             page_size = min(request.page_size or DEFAULT_PAGE, DEFAULT_PAGE)
             left = request.limit or None
             cursor = None
             if request.has_start_after:
                 cursor = encode_cursor(request.start_after)
-            while context.is_active():
+            while not context.done():
                 size = page_size if left is None else min(page_size, left)
-                page = self.bridge.call(context, self.coordinator.list, request.prefix, cursor, size)
+                page = await self.bridge.call(context, self.coordinator.list, request.prefix, cursor, size)
                 if page.keys:
                     yield kv_pb2.ScanResponse(keys=page.keys)
                 if left is not None:
@@ -265,7 +325,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
                 cursor = page.cursor
         except Exception as e:
             status = status_of(e)
-            context.abort(status.code, status.message)
+            await context.abort(status.code, status.message)
 
 
 class ClusterServicer(kv_pb2_grpc.ClusterServicer):
@@ -274,26 +334,26 @@ class ClusterServicer(kv_pb2_grpc.ClusterServicer):
         self.bridge = bridge
 
     @_handled
-    def Members(self, request: kv_pb2.MembersRequest,  # noqa: N802
-                context: grpc.ServicerContext) -> kv_pb2.MembersResponse:
+    async def Members(self, request: kv_pb2.MembersRequest,  # noqa: N802
+                context: grpc.aio.ServicerContext) -> kv_pb2.MembersResponse:
         def read() -> list:
             return self.node.view.members()
 
-        members = self.bridge.call(context, read)
+        members = await self.bridge.call(context, read)
         return kv_pb2.MembersResponse(node=self.node.config.node_id, members=[
             kv_pb2.Member(id=m.id, state=m.state, host=m.host, peer_port=m.peer_port, rest_port=m.rest_port,
                           grpc_port=m.grpc_port, gossip_port=m.gossip_port, weight=m.weight,
                           version=m.software_version, incarnation=m.incarnation) for m in members])
 
     @_handled
-    def Ring(self, request: kv_pb2.RingRequest, context: grpc.ServicerContext) -> kv_pb2.RingResponse:  # noqa: N802
-        table = self.bridge.call(context, lambda: self.node.routing.table)
+    async def Ring(self, request: kv_pb2.RingRequest, context: grpc.aio.ServicerContext) -> kv_pb2.RingResponse:  # noqa: N802
+        table = await self.bridge.call(context, lambda: self.node.routing.table)
         return kv_pb2.RingResponse(partitions=table.partitions, replicas=table.replicas, hash="xxh64", table=[
             kv_pb2.RingResponse.Partition(partition=p, owners=list(owners)) for p, owners in table.as_dict().items()])
 
     @_handled
-    def Status(self, request: kv_pb2.StatusRequest,  # noqa: N802
-               context: grpc.ServicerContext) -> kv_pb2.StatusResponse:
+    async def Status(self, request: kv_pb2.StatusRequest,  # noqa: N802
+               context: grpc.aio.ServicerContext) -> kv_pb2.StatusResponse:
         def read() -> tuple:
             membership = self.node.membership
             problems = membership.problems() if hasattr(membership, "problems") else []
@@ -302,12 +362,12 @@ class ClusterServicer(kv_pb2_grpc.ClusterServicer):
                 counts[m.state] += 1
             return self.node.is_ready(), problems, counts
 
-        ready, problems, counts = self.bridge.call(context, read)
+        ready, problems, counts = await self.bridge.call(context, read)
         return kv_pb2.StatusResponse(node=self.node.config.node_id, ready=ready, problems=problems,
                                      members_by_state=counts, version=__version__)
 
 
-class _Reflection(reflection.ReflectionServicer):
+class _Reflection(reflection_aio.ReflectionServicer):
     """Server reflection that also finds the file of a method's full name (``dhashmap.v1.KV.Get``).
 
     protobuf's upb descriptor pool (the default implementation) resolves messages, fields,
@@ -330,41 +390,54 @@ class _Reflection(reflection.ReflectionServicer):
         return super()._file_containing_symbol(request, fully_qualified_name)
 
 
+class _CannotListen(Exception):
+    """Not SystemExit inside the loop: asyncio lets that one escape the loop, not the future."""
+
+
+def _asyncio_loop(reactor: Any) -> asyncio.AbstractEventLoop | None:
+    """The asyncio loop the reactor runs (``twistd -r asyncio``), or None for any other reactor."""
+    return getattr(reactor, "_asyncioEventloop", None)
+
+
 class GrpcService(Service):
-    """The gRPC listener, started and stopped with the node."""
+    """The gRPC listener, started and stopped with the node.
+
+    grpc.aio runs on the reactor's own loop when the reactor is Twisted's asyncio reactor, and
+    otherwise (the default epoll reactor) on an asyncio loop in one thread of its own.
+    """
 
     name = "grpc"
 
-    def __init__(self, node: Any, reactor: Any, bind: str, port: int, max_key: int, max_value: int,
-                 workers: int = 16) -> None:
+    def __init__(self, node: Any, reactor: Any, bind: str, port: int, max_key: int, max_value: int) -> None:
         self.node = node
         self.reactor = reactor
         self.bind = bind
         self.port = port
         self.max_key = max_key
         self.max_value = max_value
-        self.workers = workers
-        self.server: grpc.Server | None = None
-        self.health: health.HealthServicer | None = None
+        self.server: grpc.aio.Server | None = None
+        self.health: Any = None
         self.bound_port = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread: threading.Thread | None = None
 
-    def startService(self) -> None:
-        bridge = _Bridge(self.reactor)
+    def _build(self, bridge: _Bridge) -> grpc.aio.Server:
+        """Make the server and bind its port; runs on gRPC's loop."""
+        from grpc_health.v1 import _async as health_aio
+
         frame = self.max_value + self.max_key + 64 * 1024
-        server = grpc.server(
-            ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="dhashmap-grpc"),
+        server = grpc.aio.server(
             options=[("grpc.max_receive_message_length", frame), ("grpc.max_send_message_length", frame),
                      ("grpc.so_reuseport", 0)],
         )
         kv_pb2_grpc.add_KVServicer_to_server(KVServicer(self.node.coordinator, bridge, self.max_key, self.max_value),
                                              server)
         kv_pb2_grpc.add_ClusterServicer_to_server(ClusterServicer(self.node, bridge), server)
-        self.health = health.HealthServicer()
+        self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        names = [kv_pb2.DESCRIPTOR.services_by_name[n].full_name for n in ("KV", "Cluster")]
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-            _Reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME]), server)
-        address = f"[{self.bind}]:{self.port}" if ":" in self.bind else f"{self.bind}:{self.port}"
+            _Reflection([*self._names(), health.SERVICE_NAME, reflection.SERVICE_NAME]), server)
+        address = self._address()
         try:
             self.bound_port = server.add_insecure_port(address)
         except RuntimeError as e:
@@ -373,20 +446,70 @@ class GrpcService(Service):
         else:
             reason = "address in use or not available"
         if not self.bound_port:
-            raise SystemExit(f"dhashmap: cannot start: cannot listen on {address} (grpc): {reason}")
-        server.start()
-        self.server = server
-        for service in ("", *names):
-            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            raise _CannotListen(f"dhashmap: cannot start: cannot listen on {address} (grpc): {reason}")
+        return server
+
+    def _names(self) -> list[str]:
+        return [kv_pb2.DESCRIPTOR.services_by_name[n].full_name for n in ("KV", "Cluster")]
+
+    def _address(self) -> str:
+        return f"[{self.bind}]:{self.port}" if ":" in self.bind else f"{self.bind}:{self.port}"
+
+    async def _start(self, server: grpc.aio.Server) -> None:
+        await server.start()
+        for service in ("", *self._names()):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _stop(self, server: grpc.aio.Server) -> None:
+        await self.health.enter_graceful_shutdown()
+        await server.stop(grace=1.0)
+
+    def startService(self) -> None:
+        loop = _asyncio_loop(self.reactor)
+        if loop is not None:
+            self.loop = loop
+            try:
+                self.server = self._build(_LoopBridge(self.reactor, loop))
+            except _CannotListen as e:
+                raise SystemExit(str(e)) from None
+            started = Deferred.fromFuture(asyncio.ensure_future(self._start(self.server), loop=loop))
+            started.addErrback(lambda f: log.failure("gRPC server failed to start", f))
+        else:
+            self.loop = loop = asyncio.new_event_loop()
+            self.thread = threading.Thread(target=loop.run_forever, name="dhashmap-grpc", daemon=True)
+            self.thread.start()
+
+            async def build_and_start() -> grpc.aio.Server:
+                server = self._build(_ThreadBridge(self.reactor, loop))
+                await self._start(server)
+                return server
+
+            try:
+                self.server = asyncio.run_coroutine_threadsafe(build_and_start(), loop).result(30)
+            except BaseException as e:
+                loop.call_soon_threadsafe(loop.stop)
+                self.thread.join(5)
+                if isinstance(e, _CannotListen):
+                    raise SystemExit(str(e)) from None
+                raise
         super().startService()
-        log.info("gRPC API on {address}", address=address)
+        log.info("gRPC API on {address}", address=self._address())
 
     def stopService(self) -> Deferred | None:
         super().stopService()
         server, self.server = self.server, None
-        if server is None:
+        loop, thread, self.thread = self.loop, self.thread, None
+        if server is None or loop is None:
             return None
-        if self.health is not None:
-            self.health.enter_graceful_shutdown()
-        stopped: threading.Event = server.stop(grace=1.0)
-        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), stopped.wait, 5.0)
+        if thread is None:
+            return Deferred.fromFuture(asyncio.ensure_future(self._stop(server), loop=loop))
+        done: Deferred = Deferred()
+
+        def stopped(_: Any) -> None:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(5)
+            done.callback(None)
+
+        future = asyncio.run_coroutine_threadsafe(self._stop(server), loop)
+        future.add_done_callback(lambda _: self.reactor.callFromThread(stopped, None))
+        return done
