@@ -5,10 +5,11 @@ The bridge: the handlers are grpc.aio coroutines.  Under the default epoll react
 ``twistd -n dhashmap`` runs) grpc.aio has an asyncio loop in one thread of its own, and each
 call hands the coordinator's work to the reactor with ``callFromThread`` and gets the answer
 back with ``call_soon_threadsafe``: no thread ever blocks waiting, unlike the threaded
-``grpc.server`` with ``blockingCallFromThread`` it replaces (one node: 2.5k against 1.9k Get/s,
-1.9k against 1.5k Put/s).  Under ``twistd -r asyncio`` grpc.aio shares the reactor's loop and
-calls the coordinator directly: gRPC is faster still (3.0k Get/s) but REST and the native
-protocol are 7-12 % slower, so that is not the default (docs/grpc.md, docs/benchmarks.md).
+``grpc.server`` with ``blockingCallFromThread`` it replaces (one node: 2.8k against 2.1k Get/s,
+2.3k against 1.6k Put/s), and any number of calls can be in the node at once.  Under
+``twistd -r asyncio`` grpc.aio shares the reactor's loop and calls the coordinator directly:
+gRPC Get is a little faster (3.0k/s) but REST is 11-15 % slower and native writes 4 %, so
+that is not the default (docs/grpc.md, docs/benchmarks.md).
 
 The client's deadline is honoured end to end: the coordinator's Deferred gets a timeout of the
 time the call has left, so a request that cannot finish in time is cancelled in the reactor and
