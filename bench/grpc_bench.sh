@@ -62,7 +62,7 @@ bench_ports_free "${ports[@]}" "$PLAIN_PORT" "$REDIS_PORT"
 bench_setup_dirs "grpc-n$NODES${REACTOR:+-$REACTOR}"
 cd "$ROOT"
 
-go build -o "$TMP/nativeload" ./bench/nativeload 2>&1 || (cd bench/nativeload && go build -o "$TMP/nativeload" .)
+(cd bench/nativeload && go build -o "$TMP/nativeload" .) || die "cannot build bench/nativeload"
 
 SERVER_PIDS=()
 for i in $(seq "$NODES"); do
@@ -86,13 +86,13 @@ fi
 say "preloading 100000 keys"
 $PY "$BENCH/preload.py" dhm "http://127.0.0.1:${REST[0]}" --conns 16 >/dev/null || die "preload failed"
 grep -m1 "reactor class" "$OUT/dhashmap-g1.log" | sed 's/.*reactor class: //' >"$OUT/reactor.txt" || true
+write_versions "$OUT/versions.txt" "see bench/grpc_bench.sh; NODES=$NODES ROUNDS=$ROUNDS DURATION=${DURATION}s"
 {
-  write_versions /dev/stdout "see bench/grpc_bench.sh; NODES=$NODES ROUNDS=$ROUNDS DURATION=${DURATION}s"
   echo "reactor: $(cat "$OUT/reactor.txt")"
   echo "ghz: $("$GHZ" --version 2>&1)"
   echo "go: $(go version | awk '{print $3}')"
   command -v redis-server >/dev/null && echo "redis: $(redis-server --version | awk '{print $3}')"
-} >"$OUT/versions.txt" 2>/dev/null
+} >>"$OUT/versions.txt" 2>/dev/null
 
 KEY=$(printf bench00000001 | base64)
 VALUE=$(head -c 100 /dev/zero | tr '\0' v | base64 -w0)
@@ -123,12 +123,14 @@ redis_run() {  # redis_run <out>
 }
 
 RESULTS="$OUT/results.txt"
-measure() {  # measure <label> <server pid> <command...>: one line "label rps p50 p99 errors other"
-  local label=$1 pid=$2 attempt line other; shift 2
+measure() {  # measure <label> <server pids> <command...>: one line "label rps p50 p99 errors other"
+  local label=$1 pids=$2 attempt line other; shift 2
   for attempt in $(seq 0 "$RETRIES"); do
-    $PY "$BENCH/cpu_snapshot.py" $$ "$pid" >"$TMP/cpu0"
+    # shellcheck disable=SC2086  # pids: one or more (every node of a cluster works for each request)
+    $PY "$BENCH/cpu_snapshot.py" $$ $pids >"$TMP/cpu0"
     line=$("$@")
-    $PY "$BENCH/cpu_snapshot.py" $$ "$pid" >"$TMP/cpu1"
+    # shellcheck disable=SC2086
+    $PY "$BENCH/cpu_snapshot.py" $$ $pids >"$TMP/cpu1"
     other=$($PY "$BENCH/cpu_snapshot.py" --diff "$TMP/cpu0" "$TMP/cpu1" | sed -n 's/.*other=\([0-9.]*\).*/\1/p')
     sleep 2
     if awk -v o="$other" -v m="$MAX_OTHER" 'BEGIN{exit !(o <= m)}' || ((attempt == RETRIES)); then break; fi
@@ -157,7 +159,7 @@ if [[ -n "${REDIS_PID:-}" ]]; then
   redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -t set -c 50 -n 200000 -d 100 -r 100000 -q >/dev/null
 fi
 
-N1=${SERVER_PIDS[0]}
+N1="${SERVER_PIDS[*]}"  # the nodes: their CPU is the benchmark's own, not foreign load
 for round in $(seq "$ROUNDS"); do
   say "round $round of $ROUNDS"
   for op in $OPS; do
