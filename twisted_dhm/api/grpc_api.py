@@ -22,6 +22,7 @@ does not go through the injected network; so the simulator runs its nodes with `
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -113,29 +114,58 @@ def _settle(future: asyncio.Future, result: Any, error: BaseException | None) ->
         future.set_exception(error)
 
 
+class _Batches:
+    """Hands callables to another thread's loop, one wake-up for all that queue up meanwhile.
+
+    ``post`` may run in any thread; ``wake(run)`` schedules ``run`` in the target thread
+    (``callFromThread`` or ``call_soon_threadsafe``).  The flag is cleared before the queue is
+    drained, so a callable posted during a drain is run by it or by the next one, never lost.
+    """
+
+    def __init__(self, wake: Callable[[Callable[[], None]], Any]) -> None:
+        self.wake = wake
+        self.queue: collections.deque[Callable[[], None]] = collections.deque()
+        self.scheduled = False
+
+    def post(self, f: Callable[[], None]) -> None:
+        self.queue.append(f)
+        if not self.scheduled:
+            self.scheduled = True
+            self.wake(self.run)
+
+    def run(self) -> None:
+        self.scheduled = False
+        queue = self.queue
+        while queue:
+            queue.popleft()()
+
+
 class _ThreadBridge:
     """grpc.aio on its own event loop in one thread; coordinator calls run in the reactor thread.
 
-    Each call crosses threads twice, both ways without blocking a thread: ``callFromThread`` into
-    the reactor, ``call_soon_threadsafe`` back to gRPC's loop.  A cancelled call (client gone,
-    deadline) cancels the coordinator's Deferred in the reactor.
+    Each call crosses threads twice, both ways without blocking a thread: into the reactor
+    (``callFromThread``) and back to gRPC's loop (``call_soon_threadsafe``), each way in batches:
+    under load one wake-up carries every call that queued up meanwhile.  A cancelled call
+    (client gone, deadline) cancels the coordinator's Deferred in the reactor.
     """
 
     def __init__(self, reactor: Any, loop: asyncio.AbstractEventLoop) -> None:
         self.reactor = reactor
         self.loop = loop
+        self.to_reactor = _Batches(reactor.callFromThread)
+        self.to_loop = _Batches(loop.call_soon_threadsafe)
 
     async def call(self, context: grpc.aio.ServicerContext, f: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         remaining = _deadline(context)
-        loop = self.loop
-        future = loop.create_future()
+        future = self.loop.create_future()
         running: list[Deferred] = []
+        to_loop = self.to_loop
 
         def succeeded(result: Any) -> None:
-            loop.call_soon_threadsafe(_settle, future, result, None)
+            to_loop.post(lambda: _settle(future, result, None))
 
         def failed(failure: Failure) -> None:
-            loop.call_soon_threadsafe(_settle, future, None, failure.value)
+            to_loop.post(lambda: _settle(future, None, failure.value))
 
         def start() -> None:
             if future.done():
@@ -146,11 +176,11 @@ class _ThreadBridge:
             running.append(d)
             d.addCallbacks(succeeded, failed)
 
-        self.reactor.callFromThread(start)
+        self.to_reactor.post(start)
         try:
             return await future
         except asyncio.CancelledError:
-            self.reactor.callFromThread(lambda: running and running[0].cancel())
+            self.to_reactor.post(lambda: running and running[0].cancel())  # type: ignore[func-returns-value]
             raise
 
 
