@@ -178,19 +178,22 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=300.0, help="client requests per second during the test")
     parser.add_argument("--quiet", type=float, default=20.0, help="seconds of quiet latency measurement")
     parser.add_argument("--deadline", type=float, default=900.0, help="give up after this many seconds")
+    parser.add_argument("--handoff-rate", default=None, help="the nodes' --handoff-rate (default: theirs)")
     args = parser.parse_args()
     value = os.urandom(args.value_size // 2).hex().encode()[: args.value_size]
     end = time.monotonic() + args.deadline
     work = Path(tempfile.mkdtemp(prefix="dhm-rebalance-"))
     nodes: dict[str, NodeProcess] = {}
-    result: dict = {"keys": args.keys, "value_size": args.value_size, "rate": args.rate}
+    result: dict = {"keys": args.keys, "value_size": args.value_size, "rate": args.rate,
+                    "handoff_rate": args.handoff_rate or "default"}
 
     def start(names: list[str]) -> None:
         new = [NodeProcess(work / n / "data", node_id=n, log_path=work / f"{n}.log") for n in names]
         everyone = list(nodes.values()) + new
         seeds = ",".join(f"127.0.0.1:{n.peer_port}" for n in everyone)
         for node in new:
-            node.extra_args = ("--seed-nodes", seeds, *FLAGS)
+            node.extra_args = ("--seed-nodes", seeds, *FLAGS,
+                               *(("--handoff-rate", args.handoff_rate) if args.handoff_rate else ()))
             nodes[node.node_id] = node
             node.start()
 
@@ -253,7 +256,7 @@ def main() -> int:
         victim.stop()
         owned_by_victim = [key_of(i) for i in range(args.keys) if "n3" in after[partition_of(key_of(i))]]
         lost = random.Random(3).sample(owned_by_victim, max(1, args.keys // 100))
-        env = lmdb.open(str(victim.data_dir), max_dbs=8)
+        env = lmdb.open(str(victim.data_dir), max_dbs=8, map_size=16 << 30)
         db = env.open_db(b"records")
         with env.begin(write=True, db=db) as txn:
             for key in lost:
@@ -263,8 +266,11 @@ def main() -> int:
         moved_before = moved_bytes([n for n in statuses(nodes["n1"]) if n["node"] != "n3"])
         t = time.monotonic()
         victim.start()
-        assert wait_for(lambda: all(k in disk_keys(victim) for k in lost), deadline=max(5, end - time.monotonic()),
-                        step=0.5)
+        def repaired() -> bool:
+            on_disk = disk_keys(victim)
+            return all(k in on_disk for k in lost)
+
+        assert wait_for(repaired, deadline=max(5, end - time.monotonic()), step=0.5)
         repaired = time.monotonic() - t
         _, nodes_after = wait_settled(nodes["n1"], end)
         result["repair_one_percent"] = {"keys_lost": len(lost), "seconds_from_restart": round(repaired, 2),

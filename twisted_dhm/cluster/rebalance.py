@@ -239,7 +239,9 @@ class Rebalancer(Service):
         self.counters["index_corrections"] += self._scrub(SCRUB_KEYS)
         for member in sorted({m for members in self.pulling.values() for m in members} - self._asking):
             self._compare_pulls(member)
-        if not self.draining and self._stable():
+        if not self.draining and self._stable(3 * self.settle):
+            # Later than pulls: a new owner pulls from every holder once the table is stable, so
+            # a handoff that starts at the same time copies the same records a second time.
             self._plan_handoffs()
 
     def _scrub(self, budget: int) -> int:
@@ -262,9 +264,9 @@ class Rebalancer(Service):
                 return fixed
         return fixed
 
-    def _stable(self) -> bool:
-        """The partition table has not changed for ``settle`` seconds."""
-        return self.clock.seconds() - self._table_since >= self.settle
+    def _stable(self, seconds: float | None = None) -> bool:
+        """The partition table has not changed for ``seconds`` (default ``settle``)."""
+        return self.clock.seconds() - self._table_since >= (self.settle if seconds is None else seconds)
 
     def _compare_pulls(self, member: str) -> None:
         parts = sorted(p for p, members in self.pulling.items() if member in members)
