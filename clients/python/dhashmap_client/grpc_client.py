@@ -330,6 +330,18 @@ def retryable(error: DhashmapError, idempotent: bool, attempt: int, retries: int
 # -- the client --------------------------------------------------------------------------------
 
 
+
+def check_settings(target: object, retries: object, timeout: object, backoff: float, backoff_max: float) -> None:
+    """The constructor arguments both gRPC clients share, refused with a clear message."""
+    if not isinstance(target, str) or not target:
+        raise ValueError(f"the target must be 'host:port', not {target!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be an int >= 0, not {retries!r}")
+    if timeout is not None and not timeout > 0:  # type: ignore[operator]
+        raise ValueError(f"timeout must be > 0 seconds, not {timeout!r}")
+    if backoff < 0 or backoff_max < 0:
+        raise ValueError("backoff and backoff_max must be >= 0")
+
 class GrpcClient:
     """A blocking gRPC client for one dhashmap node.
 
@@ -358,14 +370,7 @@ class GrpcClient:
                  credentials: grpc.ChannelCredentials | None = None,
                  max_message_size: int = DEFAULT_MAX_MESSAGE, smart_routing: bool = False,
                  topology_max_age: float = 30.0, node_down: float = 5.0) -> None:
-        if not isinstance(target, str) or not target:
-            raise ValueError(f"the target must be 'host:port', not {target!r}")
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be an int >= 0, not {retries!r}")
-        if timeout is not None and not timeout > 0:
-            raise ValueError(f"timeout must be > 0 seconds, not {timeout!r}")
-        if backoff < 0 or backoff_max < 0:
-            raise ValueError("backoff and backoff_max must be >= 0")
+        check_settings(target, retries, timeout, backoff, backoff_max)
         self.target = target
         self.timeout = timeout
         self.retries = retries

@@ -45,6 +45,7 @@ from dhashmap_client.grpc_client import (
     batch_put_call,
     cas_call,
     check_limit,
+    check_settings,
     delete_call,
     error_from_rpc,
     get_call,
@@ -71,14 +72,7 @@ class TwistedGrpcClient:
                  options: Iterable[tuple[str, Any]] = (), credentials: grpc.ChannelCredentials | None = None,
                  max_message_size: int = DEFAULT_MAX_MESSAGE, channel: grpc.Channel | None = None,
                  random: Callable[[], float] = random.random) -> None:
-        if not isinstance(target, str) or not target:
-            raise ValueError(f"the target must be 'host:port', not {target!r}")
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be an int >= 0, not {retries!r}")
-        if timeout is not None and not timeout > 0:
-            raise ValueError(f"timeout must be > 0 seconds, not {timeout!r}")
-        if backoff < 0 or backoff_max < 0:
-            raise ValueError("backoff and backoff_max must be >= 0")
+        check_settings(target, retries, timeout, backoff, backoff_max)
         self.target = target
         self.timeout = timeout
         self.retries = retries
