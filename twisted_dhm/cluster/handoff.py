@@ -80,10 +80,11 @@ class HintedHandoff(Service):
                 continue
             if self.view.is_routable(target):
                 rounds.append(self._deliver(target))
-            elif self.routing is not None and target not in self.routing.table.nodes:
+            elif (self.routing is not None and self.view.get(target) is not None
+                  and target not in self.routing.table.nodes):
                 # Left, or dead past --rereplicate-after: it will not come back for these
                 # keys, so their current owners get them (the hint may be a write's only
-                # second copy).
+                # second copy).  A target not known yet (a node just started) keeps its hints.
                 rounds.append(self._redirect(target, self.routing.table))
         if not rounds:
             return succeed(None)
