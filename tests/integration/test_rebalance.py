@@ -127,7 +127,9 @@ def test_growing_three_to_five_under_writes_loses_nothing_and_moves_about_two_fi
     try:
         cluster.add(["n4", "n5"])
         cluster.wait_members(["n1", "n2", "n3", "n4", "n5"])
-        time.sleep(1)
+        # Keep writing until some writes landed on the five-node table too.
+        joined = len(acked)
+        assert wait_for(lambda: len(acked) >= joined + 50, deadline=30), len(acked)
     finally:
         stop.set()
         thread.join(timeout=70)
