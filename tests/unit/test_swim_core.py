@@ -382,6 +382,28 @@ def test_a_new_suspect_is_probed_next():
     assert pinged and pinged[0] == member_addr(7), "the suspect is the very next member probed"
 
 
+def test_a_suspect_already_probed_this_round_is_probed_again_and_no_one_is_skipped():
+    """Moving a suspect that was probed earlier in the round to the front must not skip the member
+    that was next: every member is still probed in the round (the suspect twice)."""
+    swim = lone(20)
+    swim.start(0.0, [])
+
+    def ack(now, addr, msgs):
+        return [packet(codec.ack(m.seq)) for k, m in msgs if k == "ping"]
+
+    def pings(sent):
+        return [addr for _, addr, msgs in sent if "ping" in kinds(msgs)]
+
+    before = pings(drive(swim, 6.0, ack))
+    assert 4 <= len(before) < 20
+    suspect = before[1]  # probed already in this round
+    swim.receive_packet(6.0, OUTSIDE, packet(codec.suspect(1, f"m{suspect[0].rsplit('.', 1)[1]}", "m1")))
+    after = pings(drive(swim, 40.0, ack))
+    assert after[0] == suspect, "the suspect is probed next"
+    first_round = before + after[: 20 - len(before) + 1]  # 20 members, the suspect twice
+    assert set(first_round) == {member_addr(i) for i in range(20)}, "a member was skipped in the round"
+
+
 def test_suspect_refutes_on_the_ack_itself():
     target = lone(1)
     (out,) = target.receive_packet(

@@ -741,11 +741,18 @@ class Swim:
             # Probe a new suspect next, not a whole round (up to N periods) later: with the
             # buddy system the probe tells it it is suspected, and its ack brings back the
             # refutation even if every gossip copy of it missed us.
+            # Moved, not added (O(N), once per suspicion): the round stays one slot per member.
+            # A suspect probed earlier in this round gets one more slot; the index steps back
+            # with the removal so the member that was next is not skipped.
             rest = self._probe_list
             try:
-                rest.remove(name)  # O(N), once per suspicion; keeps each member once per round
+                j = rest.index(name)
             except ValueError:
-                pass
+                j = -1
+            if j >= 0:
+                del rest[j]
+                if j < self._probe_index:
+                    self._probe_index -= 1
             self._probe_index = min(self._probe_index, len(rest))
             rest.insert(self._probe_index, name)
         self._arm_suspicion(now, member, susp)
