@@ -55,18 +55,26 @@ STALL_PROFILES = {
     "medium": ((1.0, 8.0), (0.5, 6.0)),
     "long": ((4.0, 16.0), (0.5, 4.0)),
 }
+SLOW_PROFILES = {
+    # name: range of the extra delay, in seconds, before each event of a slow member is handled (uniform)
+    "light": (0.0, 0.5),
+    "heavy": (0.0, 2.0),
+    "severe": (0.5, 5.0),
+}
 
 
 # -- the plan ---------------------------------------------------------------------------
 
 
 def plan(quick: bool, seed: int) -> dict:
-    """The runs: ("steady", n, lifeguard, seed, minutes per phase, losses) and ("stall", n, lifeguard, k, profile,
-    seed, minutes).  Longest first, so two workers finish together."""
+    """The runs: ("steady", n, lifeguard, seed, minutes per phase, losses), ("stall", n, lifeguard, k, profile,
+    seed, minutes) and ("slow", n, lifeguard, k, profile, seed, minutes).  Longest first, so two workers finish
+    together."""
     if quick:
         steady_runs = [("steady", n, lg, seed, 2.0, LOSSES) for n in (100, 10) for lg in (True, False)]
         stall_runs = [("stall", 100, lg, 4, "long", seed, 2.0) for lg in (True, False)]
-        return {"steady": steady_runs, "stall": stall_runs}
+        slow_runs = [("slow", 100, lg, 4, "heavy", seed, 2.0) for lg in (True, False)]
+        return {"steady": steady_runs, "stall": stall_runs, "slow": slow_runs}
     # N = 1,000 costs about 100 CPU seconds per simulated minute at 10 % loss (every member gossips at
     # full rate, carrying suspicions and refutations), so: Lifeguard on gets the full 10 minutes per loss
     # rate, one cluster per loss rate so they run in parallel; Lifeguard off (a comparison) gets 3 minutes.
@@ -76,7 +84,9 @@ def plan(quick: bool, seed: int) -> dict:
     steady_runs += [("steady", 10, lg, seed + s, 10.0, LOSSES) for s in range(5) for lg in (True, False)]
     stall_runs = [("stall", 100, lg, k, prof, seed + s, 10.0) for k in (16, 4, 1) for prof in STALL_PROFILES
                   for lg in (True, False) for s in range(2)]
-    return {"steady": steady_runs, "stall": stall_runs}
+    slow_runs = [("slow", 100, lg, k, prof, seed + s, 10.0) for k in (16, 4, 1) for prof in SLOW_PROFILES
+                 for lg in (True, False) for s in range(3)]
+    return {"steady": steady_runs, "stall": stall_runs, "slow": slow_runs}
 
 
 # -- one run each ----------------------------------------------------------------------
@@ -208,11 +218,66 @@ def stall(n: int, lifeguard: bool, k: int, profile: str, seed: int, minutes: flo
     }
 
 
+def slow(n: int, lifeguard: bool, k: int, profile: str, seed: int, minutes: float) -> dict:
+    """k members handle every event late (``SwimSimulation.slow``) for the whole run; the rest are healthy."""
+    t0 = cpu()
+    config = SwimConfig.profile("lan", lifeguard=lifeguard)
+    sim = SwimSimulation(n, seed=seed, config=config, recording=False, join_spacing=0.02)
+    formed = sim.run_until_converged(timeout=300, quiet=True)
+    start = sim.now
+    end = start + minutes * 60.0
+    victims = [node.name for node in sim.rng.sample(sim.up(), k)]
+    victim_set = set(victims)
+    for name in victims:
+        sim.slow(name, SLOW_PROFILES[profile], until=end)
+    sim.events = []
+    sim.recording = True
+    overflow0 = sim.stats["overflow"]
+    health = {"slow": 0.0, "healthy": 0.0}
+    samples = 0
+    while sim.now < end - 1e-9:
+        sim.run(1.0)
+        samples += 1
+        for node in sim.up():
+            health["slow" if node.name in victim_set else "healthy"] += node.core.health_score
+    events = [e for e in sim.events if e.time >= start and e.observer != e.subject]
+    dead = [e for e in events if e.state == "dead"]
+    suspect = [e for e in events if e.state == "suspect"]
+    healthy = [e for e in dead if e.subject not in victim_set]
+    by_healthy = [e for e in healthy if e.observer not in victim_set]
+    slow_dead = [e for e in dead if e.subject in victim_set]
+    healthy_suspect = [e for e in suspect if e.subject not in victim_set]
+    return {
+        "n": n, "lifeguard": lifeguard, "k": k, "profile": profile, "seed": seed, "formed_at": formed,
+        "minutes": minutes,
+        "healthy_events": len(healthy), "healthy_episodes": len({(e.subject, e.incarnation) for e in healthy}),
+        "healthy_by_healthy": len(by_healthy),
+        "healthy_by_slow": len(healthy) - len(by_healthy),
+        "healthy_suspect_episodes": len({(e.subject, e.incarnation) for e in healthy_suspect}),
+        "healthy_suspect_by_slow": len({(e.subject, e.incarnation) for e in healthy_suspect
+                                        if e.observer in victim_set}),
+        "slow_events": len(slow_dead), "slow_episodes": len({(e.subject, e.incarnation) for e in slow_dead}),
+        "health_slow": health["slow"] / (samples * k) if samples else 0.0,
+        "health_healthy": health["healthy"] / (samples * (n - k)) if samples else 0.0,
+        "fp_list": [tuple(e) for e in healthy[:20]],
+        "cpu": cpu() - t0, "packets": sim.stats["sent"], "overflow": sim.stats["overflow"] - overflow0,
+    }
+
+
+COMMIT = "unknown"  # set by main() before any worker forks: the code every run imports
+
+
 def run_task(task: tuple) -> tuple[tuple, dict]:
     kind, args = task[0], task[1:]
     if kind == "steady":
-        return task, steady(*args)
-    return task, stall(*args)
+        result = steady(*args)
+    elif kind == "stall":
+        result = stall(*args)
+    else:
+        result = slow(*args)
+    result["commit"] = COMMIT
+    result["task"] = list(task)
+    return task, result
 
 
 # -- statistics and formatting ------------------------------------------------------------
@@ -243,9 +308,70 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def collect(results: list[tuple[tuple, dict]]) -> dict:
-    steady_runs = [r for t, r in results if t[0] == "steady"]
-    stall_runs = [r for t, r in results if t[0] == "stall"]
-    return {"steady": steady_runs, "stall": stall_runs}
+    return {kind: [r for t, r in results if t[0] == kind] for kind in ("steady", "stall", "slow")}
+
+
+def task_of(spec: str) -> tuple:
+    """``steady:N:on|off:SEED:MINUTES:LOSS[,LOSS...]``, ``stall:N:on|off:K:PROFILE:SEED:MINUTES`` or
+    ``slow:N:on|off:K:PROFILE:SEED:MINUTES`` → a plan task."""
+    parts = spec.split(":")
+    kind = parts[0]
+    try:
+        lg = {"on": True, "off": False}[parts[2]]
+        if kind == "steady" and len(parts) == 6:
+            return ("steady", int(parts[1]), lg, int(parts[3]), float(parts[4]),
+                    tuple(float(x) for x in parts[5].split(",")))
+        if kind in ("stall", "slow") and len(parts) == 7:
+            profiles = STALL_PROFILES if kind == "stall" else SLOW_PROFILES
+            if parts[4] not in profiles:
+                raise ValueError(f"unknown {kind} profile {parts[4]!r}")
+            return (kind, int(parts[1]), lg, int(parts[3]), parts[4], int(parts[5]), float(parts[6]))
+    except (KeyError, IndexError, ValueError) as e:
+        raise SystemExit(f"bad --task {spec!r}: {e}") from None
+    raise SystemExit(f"bad --task {spec!r}: see --help")
+
+
+def run_key(task: tuple) -> tuple:
+    """Runs that measure the same thing (all seeds of it): a merged file replaces the saved runs with its keys."""
+    if task[0] == "steady":
+        return ("steady", task[1], task[2], tuple(task[5]))
+    return (task[0], task[1], task[2], task[3], task[4])
+
+
+def load_results(path: Path) -> tuple[dict, dict]:
+    """A saved results file, with each run's task and commit filled in (older files kept them only in meta)."""
+    blob = json.loads(path.read_text())
+    data, meta = blob["data"], blob["meta"]
+    data.setdefault("slow", [])
+    plan = meta.get("plan", {})
+    for kind, runs in data.items():
+        tasks = plan.get(kind, [])
+        for i, run in enumerate(runs):
+            if "task" not in run and i < len(tasks):
+                run["task"] = tasks[i]
+            run.setdefault("commit", meta.get("commit", "unknown"))
+    return data, meta
+
+
+def merge_results(data: dict, meta: dict, extra: list[Path]) -> None:
+    """Replace the runs of ``data`` measured again in each ``extra`` file (same run_key), add the new ones."""
+    meta.setdefault("merged", [])
+    for path in extra:
+        more, more_meta = load_results(path)
+        keys = {run_key(tuple(r["task"][:5]) + (tuple(r["task"][5]),) if r["task"][0] == "steady" else
+                        tuple(r["task"])) for runs in more.values() for r in runs}
+        for kind in ("steady", "stall", "slow"):
+            kept = []
+            for r in data.get(kind, []):
+                t = r.get("task")
+                key = None if t is None else run_key(
+                    tuple(t[:5]) + (tuple(t[5]),) if kind == "steady" else tuple(t))
+                if key not in keys:
+                    kept.append(r)
+            data[kind] = kept + more.get(kind, [])
+        meta["merged"].append({"file": str(path), "command": more_meta["command"], "commit": more_meta["commit"],
+                               "wall": more_meta["wall"], "cpu": more_meta["cpu"],
+                               "workers": more_meta["workers"]})
 
 
 def steady_cells(runs: list[dict]) -> dict:
@@ -684,15 +810,24 @@ def goals(data: dict, cells: dict, lan: SwimConfig) -> str:
 # -- main ----------------------------------------------------------------------------------
 
 
+#: The code a run depends on: a change here not yet committed marks the run's commit "+dirty".
+CODE_PATHS = ("twisted_dhm/membership/swim", "twisted_dhm/testing/swim_sim.py", "twisted_dhm/testing/heapclock.py",
+              "bench/swim_eval.py")
+
+
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               check=False).stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *CODE_PATHS], capture_output=True, text=True,
+                               check=False).stdout.strip()
     except OSError:
         return "unknown"
+    return head + ("+dirty" if dirty else "")
 
 
 def main() -> int:
+    global COMMIT
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small N, short runs: a smoke test of the pipeline")
     ap.add_argument("--out", type=Path, default=None,
@@ -700,29 +835,48 @@ def main() -> int:
                          "plots go to img/ beside it")
     ap.add_argument("--seed", type=int, default=1, help="base seed (run i of a cell uses seed + i)")
     ap.add_argument("--workers", type=int, default=2, help="processes (at most 2 on a shared machine)")
-    ap.add_argument("--only", choices=("steady", "stall"), default=None, help="run one scenario only")
+    ap.add_argument("--only", choices=("steady", "stall", "slow"), default=None, help="run one scenario only")
+    ap.add_argument("--task", action="append", default=[], metavar="SPEC",
+                    help="run just this task instead of the plan (repeatable): "
+                         "steady:N:on|off:SEED:MINUTES:LOSS[,LOSS], stall:N:on|off:K:PROFILE:SEED:MINUTES or "
+                         "slow:N:on|off:K:PROFILE:SEED:MINUTES; results only (to --results), no report")
+    ap.add_argument("--results", type=Path, default=None,
+                    help="where --task runs save their results (default /tmp/swim-tasks-<time>.json)")
     ap.add_argument("--from-results", type=Path, default=None,
                     help="write the report from a results file of an earlier run instead of running")
+    ap.add_argument("--merge", type=Path, action="append", default=[], metavar="RESULTS",
+                    help="with --from-results: results of later runs (--task or --only); each replaces the saved "
+                         "runs of what it measured again (same scenario, N, Lifeguard and loss rates or k and "
+                         "profile) and adds the rest; the merged results are saved back to --from-results")
     args = ap.parse_args()
     out = args.out or (Path("/tmp/swim-quick/swim.md") if args.quick else Path("docs/swim.md"))
     saved = out.with_name(out.stem + "-results.json")
     if args.from_results:
-        blob = json.loads(args.from_results.read_text())
-        data, meta = blob["data"], blob["meta"]
-        meta["plan"] = {k: [tuple(t[:5]) + (tuple(t[5]),) if k == "steady" else tuple(t) for t in v]
-                        for k, v in meta["plan"].items()}
-        meta["rewritten"] = f"{git_commit()} (`bench/swim_eval.py --from-results {args.from_results}`)"
+        data, meta = load_results(args.from_results)
+        merge_results(data, meta, args.merge)
+        if args.merge:
+            args.from_results.write_text(json.dumps({"data": data, "meta": meta}, indent=1))
+        for kind in ("steady", "stall", "slow"):
+            meta.setdefault("plan", {})[kind] = [
+                tuple(r["task"][:5]) + (tuple(r["task"][5]),) if kind == "steady" else tuple(r["task"])
+                for r in data[kind]]
+        meta["rewritten"] = f"{git_commit()} (`bench/swim_eval.py --from-results {args.from_results}"
+        meta["rewritten"] += "".join(f" --merge {m}" for m in args.merge) + "`)"
         images = plots(data, out.parent / "img", "img")
         out.write_text(report(data, meta, images))
-        print(f"wrote {out} from {args.from_results}")
+        print(f"wrote {out} from {args.from_results}" + (f" (merged {len(args.merge)} file(s))" if args.merge else ""))
         return 0
     the_plan = plan(args.quick, args.seed)
-    tasks = []
-    if args.only in (None, "steady"):
-        tasks += the_plan["steady"]
-    if args.only in (None, "stall"):
-        tasks += the_plan["stall"]
-    commit = git_commit()  # at the start: the code the workers import
+    if args.task:
+        tasks = [task_of(spec) for spec in args.task]
+        the_plan = {kind: [t for t in tasks if t[0] == kind] for kind in ("steady", "stall", "slow")}
+    else:
+        tasks = []
+        for kind in ("steady", "stall", "slow"):
+            if args.only in (None, kind):
+                tasks += the_plan[kind]
+    COMMIT = git_commit()  # at the start: the code the workers import
+    commit = COMMIT
     wall0 = time.time()
     results = []
     if args.workers <= 1:
@@ -745,6 +899,11 @@ def main() -> int:
             "seed": args.seed, "wall": wall, "cpu": cpu_total, "workers": max(1, args.workers),
             "machine": f"{platform.machine()} / Python {platform.python_version()} / {os.cpu_count()} CPUs",
             "delay": (0.0005, 0.001), "plan": the_plan}
+    if args.task or args.only:
+        saved = args.results or Path(f"/tmp/swim-tasks-{time.strftime('%Y%m%d-%H%M%S')}.json")
+        saved.write_text(json.dumps({"data": data, "meta": meta}, indent=1))
+        print(f"wrote {saved} (wall {wall:.0f} s, CPU {cpu_total:.0f} s); merge it with --from-results ... --merge")
+        return 0
     out.parent.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps({"data": data, "meta": meta}, indent=1))
     images = plots(data, out.parent / "img", "img")

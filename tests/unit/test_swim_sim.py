@@ -159,6 +159,55 @@ class SimulatorTests(SynchronousTestCase):
         self.assertGreater(sim.stats["overflow"], 0, "a full socket buffer drops datagrams")
         self.assertIsNotNone(sim.run_until_converged(timeout=90))
 
+    def test_slow_member_handles_each_event_late_but_keeps_running(self):
+        sim = formed(6, seed=15)
+        node = sim.node("n0002")
+        sim.slow("n0002", (0.4, 0.6))
+        received = node.core.stats["packets_received"]
+        probes = node.core.stats["probes"]
+        for _ in range(100):  # until the first datagram arrives (checked every 50 ms)
+            sim.run(0.05)
+            if node.slow_pending:
+                break
+        self.assertGreater(node.slow_pending, 0, "datagrams wait to be handled")
+        self.assertEqual(node.core.stats["packets_received"], received, "nothing is handled before the delay")
+        sim.run(0.6)
+        self.assertGreater(node.core.stats["packets_received"], received, "handled after at most 0.6 s")
+        sim.run(20)
+        self.assertFalse(node.stalled)
+        self.assertGreater(node.core.stats["packets_received"], received + 20)
+        self.assertGreater(node.core.stats["probes"], probes + 10, "its own timers still fire, late")
+        for member in sim.up():
+            self.assertEqual(sim.views(member.name)["n0002"], "alive", "half a second late is not dead")
+
+    def test_slow_member_acks_too_late_for_the_probe_timeout_and_is_suspected(self):
+        sim = formed(6, seed=16)
+        sim.slow("n0003", (1.0, 1.5), until=sim.now + 30)
+        start = sim.now
+        sim.run(30)
+        suspected = [e for e in sim.events if e.time >= start and e.subject == "n0003" and e.state == "suspect"]
+        self.assertGreater(len(suspected), 0, "acks a second late miss every probe timeout")
+        sim.run(30)
+        self.assertIsNone(sim.node("n0003").slow, "slow only until the given time")
+        for member in sim.up():
+            self.assertEqual(sim.views(member.name)["n0003"], "alive", member.name)
+
+    def test_slow_member_drops_datagrams_beyond_its_buffer(self):
+        sim = formed(8, seed=17, stall_buffer=3)
+        sim.slow("n0001", (2.0, 2.0))
+        sim.run(5)
+        self.assertGreater(sim.stats["overflow"], 0)
+        self.assertLessEqual(sim.node("n0001").slow_pending, 3)
+
+    def test_slow_runs_are_deterministic(self):
+        def run(seed):
+            sim = formed(8, seed=seed, loss=0.02)
+            sim.slow("n0004", (0.0, 2.0))
+            sim.run(40)
+            return sim.events
+
+        self.assertEqual(run(18), run(18))
+
 
 class TwoWorldsTests(SynchronousTestCase):
     def test_daemon_adapter_and_simulator_detect_a_crash_alike(self):

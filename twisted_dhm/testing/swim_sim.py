@@ -51,6 +51,16 @@ The model
   the buffer, which is what makes a slow member suspect healthy ones (the
   Lifeguard paper's scenario).  ``stall_order="io-first"`` processes the
   buffer first, as when the process stalled while blocked in ``epoll``.
+* **Slow** (``slow(name, delay)``: a process that keeps running but is starved
+  of CPU, Lifeguard's "slow message processing"): every event of the node (a
+  datagram reaching its core, a stream request, reply or time-out, and its own
+  due timers) is handled after an extra delay drawn independently for that event
+  from U(delay), so events can be handled out of order (as in memberlist, whose
+  packet handler and probe timers are separate goroutines, each waiting to be
+  scheduled).  What the core sends goes out when it handles the event.
+  Datagrams waiting to be handled count against the same ``stall_buffer``;
+  beyond it they are dropped.  Overdue timers run together at the real time of
+  the delayed wake-up, as after a stall.
 * **Time** the cores see is the clock's time at each event; processing itself
   takes no simulated time.
 
@@ -98,7 +108,7 @@ class SimNode:
 
     __slots__ = ("name", "addr", "index", "core", "rng", "epoch", "status", "stalled", "stall_token",
                  "io_backlog", "timer_backlog", "buffered", "wake_at", "island", "live", "started_at", "stopped_at",
-                 "meta")
+                 "meta", "slow", "slow_until", "slow_rng", "slow_pending", "late_wake")
 
     def __init__(self, name: str, addr: Address, index: int, meta: bytes = b"") -> None:
         self.name = name
@@ -119,6 +129,11 @@ class SimNode:
         self.live = 0  # members other than itself it sees alive or suspect
         self.started_at = math.inf  # when the current process started
         self.stopped_at: float | None = None  # when it crashed or stopped; None while running
+        self.slow: tuple[float, float] | None = None  # per-event handling delay range while slow
+        self.slow_until = math.inf
+        self.slow_rng: random.Random | None = None
+        self.slow_pending = 0  # datagrams delivered but not yet handled (slow)
+        self.late_wake = False  # a delayed timer wake-up is pending (slow)
 
     def __repr__(self) -> str:
         return f"<SimNode {self.name} {self.status}{' stalled' if self.stalled else ''}>"
@@ -275,6 +290,19 @@ class SwimSimulation:
             self.clock.schedule(t, self.stall, name, length)
             t += length + rng.uniform(*gap)
 
+    def slow(self, name: str, delay: tuple[float, float], until: float = math.inf) -> None:
+        """From now until ``until``, every event of ``name`` is handled U(delay) seconds late (module docstring)."""
+        node = self.by_name[name]
+        lo, hi = delay
+        if not 0 <= lo <= hi:
+            raise ValueError(f"slow delay must be 0 <= low <= high, not {delay!r}")
+        if node.status != UP:
+            return
+        node.slow = (lo, hi)
+        node.slow_until = until
+        if node.slow_rng is None:
+            node.slow_rng = random.Random(f"swim-sim/{self.seed}/slow/{name}")
+
     def partition(self, *groups: Iterable[str]) -> None:
         """Each group its own island, everyone else another; reachability only inside an island."""
         for node in self.nodes:
@@ -344,12 +372,37 @@ class SwimSimulation:
         node.timer_backlog.clear()
         node.buffered = 0
         node.wake_at = math.inf
+        node.slow = None
+        node.slow_pending = 0
+        node.late_wake = False
 
     def _stop_epoch(self, node: SimNode, epoch: int) -> None:
         if node.epoch == epoch:
             self._stop(node, STOPPED)
 
+    def _slow_delay(self, node: SimNode) -> float | None:
+        """The extra delay for one event of a slow node, or None if it is not slow (any more)."""
+        slow = node.slow
+        if slow is None:
+            return None
+        if self.clock.rightNow >= node.slow_until:
+            node.slow = None
+            return None
+        lo, hi = slow
+        return lo + node.slow_rng.random() * (hi - lo)
+
+    def _handle_later(self, node: SimNode, epoch: int, func: Callable[..., None], args: tuple) -> None:
+        """A slow node's delayed event: run it now, or queue it if the node has stalled meanwhile."""
+        if node.epoch != epoch:
+            return
+        if node.stalled:
+            node.io_backlog.append((func, args))
+        else:
+            func(*args)
+
     def _rewake(self, node: SimNode) -> None:
+        if node.late_wake:
+            return  # the delayed wake-up runs every timer due by then, then re-arms
         when = node.core.next_deadline()
         if when is not None and when < node.wake_at:
             node.wake_at = when
@@ -361,6 +414,20 @@ class SwimSimulation:
         node.wake_at = math.inf
         if node.stalled:
             return  # fires on resume
+        late = self._slow_delay(node)
+        if late is not None:
+            node.late_wake = True
+            self.clock.schedule(self.clock.rightNow + late, self._late_wake, node, epoch)
+            return
+        self._emit(node, node.core.advance(self.clock.rightNow))
+        self._rewake(node)
+
+    def _late_wake(self, node: SimNode, epoch: int) -> None:
+        if node.epoch != epoch:
+            return
+        node.late_wake = False
+        if node.stalled:
+            return  # resume runs the overdue timers
         self._emit(node, node.core.advance(self.clock.rightNow))
         self._rewake(node)
 
@@ -431,7 +498,21 @@ class SwimSimulation:
             dst.buffered += 1
             dst.io_backlog.append((self._receive, (dst, src.addr, data)))
             return
+        late = self._slow_delay(dst)
+        if late is not None:
+            if dst.slow_pending >= self.stall_buffer:
+                self.stats["overflow"] += 1
+                return
+            dst.slow_pending += 1
+            self.clock.schedule(self.clock.rightNow + late, self._slow_receive, dst, dst.epoch, src.addr, data)
+            return
         self._receive(dst, src.addr, data)
+
+    def _slow_receive(self, dst: SimNode, epoch: int, src: Address, data: bytes) -> None:
+        if dst.epoch != epoch:
+            return
+        dst.slow_pending -= 1
+        self._handle_later(dst, epoch, self._receive, (dst, src, data))
 
     def _receive(self, dst: SimNode, src: Address, data: bytes) -> None:
         self.stats["delivered"] += 1
@@ -454,6 +535,11 @@ class SwimSimulation:
             return  # the client times out
         if server.stalled:
             server.io_backlog.append((self._serve, (stream, server.epoch)))
+            return
+        late = self._slow_delay(server)
+        if late is not None:
+            self.clock.schedule(self.clock.rightNow + late, self._handle_later, server, server.epoch, self._serve,
+                                (stream, server.epoch))
         else:
             self._serve(stream, server.epoch)
 
@@ -475,7 +561,7 @@ class SwimSimulation:
         if client.stalled:
             client.io_backlog.append((self._stream_result, (stream, reply)))
         else:
-            self._stream_result(stream, reply)
+            self._stream_event(client, stream, reply)
 
     def _stream_timeout(self, stream: _Stream) -> None:
         client = stream.client
@@ -484,7 +570,15 @@ class SwimSimulation:
         if client.stalled:
             client.timer_backlog.append((self._stream_result, (stream, None)))
         else:
-            self._stream_result(stream, None)
+            self._stream_event(client, stream, None)
+
+    def _stream_event(self, client: SimNode, stream: _Stream, reply: bytes | None) -> None:
+        late = self._slow_delay(client)
+        if late is not None:
+            self.clock.schedule(self.clock.rightNow + late, self._handle_later, client, client.epoch,
+                                self._stream_result, (stream, reply))
+        else:
+            self._stream_result(stream, reply)
 
     def _stream_result(self, stream: _Stream, reply: bytes | None) -> None:
         if stream.done:
