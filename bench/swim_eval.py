@@ -382,7 +382,9 @@ def steady_cells(runs: list[dict]) -> dict:
             key = (run["n"], run["lifeguard"], phase["loss"])
             cell = cells.setdefault(key, {"crashes": [], "joins": [], "fp_events": 0, "fp_episodes": 0,
                                           "fp_subjects": 0, "seconds": 0.0, "member_seconds": 0.0,
-                                          "runs": 0, "cpu": 0.0, "packets": 0, "fp_list": []})
+                                          "runs": 0, "cpu": 0.0, "packets": 0, "fp_list": [], "commits": []})
+            if run.get("commit", "unknown") not in cell["commits"]:
+                cell["commits"].append(run.get("commit", "unknown"))
             cell["crashes"] += phase["crashes"]
             cell["joins"] += phase["joins"]
             for f in ("fp_events", "fp_episodes", "fp_subjects", "cpu", "packets", "seconds"):
@@ -523,7 +525,107 @@ def plots(data: dict, img_dir: Path, rel: str) -> dict[str, str]:
         fig.savefig(img_dir / "swim_stall.png", dpi=110)
         plt.close(fig)
         out["stall"] = f"{rel}/swim_stall.png"
+
+    # 6. slow members: suspicion episodes about healthy members and dead episodes about the slow ones.
+    if data.get("slow"):
+        groups = slow_groups(data["slow"])
+        profiles = [p for p in SLOW_PROFILES if any(k[0] == p for k in groups)]
+        fig, axes = plt.subplots(2, len(profiles), figsize=(5.2 * len(profiles), 7), squeeze=False)
+        for col, prof in enumerate(profiles):
+            ks = sorted({k[1] for k in groups if k[0] == prof})
+            for row, (field, label) in enumerate((("healthy_suspect_episodes", "suspicion episodes about healthy"),
+                                                  ("slow_episodes", "dead episodes about the slow members"))):
+                ax = axes[row][col]
+                for j, (lg, color) in enumerate(((True, "tab:blue"), (False, "tab:orange"))):
+                    vals = [groups.get((prof, k, lg), {field: 0})[field] for k in ks]
+                    ax.bar([i + (j - 0.5) * width for i in range(len(ks))], [max(v, 0.5) for v in vals], width,
+                           color=color, label=("Lifeguard on" if lg else "Lifeguard off") + " (0 drawn as 0.5)")
+                ax.set_yscale("log")
+                ax.set_xticks(range(len(ks)), [f"{k} slow" for k in ks])
+                ax.set_ylabel(label, fontsize=8)
+                lo, hi = SLOW_PROFILES[prof]
+                ax.set_title(f"'{prof}': each event {lo:g}-{hi:g} s late", fontsize=9)
+                ax.legend(fontsize=7)
+        fig.suptitle("Slow members (N = 100, all seeds)")
+        fig.tight_layout()
+        fig.savefig(img_dir / "swim_slow.png", dpi=110)
+        plt.close(fig)
+        out["slow"] = f"{rel}/swim_slow.png"
     return out
+
+
+def commits_of(commits: list[str]) -> str:
+    return ", ".join(f"`{c}`" for c in commits)
+
+
+def slow_groups(runs: list[dict]) -> dict:
+    """(profile, k, lifeguard) → sums over seeds."""
+    groups: dict = {}
+    fields = ("healthy_episodes", "healthy_events", "healthy_by_healthy", "healthy_by_slow",
+              "healthy_suspect_episodes", "healthy_suspect_by_slow", "slow_episodes", "slow_events", "overflow")
+    for r in runs:
+        g = groups.setdefault((r["profile"], r["k"], r["lifeguard"]),
+                              {"runs": 0, "seeds": [], "commits": [], "minutes": 0.0, "health_slow": [],
+                               "health_healthy": [], **dict.fromkeys(fields, 0)})
+        g["runs"] += 1
+        g["seeds"].append(r["seed"])
+        g["minutes"] += r["minutes"]
+        if r["commit"] not in g["commits"]:
+            g["commits"].append(r["commit"])
+        for f in fields:
+            g[f] += r[f]
+        g["health_slow"].append(r["health_slow"])
+        g["health_healthy"].append(r["health_healthy"])
+    return groups
+
+
+def ratio(off: int, on: int) -> str:
+    if on:
+        return f"{off / on:.1f}×"
+    return f"≥ {off}× (on: 0)" if off else "– (both 0)"
+
+
+def slow_section(runs: list[dict], images: dict[str, str]) -> str:
+    groups = slow_groups(runs)
+    minutes = sorted({r["minutes"] for r in runs})
+    n = sorted({r["n"] for r in runs})
+    lines = ["## Slow members (per-event processing delay)\n"]
+    if "slow" in images:
+        lines.append(f"![slow members]({images['slow']})\n")
+    lines.append(
+        f"N = {', '.join(str(x) for x in n)}, no packet loss, {' or '.join(f'{m:g}' for m in minutes)} simulated "
+        "minutes per run after the cluster formed. k members chosen at random are slow for the whole run "
+        "(`SwimSimulation.slow`): a CPU-starved process that keeps running, but handles every event late: each "
+        "datagram it receives, each stream request, reply or time-out, and each of its own timer wake-ups waits its "
+        "own delay drawn from U(delay) before the core sees it (independent draws, so an ack can be handled after "
+        "the probe timeout that was due later; overdue timers run together when the wake-up comes). What it sends "
+        "goes out when it handles the event. Datagrams waiting count against the 200-packet buffer. Profiles: "
+        + "; ".join(f"**{name}**: delay U({lo:g}, {hi:g}) s" for name, (lo, hi) in SLOW_PROFILES.items())
+        + ". The Lifeguard paper's abstract describes its benchmarks as varying \"message processing delays in a "
+        "controlled manner\"; its exact harness was not reproduced here. *Healthy* members are the N − k that are "
+        "never slow. Columns: false `dead` episodes (member, incarnation) and verdicts about healthy members, how "
+        "many of those verdicts healthy members recorded, suspicion episodes about healthy members (all, and those "
+        "a slow member started), dead episodes about the slow members, datagrams dropped at a slow member's full "
+        "buffer, and the mean local health score (0-7) of the slow and of the healthy members, sampled every "
+        "second.\n")
+    rows = []
+    order = {name: i for i, name in enumerate(SLOW_PROFILES)}
+    for (prof, k, lg), g in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 9), -kv[0][1], not kv[0][2])):
+        off = groups.get((prof, k, False))
+        rows.append([
+            prof, f"{k}", "on" if lg else "off", f"{g['runs']} ({', '.join(str(x) for x in g['seeds'])})",
+            f"{g['healthy_episodes']}", f"{g['healthy_events']}", f"{g['healthy_by_healthy']}",
+            f"{g['healthy_suspect_episodes']}", f"{g['healthy_suspect_by_slow']}",
+            ratio(off["healthy_suspect_episodes"], g["healthy_suspect_episodes"]) if lg and off else "",
+            f"{g['slow_episodes']}", f"{g['overflow']}",
+            f"{statistics.mean(g['health_slow']):.2f}", f"{statistics.mean(g['health_healthy']):.3f}",
+            commits_of(g["commits"])])
+    lines.append(table(["profile", "k slow", "Lifeguard", "runs (seeds)", "healthy: dead episodes",
+                        "healthy: dead verdicts", "healthy: verdicts by healthy members",
+                        "healthy: suspicion episodes", "… started by a slow member",
+                        "suspicion reduction (off/on)", "slow: dead episodes", "dropped at full buffer",
+                        "health score, slow", "health score, healthy", "commit"], rows) + "\n")
+    return "\n".join(lines)
 
 
 def report(data: dict, meta: dict, images: dict[str, str]) -> str:
@@ -533,13 +635,17 @@ def report(data: dict, meta: dict, images: dict[str, str]) -> str:
     p = []
     w = p.append
     w("# SWIM failure detection: evaluation in the simulator\n")
-    w(f"Generated by `{meta['command']}` at commit `{meta['commit']}` "
+    merged = meta.get("merged", [])
+    w(f"{'Base results' if merged else 'Generated'} by `{meta['command']}` at commit `{meta['commit']}` "
       f"({'QUICK SMOKE RUN, not the evaluation; ' if meta['quick'] else ''}"
       f"base seed {meta['seed']}). Wall time {meta['wall']:.0f} s, CPU time {meta['cpu']:.0f} s "
       f"over {meta['workers']} worker process(es) on {meta['machine']} (shared with other work, so wall "
       "time is longer than CPU time / workers)."
+      + "".join(f" Merged over them (replacing what they measured again): `{m['command']}` at commit "
+                f"`{m['commit']}` ({m['cpu']:.0f} CPU s over {m['workers']} worker(s))." for m in merged)
       + (f" Report text rewritten from the saved results at commit {meta['rewritten']}." if meta.get("rewritten")
-         else "") + "\n")
+         else "")
+      + " Every table says which commit its rows were measured at.\n")
     w("## Method\n")
     w("Every number here comes from `twisted_dhm/testing/swim_sim.py`: the real `Swim` core of "
       "`twisted_dhm/membership/swim/` (the state machine the daemon runs), N of them in one process on a "
@@ -547,9 +653,10 @@ def report(data: dict, meta: dict, images: dict[str, str]) -> str:
       "jitter, TCP streams, crashes, stalls) is described in that module's docstring; in short: each "
       f"datagram is lost independently with the given probability, one-way delay is "
       f"{meta['delay'][0] * 1000:g} ms + U(0, {meta['delay'][1] * 1000:g} ms), push-pull streams are "
-      "reliable, a crashed node is silent (its host is down), and a stalled node runs nothing while "
-      "datagrams queue in a 200-packet socket buffer; when it resumes its overdue timers fire before it "
-      "reads the queue. Same seed, same numbers.\n")
+      "reliable, a crashed node is silent (its host is down), a stalled node runs nothing while "
+      "datagrams queue in a 200-packet socket buffer (when it resumes its overdue timers fire before it "
+      "reads the queue), and a slow node keeps running but handles each event (datagram, stream, timer) "
+      "after its own random delay. Same seed, same numbers.\n")
     w("Configuration: memberlist's LAN profile (`SwimConfig.profile(\"lan\")`): probe interval "
       f"{lan.probe_interval:g} s, probe timeout {lan.probe_timeout:g} s, {lan.indirect_checks} indirect checks, "
       f"suspicion mult {lan.suspicion_mult}, suspicion max timeout mult {lan.suspicion_max_timeout_mult}, "
@@ -569,12 +676,17 @@ def report(data: dict, meta: dict, images: dict[str, str]) -> str:
             rs = [r for r in data["steady"] if r["n"] == n and r["lifeguard"] == lg]
             if not rs:
                 continue
-            phase_min = sorted({ph["seconds"] / 60.0 for r in rs for ph in r["phases"]})
-            per_run = sorted({len(r["phases"]) for r in rs})
-            runs_desc.append(f"N = {n}, Lifeguard {'on' if lg else 'off'}: {len(rs)} run(s) (seeds "
-                             f"{', '.join(str(r['seed']) for r in rs)}), "
-                             f"{' or '.join(str(x) for x in per_run)} loss phase(s) per run, "
-                             f"{' or '.join(f'{m:g}' for m in phase_min)} simulated minutes per phase")
+            groups: dict = {}
+            for r in rs:
+                losses = tuple(ph["loss"] for ph in r["phases"])
+                minutes = r["phases"][0]["seconds"] / 60.0 if r["phases"] else 0.0
+                g = groups.setdefault((losses, minutes, r["commit"]), [])
+                g.append(r["seed"])
+            parts = [f"loss {'/'.join(f'{int(x * 100)}' for x in losses)} % "
+                     f"({len(losses)} phase{'s' if len(losses) > 1 else ''} of {minutes:g} simulated min per run): "
+                     f"seed{'s' if len(seeds) > 1 else ''} {', '.join(str(x) for x in seeds)} at `{commit}`"
+                     for (losses, minutes, commit), seeds in groups.items()]
+            runs_desc.append(f"N = {n}, Lifeguard {'on' if lg else 'off'}: " + "; ".join(parts))
     w("**Steady scenario.** A cluster forms without loss (node 0 starts alone, node i joins 20 ms × i "
       "later through one earlier node chosen at random) and runs until every member sees every other and "
       "no broadcasts are queued. Then it runs one phase per loss rate (0 %, 5 %, 10 % in that order when a "
@@ -588,8 +700,8 @@ def report(data: dict, meta: dict, images: dict[str, str]) -> str:
       "`dead` verdict about a member that had not crashed, over the whole phase (the joins and crashes "
       "included). Runs:\n")
     w("\n".join(f"* {d}" for d in runs_desc) + "\n")
-    w("At N = 1,000 one simulated minute at 10 % loss costs about 100 CPU seconds (every member gossips at "
-      "full rate, carrying a steady stream of suspicions and refutations), so N = 1,000 has one seed; with "
+    w("At N = 1,000 one simulated minute at 10 % loss costs 50-100 CPU seconds (every member gossips at "
+      "full rate, carrying a steady stream of suspicions and refutations), so N = 1,000 has few seeds; with "
       "Lifeguard on each loss rate is its own run (its own cluster, so the two workers share the load) "
       "for the full 10 minutes, and the Lifeguard-off comparison runs 3 minutes per loss rate.\n")
     w("Counting false positives: an *episode* is one member declared dead at one incarnation (however "
@@ -616,9 +728,10 @@ def report(data: dict, meta: dict, images: dict[str, str]) -> str:
                 rows.append([f"{n}", f"{int(loss * 100)} %", "on" if lg else "off", f"{len(cr)}",
                              fmt(statistics.median(sus) if sus else None), fmt(quantile(sus, 0.9) if sus else None),
                              fmt(med), fmt(quantile(dead, 0.9) if dead else None),
-                             fmt(max(dead) if dead else None), f"{misses}", f"{bound:g}", ok])
+                             fmt(max(dead) if dead else None), f"{misses}", f"{bound:g}", ok,
+                             commits_of(cell["commits"])])
     w(table(["N", "loss", "Lifeguard", "crashes", "first suspicion median (s)", "p90", "dead everywhere median (s)",
-             "p90", "max", "missed", "goal (s)", "median within goal"], rows) + "\n")
+             "p90", "max", "missed", "goal (s)", "median within goal", "commit"], rows) + "\n")
     w(f"![spread of the dead verdict]({images['spread']})\n")
 
     # join table
@@ -636,9 +749,9 @@ def report(data: dict, meta: dict, images: dict[str, str]) -> str:
                 rows.append([f"{n}", f"{int(loss * 100)} %", "on" if lg else "off", f"{len(cell['joins'])}",
                              fmt(statistics.median(times) if times else None, 2),
                              fmt(quantile(times, 0.9) if times else None, 2), fmt(max(times) if times else None, 2),
-                             f"{misses}"])
-    w(table(["N", "loss", "Lifeguard", "joins", "known to all, median (s)", "p90", "max", "not known to all in 30 s"],
-            rows) + "\n")
+                             f"{misses}", commits_of(cell["commits"])])
+    w(table(["N", "loss", "Lifeguard", "joins", "known to all, median (s)", "p90", "max", "not known to all in 30 s",
+             "commit"], rows) + "\n")
 
     # false positives table
     w("## False positives under packet loss\n")
@@ -653,9 +766,10 @@ def report(data: dict, meta: dict, images: dict[str, str]) -> str:
                 hours = cell["member_seconds"] / 3600.0
                 rows.append([f"{n}", f"{int(loss * 100)} %", "on" if lg else "off",
                              f"{cell['seconds'] / 60:.0f}", f"{cell['fp_episodes']}", f"{cell['fp_subjects']}",
-                             f"{cell['fp_events']}", fmt(cell["fp_episodes"] / hours, 3) if hours else "–"])
+                             f"{cell['fp_events']}", fmt(cell["fp_episodes"] / hours, 3) if hours else "–",
+                             commits_of(cell["commits"])])
     w(table(["N", "loss", "Lifeguard", "simulated minutes (all seeds)", "episodes", "members affected", "verdicts",
-             "episodes per member-hour"], rows) + "\n")
+             "episodes per member-hour", "commit"], rows) + "\n")
     detail = [(n, loss, ev) for (n, lg, loss), cell in sorted(cells.items()) if lg for ev in cell["fp_list"]]
     if detail:
         w("Every false `dead` verdict with Lifeguard on (who recorded it, about whom):\n")
@@ -666,7 +780,7 @@ def report(data: dict, meta: dict, images: dict[str, str]) -> str:
     if data["stall"]:
         w("## Stalled members (Lifeguard's slow-node scenario)\n")
         w(f"![stalled members]({images['stall']})\n")
-        stall_minutes = sorted({t[6] for t in meta["plan"]["stall"]})
+        stall_minutes = sorted({t[6] for t in meta["plan"]["stall"]}) or [10.0]
         w("N = 100, no packet loss, " + " or ".join(f"{m:g}" for m in stall_minutes)
           + " simulated minutes per run after the cluster formed. k members chosen at random stall again and again "
           "for the whole run: each runs for U(gap) seconds, then stalls for U(stall) seconds. A stalled member "
@@ -681,7 +795,10 @@ def report(data: dict, meta: dict, images: dict[str, str]) -> str:
         groups: dict = {}
         for r in data["stall"]:
             g = groups.setdefault((r["profile"], r["k"], r["lifeguard"]), {"runs": 0, "he": 0, "hv": 0, "hh": 0,
-                                                                            "se": 0, "sv": 0, "frac": []})
+                                                                            "se": 0, "sv": 0, "frac": [],
+                                                                            "commits": []})
+            if r.get("commit", "unknown") not in g["commits"]:
+                g["commits"].append(r.get("commit", "unknown"))
             g["runs"] += 1
             g["he"] += r["healthy_episodes"]
             g["hv"] += r["healthy_events"]
@@ -703,10 +820,14 @@ def report(data: dict, meta: dict, images: dict[str, str]) -> str:
                 factor = ""
             rows.append([prof, f"{k}", "on" if lg else "off", f"{g['runs']}",
                          f"{statistics.mean(g['frac']) * 100:.0f} %", f"{g['he']}", f"{g['hv']}", f"{g['hh']}",
-                         f"{g['se']}", f"{g['sv']}", factor])
+                         f"{g['se']}", f"{g['sv']}", factor, commits_of(g["commits"])])
         w(table(["profile", "k stalled", "Lifeguard", "runs", "time stalled", "healthy: episodes", "healthy: verdicts",
                  "healthy: verdicts by healthy members", "stalled: episodes", "stalled: verdicts",
-                 "reduction (healthy episodes, off/on)"], rows) + "\n")
+                 "reduction (healthy episodes, off/on)", "commit"], rows) + "\n")
+
+    # slow table
+    if data.get("slow"):
+        w(slow_section(data["slow"], images))
 
     # goals
     w("## Against the goals\n")
@@ -781,6 +902,12 @@ def goals(data: dict, cells: dict, lan: SwimConfig) -> str:
         all_ok &= good
         cell = f"N = {n} at {int(loss * 100)} %: {fmt(med)} s vs {bound:g} s"
         cell += f" ({misses} missed)" if misses else ""
+        per_run = [statistics.median(ds) for r in data["steady"] if r["n"] == n and r["lifeguard"]
+                   for ph in r["phases"] if ph["loss"] == loss
+                   for ds in [[x["dead_everywhere"] for x in ph["crashes"] if x["dead_everywhere"] is not None]]
+                   if ds]
+        if len(per_run) > 1:
+            cell += f" (per seed {', '.join(fmt(x) for x in per_run)} s)"
         parts.append(cell if good else f"**{cell}**")
     missed = [p for p in parts if p.startswith("**")]
     lines.append("* **Dead everywhere within suspicion-min + 3 periods at the median (Lifeguard on)**: "
@@ -804,6 +931,25 @@ def goals(data: dict, cells: dict, lan: SwimConfig) -> str:
                      + (f" ({stalled_off / stalled_on:.1f}× fewer with Lifeguard)." if stalled_on else ".")
                      + " See the first caveat for how the earlier core's catch-up burst produced the 114× of "
                      "the first run.")
+    if data.get("slow"):
+        runs = data["slow"]
+        tot = {lg: {f: sum(r[f] for r in runs if r["lifeguard"] == lg)
+                    for f in ("healthy_episodes", "healthy_events", "healthy_suspect_episodes", "slow_episodes")}
+               for lg in (True, False)}
+        on, off = tot[True], tot[False]
+        lines.append(
+            "* **At least 10× fewer false positives with Lifeguard, slow members (per-event delay)**: over all slow "
+            f"runs, {off['healthy_episodes']} false `dead` episodes about healthy members with Lifeguard off "
+            f"({off['healthy_events']} verdicts) vs {on['healthy_episodes']} with it on ({on['healthy_events']} "
+            "verdicts): "
+            + (f"{off['healthy_episodes'] / on['healthy_episodes']:.1f}×" if on["healthy_episodes"] else
+               (f"at least {off['healthy_episodes']}× (none with Lifeguard on)" if off["healthy_episodes"] else
+                "not measurable: no healthy member was declared dead with Lifeguard on or off"))
+            + f". Suspicions of healthy members (episodes): {off['healthy_suspect_episodes']} off vs "
+            f"{on['healthy_suspect_episodes']} on "
+            f"({ratio(off['healthy_suspect_episodes'], on['healthy_suspect_episodes'])}). "
+            f"Dead episodes about the slow members themselves: {off['slow_episodes']} off vs "
+            f"{on['slow_episodes']} on.")
     return "\n".join(lines)
 
 
