@@ -554,6 +554,48 @@ def plots(data: dict, img_dir: Path, rel: str) -> dict[str, str]:
     return out
 
 
+FIRST_SUSPICION_NOTE = """\
+### Why first suspicion was slow at N = 1,000 with 10 % loss
+
+The first evaluation (commit `a37c947`, one seed) found the first suspicion of a crash at N = 1,000 with
+10 % loss after 3.0 s at the median with Lifeguard on against 1.2 s without, and the dead-everywhere median
+0.6 s over its goal. The local health multiplier was the suspect; it is not the cause. One-off instrumented
+runs of the same cell (seed 1, 2.5 simulated minutes, a crash every 20 s; the instrumentation wrapped the
+core's methods and is not part of this script) measured, per member:
+
+| core | mean health score | probes / member / s | probes to just-suspected members | first suspicions (s) |
+|---|---|---|---|---|
+| `a37c947` (first evaluation) | 0.07 | 0.94 | 45 % | 2.3, 1.2, 2.8, 1.5, 2.4 |
+| `52a07cb` (before `10e8059`) | 0.06 | 0.94 | 39 % | 1.2, 3.7, 1.4, 2.7, 1.7 |
+
+*Local health.* Health scores stayed near 0 (95 % of the per-second samples 0, 0.1 % above 3), so the
+multiplier slowed probing by about 6 %. The rules are memberlist's (`probeNode` in state.go): -1 for every probe
+acked directly or through a helper, + (expected nacks − nacks received) for a failed probe (+1 when there
+was no helper to ask), +1 for each refutation. They are not harsher under random loss: our helpers nack at
+80 % of the requester's probe timeout, so a nack arrives before the requester's period ends, while
+memberlist's helpers nack one full (unscaled) probe timeout after the ping-req arrives, about when the
+requester stops waiting, so memberlist would count more nacks as missing. (Ours scales the probe timeout
+with the score too, Lifeguard's LHA-Probe; memberlist scales only the interval.)
+
+*The cause: probing a new suspect next.* With Lifeguard on, a member that hears a new suspicion probes
+the suspect next (so a refutation it missed comes back on the ack). At 10 % loss about 0.4 new suspicions
+per second reach each member at N = 1,000, most of them false (only 11 % of probes found their target
+still suspect).
+At `a37c947` each suspect was *inserted* into the probe round as an extra slot, so 45 % of probes went to
+those extra slots, every round grew by as much, and a crashed member, probed once per round, waited about
+twice as long for its first probe. Commit `f2f669a` made it a *move* (the round keeps one slot per
+member), and `10e8059` fixed a bug in that move (when the suspect had already been probed in the round, the
+member due next was skipped: about one probe in twenty at this size). The crash-detection rows above at
+`10e8059` or later measure the fixed core.
+
+Still true after the fix: every member probes every new suspect within a second or two, so at N = 1,000
+and 10 % loss about 40 % of all probes go to members that were just suspected (most of them already
+refuted), and each suspect receives about N pings at once. The simulator has no CPU model, so this costs
+nothing here except at a slow member's bounded receive buffer (see the slow-member section); in a real
+deployment it is a burst of load on a member that may already be struggling. memberlist has no such rule.
+"""
+
+
 def commits_of(commits: list[str]) -> str:
     return ", ".join(f"`{c}`" for c in commits)
 
@@ -733,6 +775,7 @@ def report(data: dict, meta: dict, images: dict[str, str]) -> str:
     w(table(["N", "loss", "Lifeguard", "crashes", "first suspicion median (s)", "p90", "dead everywhere median (s)",
              "p90", "max", "missed", "goal (s)", "median within goal", "commit"], rows) + "\n")
     w(f"![spread of the dead verdict]({images['spread']})\n")
+    w(FIRST_SUSPICION_NOTE)
 
     # join table
     w("## Join propagation\n")
