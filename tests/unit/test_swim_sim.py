@@ -192,6 +192,20 @@ class SimulatorTests(SynchronousTestCase):
         for member in sim.up():
             self.assertEqual(sim.views(member.name)["n0003"], "alive", member.name)
 
+    def test_slow_member_with_timers_on_time_keeps_its_probe_rate(self):
+        def probes_in_20s(timers):
+            # Lifeguard off: its health score would stretch the probe interval of a member whose acks are late.
+            sim = formed(6, seed=19, config=SwimConfig.profile("lan", lifeguard=False))
+            node = sim.node("n0001")
+            sim.slow("n0001", (2.0, 2.0), timers=timers)
+            before = node.core.stats["probes"]
+            sim.run(20)
+            return node.core.stats["probes"] - before
+
+        late, on_time = probes_in_20s(True), probes_in_20s(False)
+        self.assertGreaterEqual(on_time, 18, "one probe per period when only what arrives waits")
+        self.assertLessEqual(late, 10, "probe ticks fire up to 2 s late when the timers wait too")
+
     def test_slow_member_drops_datagrams_beyond_its_buffer(self):
         sim = formed(8, seed=17, stall_buffer=3)
         sim.slow("n0001", (2.0, 2.0))

@@ -60,7 +60,8 @@ The model
   scheduled).  What the core sends goes out when it handles the event.
   Datagrams waiting to be handled count against the same ``stall_buffer``;
   beyond it they are dropped.  Overdue timers run together at the real time of
-  the delayed wake-up, as after a stall.
+  the delayed wake-up, as after a stall.  ``timers=False`` delays only what
+  arrives and lets the node's timers fire on time.
 * **Time** the cores see is the clock's time at each event; processing itself
   takes no simulated time.
 
@@ -108,7 +109,7 @@ class SimNode:
 
     __slots__ = ("name", "addr", "index", "core", "rng", "epoch", "status", "stalled", "stall_token",
                  "io_backlog", "timer_backlog", "buffered", "wake_at", "island", "live", "started_at", "stopped_at",
-                 "meta", "slow", "slow_until", "slow_rng", "slow_pending", "late_wake")
+                 "meta", "slow", "slow_until", "slow_timers", "slow_rng", "slow_pending", "late_wake")
 
     def __init__(self, name: str, addr: Address, index: int, meta: bytes = b"") -> None:
         self.name = name
@@ -131,6 +132,7 @@ class SimNode:
         self.stopped_at: float | None = None  # when it crashed or stopped; None while running
         self.slow: tuple[float, float] | None = None  # per-event handling delay range while slow
         self.slow_until = math.inf
+        self.slow_timers = True  # its own timers are late too
         self.slow_rng: random.Random | None = None
         self.slow_pending = 0  # datagrams delivered but not yet handled (slow)
         self.late_wake = False  # a delayed timer wake-up is pending (slow)
@@ -290,8 +292,12 @@ class SwimSimulation:
             self.clock.schedule(t, self.stall, name, length)
             t += length + rng.uniform(*gap)
 
-    def slow(self, name: str, delay: tuple[float, float], until: float = math.inf) -> None:
-        """From now until ``until``, every event of ``name`` is handled U(delay) seconds late (module docstring)."""
+    def slow(self, name: str, delay: tuple[float, float], until: float = math.inf, timers: bool = True) -> None:
+        """From now until ``until``, every event of ``name`` is handled U(delay) seconds late (module docstring).
+
+        With ``timers=False`` only what arrives (datagrams, streams) waits and the node's own timers fire on
+        time: memberlist's case, whose timers run in their own goroutines while its packet handler lags.
+        """
         node = self.by_name[name]
         lo, hi = delay
         if not 0 <= lo <= hi:
@@ -300,6 +306,7 @@ class SwimSimulation:
             return
         node.slow = (lo, hi)
         node.slow_until = until
+        node.slow_timers = timers
         if node.slow_rng is None:
             node.slow_rng = random.Random(f"swim-sim/{self.seed}/slow/{name}")
 
@@ -414,7 +421,7 @@ class SwimSimulation:
         node.wake_at = math.inf
         if node.stalled:
             return  # fires on resume
-        late = self._slow_delay(node)
+        late = self._slow_delay(node) if node.slow_timers else None
         if late is not None:
             node.late_wake = True
             self.clock.schedule(self.clock.rightNow + late, self._late_wake, node, epoch)
