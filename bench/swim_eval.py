@@ -530,7 +530,7 @@ def plots(data: dict, img_dir: Path, rel: str) -> dict[str, str]:
         plt.close(fig)
         out["stall"] = f"{rel}/swim_stall.png"
 
-    # 6. slow members: suspicion episodes about healthy members and dead episodes about the slow ones.
+    # 6. slow members: suspicion episodes and false dead episodes about healthy members.
     if data.get("slow"):
         groups = slow_groups(data["slow"])
         profiles = [p for p in SLOW_PROFILES if any(k[0] == p for k in groups)]
@@ -538,7 +538,7 @@ def plots(data: dict, img_dir: Path, rel: str) -> dict[str, str]:
         for col, prof in enumerate(profiles):
             ks = sorted({k[1] for k in groups if k[0] == prof})
             for row, (field, label) in enumerate((("healthy_suspect_episodes", "suspicion episodes about healthy"),
-                                                  ("slow_episodes", "dead episodes about the slow members"))):
+                                                  ("healthy_episodes", "false dead episodes about healthy"))):
                 ax = axes[row][col]
                 for j, (lg, color) in enumerate(((True, "tab:blue"), (False, "tab:orange"))):
                     vals = [groups.get((prof, k, lg), {field: 0})[field] for k in ks]
