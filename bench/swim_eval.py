@@ -587,7 +587,8 @@ the suspect next (so a refutation it missed comes back on the ack). At 10 % loss
 per second reach each member at N = 1,000, most of them false (only 11 % of probes found their target
 still suspect), so about 40 % of every member's probes go to just-suspected members and only 60 % walk the
 round. At `a37c947` each suspect was *inserted* into the round as an extra slot: every round grew by as
-much, and a crashed member, probed once per round, waited about twice as long for its first probe. Commit
+much (by about 1.8×), and a crashed member, probed once per round, waited that much longer for its
+first probe. Commit
 `f2f669a` made it a *move* (the round keeps one slot per member), and `10e8059` fixed a bug in that move
 (when the suspect had already been probed in the round, the member due next was skipped: about one probe in
 twenty at this size).
@@ -601,8 +602,8 @@ within 40 s of each other), and the 10-minute phase covers the first 60 % of the
 probes of a crashed member is about 0.6-0.8 of what it is with Lifeguard off. This explanation fits the
 numbers (pooled first-suspicion median 2.3 s against about 1.7 s expected from one probe per second
 cluster-wide) but was not verified separately. In one traced crash (seed 2, the first crash of the 10 %
-phase) nobody probed the crashed member for its first 3.1 s while 4,871 probes went out in the first 5 s,
-405 of them to a single just-suspected member.
+phase) no probe of the crashed member started in its first 3.1 s while 4,871 probes started in the first
+5 s, 405 of them of a single just-suspected member.
 
 Every member probing every new suspect also means each suspect receives about N pings within a second or two.
 The simulator has no CPU model, so this costs nothing here except at a slow member's bounded receive buffer
