@@ -49,6 +49,22 @@ class HandlerTests(SynchronousTestCase):
         self.assertEqual(self.call(self.replica_put(b"k", older)).replica_put_result.stored, 0)
         self.assertEqual(self.engine.get(b"k").value, b"new")
 
+    def test_background_replica_puts_are_background_writes(self):
+        """Data movement (``background``) reaches the store as such; client-path writes do not."""
+        seen = []
+        write = self.engine.write
+
+        def spy(key, record, background=False):
+            seen.append((key, background))
+            return write(key, record, background)
+
+        self.engine.write = spy
+        frame = self.replica_put(b"moved", Record(b"v", Version().increment("a", 1)))
+        frame.replica_put.background = True
+        self.call(frame)
+        self.call(self.replica_put(b"client", Record(b"v", Version().increment("a", 1))))
+        self.assertEqual(seen, [(b"moved", True), (b"client", False)])
+
     def test_hints_go_to_the_hint_store(self):
         record = Record(b"v", Version().increment("a", 1))
         self.call(self.replica_put(b"k", record, hint_for="node9"))

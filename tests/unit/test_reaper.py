@@ -58,7 +58,7 @@ class FailingEngine(MemoryEngine):
         super().__init__()
         self.fail_removals = 0
 
-    def write(self, key, record):
+    def write(self, key, record, background=False):
         from twisted.internet.defer import fail
 
         from twisted_dhm.storage import StorageFull
@@ -66,7 +66,7 @@ class FailingEngine(MemoryEngine):
         if record is None and self.fail_removals:
             self.fail_removals -= 1
             return fail(StorageFull("disk full"))
-        return super().write(key, record)
+        return super().write(key, record, background)
 
 
 class ReaperFailureTests(SynchronousTestCase):

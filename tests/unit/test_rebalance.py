@@ -148,6 +148,7 @@ class JoinTests(SynchronousTestCase):
             status = node.node_status()
             self.assertEqual(status["partitions_pulling"], 0)
             self.assertEqual(status["partitions_held"], status["partitions_owned"])
+            self.assertEqual(status["partitions_to_hand_off"], 0)
 
     def test_a_new_owner_answers_with_the_old_owners_records_until_its_copy_is_complete(self):
         sim = SimCluster(3, seed=3, **{**SETTINGS, "handoff_rate": "1KiB"})

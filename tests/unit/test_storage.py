@@ -165,6 +165,75 @@ class LMDBEngineTests(EngineContract, SynchronousTestCase):
             self.successResultOf(d)
         self.assertEqual((self.engine.commits, self.engine.writes), (2, 50))
 
+    def batch_keys(self, i=0):
+        return sorted(self.commits.calls[i][1][0])
+
+    def test_background_writes_commit_in_slices_behind_client_writes(self):
+        """A transfer's writes go in slices; a client write queued meanwhile goes in the next commit."""
+        from twisted_dhm.storage.lmdb_engine import BACKGROUND_SLICE
+
+        moved = [self.engine.write(b"m%03d" % i, rec(), background=True) for i in range(3 * BACKGROUND_SLICE)]
+        self.clock.advance(0)
+        self.assertEqual(len(self.batch_keys()), BACKGROUND_SLICE, "one slice per commit")
+        client = self.engine.write(b"client", rec(b"c"))
+        self.commits.run_next()
+        self.assertEqual(sum(1 for d in moved if d.called), BACKGROUND_SLICE)
+        # The next commit has the client write and only one more slice of the transfer.
+        self.assertIn(b"client", self.batch_keys())
+        self.assertEqual(len(self.batch_keys()), BACKGROUND_SLICE + 1)
+        self.commits.run_next()
+        self.successResultOf(client)
+        self.settle()
+        for d in moved:
+            self.successResultOf(d)
+        self.assertEqual(self.engine.stats().keys, 3 * BACKGROUND_SLICE + 1)
+
+    def test_background_slice_is_bounded_by_bytes(self):
+        from twisted_dhm.storage.lmdb_engine import BACKGROUND_SLICE_BYTES
+
+        big = rec(b"x" * (BACKGROUND_SLICE_BYTES // 4))
+        for i in range(10):
+            self.engine.write(b"big%d" % i, big, background=True)
+        self.clock.advance(0)
+        self.assertEqual(len(self.batch_keys()), 4)
+        self.settle()
+        self.assertEqual(self.engine.stats().keys, 10)
+
+    def test_client_write_supersedes_queued_background_write_of_its_key(self):
+        """The newest write of a key is what lands; the older write's waiter fires with it."""
+        self.engine.write(b"busy", rec(), background=False)
+        self.clock.advance(0)  # a commit in flight: what follows queues
+        old = self.engine.write(b"k", rec(b"old"), background=True)
+        new = self.engine.write(b"k", rec(b"new", n=2))
+        later_bg = self.engine.write(b"k", rec(b"newest", n=3), background=True)  # stays with the client queue
+        self.commits.run_next()
+        self.assertEqual(self.batch_keys(), [b"k"])
+        self.commits.run_next()
+        for d in (old, new, later_bg):
+            self.successResultOf(d)
+        self.assertEqual(self.engine.get(b"k").value, b"newest")
+
+    def test_flushed_waits_for_queued_background_writes(self):
+        from twisted_dhm.storage.lmdb_engine import BACKGROUND_SLICE
+
+        for i in range(2 * BACKGROUND_SLICE):
+            self.engine.write(b"m%03d" % i, rec(), background=True)
+        self.clock.advance(0)
+        barrier = self.engine.flushed()
+        self.commits.run_next()
+        self.clock.advance(0)
+        self.assertNoResult(barrier)  # half of them are still queued
+        self.settle()
+        self.successResultOf(barrier)
+        self.assertEqual(self.engine.stats().keys, 2 * BACKGROUND_SLICE)
+
+    def test_close_waits_for_background_writes(self):
+        self.engine.write(b"m", rec(), background=True)
+        closed = self.engine.close()
+        self.assertNoResult(closed)
+        self.settle()
+        self.successResultOf(closed)
+
     def test_unsynced_write_invisible_to_get_but_visible_to_latest(self):
         r = rec(b"pending")
         d = self.engine.write(b"k", r)

@@ -155,7 +155,7 @@ class PeerHandler:
         def answer(stored: int) -> pb.Frame:
             return pb.Frame(replica_put_result=pb.ReplicaPutResult(stored=stored))
 
-        return self.replica.apply(items, msg.hint_for).addCallback(answer)
+        return self.replica.apply(items, msg.hint_for, background=msg.background).addCallback(answer)
 
     def _replica_scan(self, msg: pb.ReplicaScan) -> Deferred:
         limit = min(max(msg.limit, 1), MAX_SCAN)

@@ -112,7 +112,7 @@ class HintedHandoff(Service):
         self._busy.add(target)
 
         def delivered(_: object) -> Deferred | None:
-            removals = [hints.write(hk, None) for hk, record in batch if hints.latest(hk) == record]
+            removals = [hints.write(hk, None, background=True) for hk, record in batch if hints.latest(hk) == record]
             self.delivered += len(batch)
             log.info("handed {n} hinted writes for {target} to {where}", n=len(batch), target=target, where=where)
             if not removals:

@@ -190,8 +190,9 @@ class IndexedEngine:
     def latest(self, key: bytes) -> Record | None:
         return self.engine.latest(key)
 
-    def write(self, key: bytes, record: Record | None) -> Deferred:
-        d = self.engine.write(key, record)  # first: it may refuse (closed store, bad record)
+    def write(self, key: bytes, record: Record | None, background: bool = False) -> Deferred:
+        # first: it may refuse (closed store, bad record)
+        d = self.engine.write(key, record, background=True) if background else self.engine.write(key, record)
         self.index.update(key, record)
 
         def failed(failure: Failure) -> Failure:

@@ -74,7 +74,7 @@ class Reaper(Service):
                 continue
             since = reclaimable_since(record.tombstone, record.expires_at, record.version.hlc)
             if since is not None and since <= cutoff:
-                removals.append(self.engine.write(entry.key, None))
+                removals.append(self.engine.write(entry.key, None, background=True))
         if not removals:
             return succeed(0)
 

@@ -349,7 +349,8 @@ class Rebalancer(Service):
         if partition in self.owned or self.draining:
             return  # the table changed back meanwhile: keep it
         current = self.engine.index.keys[partition]
-        removals = [self.engine.write(key, None) for key, digest in snapshot.items() if current.get(key) == digest]
+        removals = [self.engine.write(key, None, background=True)
+                    for key, digest in snapshot.items() if current.get(key) == digest]
         yield gatherResults(removals, consumeErrors=True)
         self.counters["keys_handed_off"] += len(removals)
         log.info("handed partition {p} ({n} keys) to {owners}", p=partition, n=len(removals), owners=",".join(owners))
@@ -454,7 +455,7 @@ class Rebalancer(Service):
                 items.append((k, r))
             size = sum(len(k) + len(encode_record(r)) for k, r in items)
             yield self.limiter.take(size)
-            stored = yield self.replica.apply(items) if items else succeed(0)
+            stored = yield self.replica.apply(items, background=True) if items else succeed(0)
             transfer.keys_done += len(chunk)
             transfer.bytes_done += size
             self.counters["keys_received"] += len(items)
@@ -658,13 +659,15 @@ class Rebalancer(Service):
     def status(self) -> dict:
         now = self.clock.seconds()
         index = self.engine.index
+        held = set(index.held())
         ae = None
         if self.last_anti_entropy is not None:
             ae = dict(self.last_anti_entropy)
             ae["seconds_ago"] = round(now - ae.pop("at"), 3)
         return {
             "partitions_owned": len(self.owned),
-            "partitions_held": len(index.held()),
+            "partitions_held": len(held),
+            "partitions_to_hand_off": len(held - self.owned),
             "partitions_pulling": len(self.pulling),
             "pulling_from": sorted({m for members in self.pulling.values() for m in members}),
             "draining": self.draining,

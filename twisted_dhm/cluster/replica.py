@@ -105,11 +105,12 @@ class LocalReplica:
         return gatherResults(waits).addCallback(lambda _: records)
 
     def apply(self, items: Sequence[tuple[bytes, Record]], hint_for: str = "",
-              current: object = UNKNOWN) -> Deferred:
+              current: object = UNKNOWN, background: bool = False) -> Deferred:
         """Store the records that win; fires with how many were stored, once durable.
 
         ``current`` may pass the record the caller read for a single key in this same
         reactor turn (with pending writes), so it is not read and decoded twice.
+        ``background``: data movement, which the store commits after client writes.
         """
         if not items:
             # An empty write is a barrier: it answers once everything this replica has
@@ -132,7 +133,8 @@ class LocalReplica:
                     current = None  # what arrives replaces bytes that no longer decode
             if current is not None and not record.version.wins_over(current.version):
                 continue
-            writes.append(store.write(store_key, record))
+            writes.append(store.write(store_key, record, background=True) if background
+                          else store.write(store_key, record))
         if not writes:
             return succeed(0)
         if len(writes) == 1:

@@ -156,15 +156,18 @@ class Replicas:
 
     def write_counted(self, node: str, items: Sequence[tuple[bytes, Record]]) -> Deferred:
         """Like ``write``, in a frame of its own, firing with how many records ``node`` stored
-        (newer than what it had), not how many were sent."""
+        (newer than what it had), not how many were sent.  Data movement: ``node`` commits
+        them behind its client writes (``background``)."""
         if node == self.local_id:
-            return self.local.apply(items)
-        return self._send_put(node, list(items), "")
+            return self.local.apply(items, background=True)
+        return self._send_put(node, list(items), "", background=True)
 
-    def _send_put(self, node: str, items: list[tuple[bytes, Record]], hint_for: str) -> Deferred:
+    def _send_put(self, node: str, items: list[tuple[bytes, Record]], hint_for: str,
+                  background: bool = False) -> Deferred:
         frame = pb.Frame()
         key_records_to_pb(items, frame.replica_put.records)
         frame.replica_put.hint_for = hint_for
+        frame.replica_put.background = background
         return self._remote(node, frame).addCallback(lambda answer: answer.replica_put_result.stored)
 
     def _flush_puts(self, key: tuple[str, str], batch: _Batch) -> None:

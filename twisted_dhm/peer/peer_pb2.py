@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\npeer.proto\x12\x0b\x64hashmap.v1\"=\n\tKeyRecord\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\x12\x0e\n\x06record\x18\x04 \x01(\x0cJ\x04\x08\x02\x10\x03\"g\n\tAddresses\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x11\n\tpeer_port\x18\x02 \x01(\r\x12\x11\n\trest_port\x18\x03 \x01(\r\x12\x11\n\tgrpc_port\x18\x04 \x01(\r\x12\x13\n\x0bgossip_port\x18\x05 \x01(\r\"\xde\x01\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x1f\n\x04role\x18\x04 \x01(\x0e\x32\x11.dhashmap.v1.Role\x12)\n\taddresses\x18\x05 \x01(\x0b\x32\x16.dhashmap.v1.Addresses\x12\x0e\n\x06weight\x18\x06 \x01(\r\x12\x18\n\x10software_version\x18\x07 \x01(\t\x12\x12\n\npartitions\x18\x08 \x01(\r\x12\x0f\n\x07leaving\x18\t \x01(\x08\"^\n\x05\x45rror\x12$\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x16.dhashmap.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0c\n\x04\x61\x63ks\x18\x03 \x01(\r\x12\x10\n\x08required\x18\x04 \x01(\r\"\x1a\n\x04Ping\x12\x12\n\nsent_at_ms\x18\x01 \x01(\x04\"+\n\x04Pong\x12\x12\n\nsent_at_ms\x18\x01 \x01(\x04\x12\x0f\n\x07node_id\x18\x02 \x01(\t\"G\n\nReplicaGet\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\x12\x17\n\x0finclude_pending\x18\x02 \x01(\x08\x12\x12\n\nlocal_only\x18\x03 \x01(\x08\"L\n\x10ReplicaGetResult\x12\'\n\x07records\x18\x01 \x03(\x0b\x32\x16.dhashmap.v1.KeyRecord\x12\x0f\n\x07partial\x18\x02 \x01(\x08\"G\n\nReplicaPut\x12\'\n\x07records\x18\x01 \x03(\x0b\x32\x16.dhashmap.v1.KeyRecord\x12\x10\n\x08hint_for\x18\x02 \x01(\t\"\"\n\x10ReplicaPutResult\x12\x0e\n\x06stored\x18\x01 \x01(\r\"N\n\x0bReplicaScan\x12\x0e\n\x06prefix\x18\x01 \x01(\x0c\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x0c\x12\x11\n\thas_after\x18\x03 \x01(\x08\x12\r\n\x05limit\x18\x04 \x01(\r\"L\n\tScanEntry\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x11\n\ttombstone\x18\x02 \x01(\x08\x12\x12\n\nexpires_at\x18\x03 \x01(\x04\x12\x0b\n\x03hlc\x18\x04 \x01(\x04\"<\n\x11ReplicaScanResult\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.dhashmap.v1.ScanEntry\"\x1f\n\tTreeRoots\x12\x12\n\npartitions\x18\x01 \x03(\r\".\n\x0fTreeRootsResult\x12\r\n\x05roots\x18\x01 \x03(\x06\x12\x0c\n\x04keys\x18\x02 \x03(\r\" \n\x0bTreeBuckets\x12\x11\n\tpartition\x18\x01 \x01(\r\"$\n\x11TreeBucketsResult\x12\x0f\n\x07\x62uckets\x18\x01 \x03(\x06\"_\n\x08TreeKeys\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x0f\n\x07\x62uckets\x18\x02 \x03(\r\x12\r\n\x05\x61\x66ter\x18\x03 \x01(\x0c\x12\x11\n\thas_after\x18\x04 \x01(\x08\x12\r\n\x05limit\x18\x05 \x01(\r\"=\n\x0eTreeKeysResult\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\x12\x0f\n\x07\x64igests\x18\x02 \x03(\x06\x12\x0c\n\x04more\x18\x03 \x01(\x08\"\x18\n\x05Leave\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\r\n\x0bLeaveResult\"\x0c\n\nNodeStatus\" \n\x10NodeStatusResult\x12\x0c\n\x04json\x18\x01 \x01(\x0c\"\x97\x01\n\x0b\x43onsistency\x12-\n\x05level\x18\x01 \x01(\x0e\x32\x1e.dhashmap.v1.Consistency.Level\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"J\n\x05Level\x12\x11\n\rLEVEL_DEFAULT\x10\x00\x12\r\n\tLEVEL_ONE\x10\x01\x12\x10\n\x0cLEVEL_QUORUM\x10\x02\x12\r\n\tLEVEL_ALL\x10\x03\"7\n\x03Get\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12#\n\x01r\x18\x02 \x01(\x0b\x32\x18.dhashmap.v1.Consistency\"J\n\tGetResult\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06owners\x18\x04 \x03(\t\"\x84\x01\n\x03Put\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x04\x12\x10\n\x08if_match\x18\x04 \x01(\t\x12\x15\n\rif_none_match\x18\x05 \x01(\x08\x12#\n\x01w\x18\x06 \x01(\x0b\x32\x18.dhashmap.v1.Consistency\"=\n\tPutResult\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x0e\n\x06owners\x18\x03 \x03(\t\"L\n\x06\x44\x65lete\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x10\n\x08if_match\x18\x02 \x01(\t\x12#\n\x01w\x18\x03 \x01(\x0b\x32\x18.dhashmap.v1.Consistency\"/\n\x0c\x44\x65leteResult\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06owners\x18\x02 \x03(\t\"\xf2\t\n\x05\x46rame\x12\n\n\x02id\x18\x01 \x01(\x04\x12#\n\x05hello\x18\x02 \x01(\x0b\x32\x12.dhashmap.v1.HelloH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.dhashmap.v1.ErrorH\x00\x12!\n\x04ping\x18\x04 \x01(\x0b\x32\x11.dhashmap.v1.PingH\x00\x12!\n\x04pong\x18\x05 \x01(\x0b\x32\x11.dhashmap.v1.PongH\x00\x12.\n\x0breplica_get\x18\n \x01(\x0b\x32\x17.dhashmap.v1.ReplicaGetH\x00\x12;\n\x12replica_get_result\x18\x0b \x01(\x0b\x32\x1d.dhashmap.v1.ReplicaGetResultH\x00\x12.\n\x0breplica_put\x18\x0c \x01(\x0b\x32\x17.dhashmap.v1.ReplicaPutH\x00\x12;\n\x12replica_put_result\x18\r \x01(\x0b\x32\x1d.dhashmap.v1.ReplicaPutResultH\x00\x12\x30\n\x0creplica_scan\x18\x0e \x01(\x0b\x32\x18.dhashmap.v1.ReplicaScanH\x00\x12=\n\x13replica_scan_result\x18\x0f \x01(\x0b\x32\x1e.dhashmap.v1.ReplicaScanResultH\x00\x12\x1f\n\x03get\x18\x14 \x01(\x0b\x32\x10.dhashmap.v1.GetH\x00\x12,\n\nget_result\x18\x15 \x01(\x0b\x32\x16.dhashmap.v1.GetResultH\x00\x12\x1f\n\x03put\x18\x16 \x01(\x0b\x32\x10.dhashmap.v1.PutH\x00\x12,\n\nput_result\x18\x17 \x01(\x0b\x32\x16.dhashmap.v1.PutResultH\x00\x12%\n\x06\x64\x65lete\x18\x18 \x01(\x0b\x32\x13.dhashmap.v1.DeleteH\x00\x12\x32\n\rdelete_result\x18\x19 \x01(\x0b\x32\x19.dhashmap.v1.DeleteResultH\x00\x12,\n\ntree_roots\x18\x1e \x01(\x0b\x32\x16.dhashmap.v1.TreeRootsH\x00\x12\x39\n\x11tree_roots_result\x18\x1f \x01(\x0b\x32\x1c.dhashmap.v1.TreeRootsResultH\x00\x12\x30\n\x0ctree_buckets\x18  \x01(\x0b\x32\x18.dhashmap.v1.TreeBucketsH\x00\x12=\n\x13tree_buckets_result\x18! \x01(\x0b\x32\x1e.dhashmap.v1.TreeBucketsResultH\x00\x12*\n\ttree_keys\x18\" \x01(\x0b\x32\x15.dhashmap.v1.TreeKeysH\x00\x12\x37\n\x10tree_keys_result\x18# \x01(\x0b\x32\x1b.dhashmap.v1.TreeKeysResultH\x00\x12#\n\x05leave\x18$ \x01(\x0b\x32\x12.dhashmap.v1.LeaveH\x00\x12\x30\n\x0cleave_result\x18% \x01(\x0b\x32\x18.dhashmap.v1.LeaveResultH\x00\x12.\n\x0bnode_status\x18& \x01(\x0b\x32\x17.dhashmap.v1.NodeStatusH\x00\x12;\n\x12node_status_result\x18\' \x01(\x0b\x32\x1d.dhashmap.v1.NodeStatusResultH\x00\x42\x06\n\x04\x62ody*<\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_PEER\x10\x01\x12\x0f\n\x0bROLE_CLIENT\x10\x02*\xb3\x03\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45RROR_CODE_BAD_FRAME\x10\x01\x12\x1f\n\x1b\x45RROR_CODE_VERSION_MISMATCH\x10\x02\x12\x1f\n\x1b\x45RROR_CODE_CLUSTER_MISMATCH\x10\x03\x12\x18\n\x14\x45RROR_CODE_NOT_FOUND\x10\x04\x12\"\n\x1e\x45RROR_CODE_PRECONDITION_FAILED\x10\x05\x12\x1e\n\x1a\x45RROR_CODE_INVALID_REQUEST\x10\x06\x12\x1a\n\x16\x45RROR_CODE_UNAVAILABLE\x10\x07\x12\x16\n\x12\x45RROR_CODE_TIMEOUT\x10\x08\x12\x16\n\x12\x45RROR_CODE_STORAGE\x10\t\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\n\x12\x18\n\x14\x45RROR_CODE_TOO_LARGE\x10\x0b\x12\"\n\x1e\x45RROR_CODE_PARTITIONS_MISMATCH\x10\x0c\x12\x18\n\x14\x45RROR_CODE_FORBIDDEN\x10\r\x12\x13\n\x0f\x45RROR_CODE_BUSY\x10\x0e\x42?Z=github.com/dhashmap/dhashmap/clients/go/dhashmappb;dhashmappbb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\npeer.proto\x12\x0b\x64hashmap.v1\"=\n\tKeyRecord\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\x12\x0e\n\x06record\x18\x04 \x01(\x0cJ\x04\x08\x02\x10\x03\"g\n\tAddresses\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x11\n\tpeer_port\x18\x02 \x01(\r\x12\x11\n\trest_port\x18\x03 \x01(\r\x12\x11\n\tgrpc_port\x18\x04 \x01(\r\x12\x13\n\x0bgossip_port\x18\x05 \x01(\r\"\xde\x01\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x1f\n\x04role\x18\x04 \x01(\x0e\x32\x11.dhashmap.v1.Role\x12)\n\taddresses\x18\x05 \x01(\x0b\x32\x16.dhashmap.v1.Addresses\x12\x0e\n\x06weight\x18\x06 \x01(\r\x12\x18\n\x10software_version\x18\x07 \x01(\t\x12\x12\n\npartitions\x18\x08 \x01(\r\x12\x0f\n\x07leaving\x18\t \x01(\x08\"^\n\x05\x45rror\x12$\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x16.dhashmap.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0c\n\x04\x61\x63ks\x18\x03 \x01(\r\x12\x10\n\x08required\x18\x04 \x01(\r\"\x1a\n\x04Ping\x12\x12\n\nsent_at_ms\x18\x01 \x01(\x04\"+\n\x04Pong\x12\x12\n\nsent_at_ms\x18\x01 \x01(\x04\x12\x0f\n\x07node_id\x18\x02 \x01(\t\"G\n\nReplicaGet\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\x12\x17\n\x0finclude_pending\x18\x02 \x01(\x08\x12\x12\n\nlocal_only\x18\x03 \x01(\x08\"L\n\x10ReplicaGetResult\x12\'\n\x07records\x18\x01 \x03(\x0b\x32\x16.dhashmap.v1.KeyRecord\x12\x0f\n\x07partial\x18\x02 \x01(\x08\"[\n\nReplicaPut\x12\'\n\x07records\x18\x01 \x03(\x0b\x32\x16.dhashmap.v1.KeyRecord\x12\x10\n\x08hint_for\x18\x02 \x01(\t\x12\x12\n\nbackground\x18\x03 \x01(\x08\"\"\n\x10ReplicaPutResult\x12\x0e\n\x06stored\x18\x01 \x01(\r\"N\n\x0bReplicaScan\x12\x0e\n\x06prefix\x18\x01 \x01(\x0c\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x0c\x12\x11\n\thas_after\x18\x03 \x01(\x08\x12\r\n\x05limit\x18\x04 \x01(\r\"L\n\tScanEntry\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x11\n\ttombstone\x18\x02 \x01(\x08\x12\x12\n\nexpires_at\x18\x03 \x01(\x04\x12\x0b\n\x03hlc\x18\x04 \x01(\x04\"<\n\x11ReplicaScanResult\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.dhashmap.v1.ScanEntry\"\x1f\n\tTreeRoots\x12\x12\n\npartitions\x18\x01 \x03(\r\".\n\x0fTreeRootsResult\x12\r\n\x05roots\x18\x01 \x03(\x06\x12\x0c\n\x04keys\x18\x02 \x03(\r\" \n\x0bTreeBuckets\x12\x11\n\tpartition\x18\x01 \x01(\r\"$\n\x11TreeBucketsResult\x12\x0f\n\x07\x62uckets\x18\x01 \x03(\x06\"_\n\x08TreeKeys\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x0f\n\x07\x62uckets\x18\x02 \x03(\r\x12\r\n\x05\x61\x66ter\x18\x03 \x01(\x0c\x12\x11\n\thas_after\x18\x04 \x01(\x08\x12\r\n\x05limit\x18\x05 \x01(\r\"=\n\x0eTreeKeysResult\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\x12\x0f\n\x07\x64igests\x18\x02 \x03(\x06\x12\x0c\n\x04more\x18\x03 \x01(\x08\"\x18\n\x05Leave\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\r\n\x0bLeaveResult\"\x0c\n\nNodeStatus\" \n\x10NodeStatusResult\x12\x0c\n\x04json\x18\x01 \x01(\x0c\"\x97\x01\n\x0b\x43onsistency\x12-\n\x05level\x18\x01 \x01(\x0e\x32\x1e.dhashmap.v1.Consistency.Level\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"J\n\x05Level\x12\x11\n\rLEVEL_DEFAULT\x10\x00\x12\r\n\tLEVEL_ONE\x10\x01\x12\x10\n\x0cLEVEL_QUORUM\x10\x02\x12\r\n\tLEVEL_ALL\x10\x03\"7\n\x03Get\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12#\n\x01r\x18\x02 \x01(\x0b\x32\x18.dhashmap.v1.Consistency\"J\n\tGetResult\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06owners\x18\x04 \x03(\t\"\x84\x01\n\x03Put\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x04\x12\x10\n\x08if_match\x18\x04 \x01(\t\x12\x15\n\rif_none_match\x18\x05 \x01(\x08\x12#\n\x01w\x18\x06 \x01(\x0b\x32\x18.dhashmap.v1.Consistency\"=\n\tPutResult\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x0e\n\x06owners\x18\x03 \x03(\t\"L\n\x06\x44\x65lete\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x10\n\x08if_match\x18\x02 \x01(\t\x12#\n\x01w\x18\x03 \x01(\x0b\x32\x18.dhashmap.v1.Consistency\"/\n\x0c\x44\x65leteResult\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06owners\x18\x02 \x03(\t\"\xf2\t\n\x05\x46rame\x12\n\n\x02id\x18\x01 \x01(\x04\x12#\n\x05hello\x18\x02 \x01(\x0b\x32\x12.dhashmap.v1.HelloH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.dhashmap.v1.ErrorH\x00\x12!\n\x04ping\x18\x04 \x01(\x0b\x32\x11.dhashmap.v1.PingH\x00\x12!\n\x04pong\x18\x05 \x01(\x0b\x32\x11.dhashmap.v1.PongH\x00\x12.\n\x0breplica_get\x18\n \x01(\x0b\x32\x17.dhashmap.v1.ReplicaGetH\x00\x12;\n\x12replica_get_result\x18\x0b \x01(\x0b\x32\x1d.dhashmap.v1.ReplicaGetResultH\x00\x12.\n\x0breplica_put\x18\x0c \x01(\x0b\x32\x17.dhashmap.v1.ReplicaPutH\x00\x12;\n\x12replica_put_result\x18\r \x01(\x0b\x32\x1d.dhashmap.v1.ReplicaPutResultH\x00\x12\x30\n\x0creplica_scan\x18\x0e \x01(\x0b\x32\x18.dhashmap.v1.ReplicaScanH\x00\x12=\n\x13replica_scan_result\x18\x0f \x01(\x0b\x32\x1e.dhashmap.v1.ReplicaScanResultH\x00\x12\x1f\n\x03get\x18\x14 \x01(\x0b\x32\x10.dhashmap.v1.GetH\x00\x12,\n\nget_result\x18\x15 \x01(\x0b\x32\x16.dhashmap.v1.GetResultH\x00\x12\x1f\n\x03put\x18\x16 \x01(\x0b\x32\x10.dhashmap.v1.PutH\x00\x12,\n\nput_result\x18\x17 \x01(\x0b\x32\x16.dhashmap.v1.PutResultH\x00\x12%\n\x06\x64\x65lete\x18\x18 \x01(\x0b\x32\x13.dhashmap.v1.DeleteH\x00\x12\x32\n\rdelete_result\x18\x19 \x01(\x0b\x32\x19.dhashmap.v1.DeleteResultH\x00\x12,\n\ntree_roots\x18\x1e \x01(\x0b\x32\x16.dhashmap.v1.TreeRootsH\x00\x12\x39\n\x11tree_roots_result\x18\x1f \x01(\x0b\x32\x1c.dhashmap.v1.TreeRootsResultH\x00\x12\x30\n\x0ctree_buckets\x18  \x01(\x0b\x32\x18.dhashmap.v1.TreeBucketsH\x00\x12=\n\x13tree_buckets_result\x18! \x01(\x0b\x32\x1e.dhashmap.v1.TreeBucketsResultH\x00\x12*\n\ttree_keys\x18\" \x01(\x0b\x32\x15.dhashmap.v1.TreeKeysH\x00\x12\x37\n\x10tree_keys_result\x18# \x01(\x0b\x32\x1b.dhashmap.v1.TreeKeysResultH\x00\x12#\n\x05leave\x18$ \x01(\x0b\x32\x12.dhashmap.v1.LeaveH\x00\x12\x30\n\x0cleave_result\x18% \x01(\x0b\x32\x18.dhashmap.v1.LeaveResultH\x00\x12.\n\x0bnode_status\x18& \x01(\x0b\x32\x17.dhashmap.v1.NodeStatusH\x00\x12;\n\x12node_status_result\x18\' \x01(\x0b\x32\x1d.dhashmap.v1.NodeStatusResultH\x00\x42\x06\n\x04\x62ody*<\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_PEER\x10\x01\x12\x0f\n\x0bROLE_CLIENT\x10\x02*\xb3\x03\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45RROR_CODE_BAD_FRAME\x10\x01\x12\x1f\n\x1b\x45RROR_CODE_VERSION_MISMATCH\x10\x02\x12\x1f\n\x1b\x45RROR_CODE_CLUSTER_MISMATCH\x10\x03\x12\x18\n\x14\x45RROR_CODE_NOT_FOUND\x10\x04\x12\"\n\x1e\x45RROR_CODE_PRECONDITION_FAILED\x10\x05\x12\x1e\n\x1a\x45RROR_CODE_INVALID_REQUEST\x10\x06\x12\x1a\n\x16\x45RROR_CODE_UNAVAILABLE\x10\x07\x12\x16\n\x12\x45RROR_CODE_TIMEOUT\x10\x08\x12\x16\n\x12\x45RROR_CODE_STORAGE\x10\t\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\n\x12\x18\n\x14\x45RROR_CODE_TOO_LARGE\x10\x0b\x12\"\n\x1e\x45RROR_CODE_PARTITIONS_MISMATCH\x10\x0c\x12\x18\n\x14\x45RROR_CODE_FORBIDDEN\x10\r\x12\x13\n\x0f\x45RROR_CODE_BUSY\x10\x0e\x42?Z=github.com/dhashmap/dhashmap/clients/go/dhashmappb;dhashmappbb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,10 +32,10 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'peer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z=github.com/dhashmap/dhashmap/clients/go/dhashmappb;dhashmappb'
-  _globals['_ROLE']._serialized_start=3352
-  _globals['_ROLE']._serialized_end=3412
-  _globals['_ERRORCODE']._serialized_start=3415
-  _globals['_ERRORCODE']._serialized_end=3850
+  _globals['_ROLE']._serialized_start=3372
+  _globals['_ROLE']._serialized_end=3432
+  _globals['_ERRORCODE']._serialized_start=3435
+  _globals['_ERRORCODE']._serialized_end=3870
   _globals['_KEYRECORD']._serialized_start=27
   _globals['_KEYRECORD']._serialized_end=88
   _globals['_ADDRESSES']._serialized_start=90
@@ -53,51 +53,51 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPLICAGETRESULT']._serialized_start=662
   _globals['_REPLICAGETRESULT']._serialized_end=738
   _globals['_REPLICAPUT']._serialized_start=740
-  _globals['_REPLICAPUT']._serialized_end=811
-  _globals['_REPLICAPUTRESULT']._serialized_start=813
-  _globals['_REPLICAPUTRESULT']._serialized_end=847
-  _globals['_REPLICASCAN']._serialized_start=849
-  _globals['_REPLICASCAN']._serialized_end=927
-  _globals['_SCANENTRY']._serialized_start=929
-  _globals['_SCANENTRY']._serialized_end=1005
-  _globals['_REPLICASCANRESULT']._serialized_start=1007
-  _globals['_REPLICASCANRESULT']._serialized_end=1067
-  _globals['_TREEROOTS']._serialized_start=1069
-  _globals['_TREEROOTS']._serialized_end=1100
-  _globals['_TREEROOTSRESULT']._serialized_start=1102
-  _globals['_TREEROOTSRESULT']._serialized_end=1148
-  _globals['_TREEBUCKETS']._serialized_start=1150
-  _globals['_TREEBUCKETS']._serialized_end=1182
-  _globals['_TREEBUCKETSRESULT']._serialized_start=1184
-  _globals['_TREEBUCKETSRESULT']._serialized_end=1220
-  _globals['_TREEKEYS']._serialized_start=1222
-  _globals['_TREEKEYS']._serialized_end=1317
-  _globals['_TREEKEYSRESULT']._serialized_start=1319
-  _globals['_TREEKEYSRESULT']._serialized_end=1380
-  _globals['_LEAVE']._serialized_start=1382
-  _globals['_LEAVE']._serialized_end=1406
-  _globals['_LEAVERESULT']._serialized_start=1408
-  _globals['_LEAVERESULT']._serialized_end=1421
-  _globals['_NODESTATUS']._serialized_start=1423
-  _globals['_NODESTATUS']._serialized_end=1435
-  _globals['_NODESTATUSRESULT']._serialized_start=1437
-  _globals['_NODESTATUSRESULT']._serialized_end=1469
-  _globals['_CONSISTENCY']._serialized_start=1472
-  _globals['_CONSISTENCY']._serialized_end=1623
-  _globals['_CONSISTENCY_LEVEL']._serialized_start=1549
-  _globals['_CONSISTENCY_LEVEL']._serialized_end=1623
-  _globals['_GET']._serialized_start=1625
-  _globals['_GET']._serialized_end=1680
-  _globals['_GETRESULT']._serialized_start=1682
-  _globals['_GETRESULT']._serialized_end=1756
-  _globals['_PUT']._serialized_start=1759
-  _globals['_PUT']._serialized_end=1891
-  _globals['_PUTRESULT']._serialized_start=1893
-  _globals['_PUTRESULT']._serialized_end=1954
-  _globals['_DELETE']._serialized_start=1956
-  _globals['_DELETE']._serialized_end=2032
-  _globals['_DELETERESULT']._serialized_start=2034
-  _globals['_DELETERESULT']._serialized_end=2081
-  _globals['_FRAME']._serialized_start=2084
-  _globals['_FRAME']._serialized_end=3350
+  _globals['_REPLICAPUT']._serialized_end=831
+  _globals['_REPLICAPUTRESULT']._serialized_start=833
+  _globals['_REPLICAPUTRESULT']._serialized_end=867
+  _globals['_REPLICASCAN']._serialized_start=869
+  _globals['_REPLICASCAN']._serialized_end=947
+  _globals['_SCANENTRY']._serialized_start=949
+  _globals['_SCANENTRY']._serialized_end=1025
+  _globals['_REPLICASCANRESULT']._serialized_start=1027
+  _globals['_REPLICASCANRESULT']._serialized_end=1087
+  _globals['_TREEROOTS']._serialized_start=1089
+  _globals['_TREEROOTS']._serialized_end=1120
+  _globals['_TREEROOTSRESULT']._serialized_start=1122
+  _globals['_TREEROOTSRESULT']._serialized_end=1168
+  _globals['_TREEBUCKETS']._serialized_start=1170
+  _globals['_TREEBUCKETS']._serialized_end=1202
+  _globals['_TREEBUCKETSRESULT']._serialized_start=1204
+  _globals['_TREEBUCKETSRESULT']._serialized_end=1240
+  _globals['_TREEKEYS']._serialized_start=1242
+  _globals['_TREEKEYS']._serialized_end=1337
+  _globals['_TREEKEYSRESULT']._serialized_start=1339
+  _globals['_TREEKEYSRESULT']._serialized_end=1400
+  _globals['_LEAVE']._serialized_start=1402
+  _globals['_LEAVE']._serialized_end=1426
+  _globals['_LEAVERESULT']._serialized_start=1428
+  _globals['_LEAVERESULT']._serialized_end=1441
+  _globals['_NODESTATUS']._serialized_start=1443
+  _globals['_NODESTATUS']._serialized_end=1455
+  _globals['_NODESTATUSRESULT']._serialized_start=1457
+  _globals['_NODESTATUSRESULT']._serialized_end=1489
+  _globals['_CONSISTENCY']._serialized_start=1492
+  _globals['_CONSISTENCY']._serialized_end=1643
+  _globals['_CONSISTENCY_LEVEL']._serialized_start=1569
+  _globals['_CONSISTENCY_LEVEL']._serialized_end=1643
+  _globals['_GET']._serialized_start=1645
+  _globals['_GET']._serialized_end=1700
+  _globals['_GETRESULT']._serialized_start=1702
+  _globals['_GETRESULT']._serialized_end=1776
+  _globals['_PUT']._serialized_start=1779
+  _globals['_PUT']._serialized_end=1911
+  _globals['_PUTRESULT']._serialized_start=1913
+  _globals['_PUTRESULT']._serialized_end=1974
+  _globals['_DELETE']._serialized_start=1976
+  _globals['_DELETE']._serialized_end=2052
+  _globals['_DELETERESULT']._serialized_start=2054
+  _globals['_DELETERESULT']._serialized_end=2101
+  _globals['_FRAME']._serialized_start=2104
+  _globals['_FRAME']._serialized_end=3370
 # @@protoc_insertion_point(module_scope)

@@ -140,12 +140,14 @@ class ReplicaGetResult(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[KeyRecord, _Mapping]]] = ..., partial: _Optional[bool] = ...) -> None: ...
 
 class ReplicaPut(_message.Message):
-    __slots__ = ("records", "hint_for")
+    __slots__ = ("records", "hint_for", "background")
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     HINT_FOR_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_FIELD_NUMBER: _ClassVar[int]
     records: _containers.RepeatedCompositeFieldContainer[KeyRecord]
     hint_for: str
-    def __init__(self, records: _Optional[_Iterable[_Union[KeyRecord, _Mapping]]] = ..., hint_for: _Optional[str] = ...) -> None: ...
+    background: bool
+    def __init__(self, records: _Optional[_Iterable[_Union[KeyRecord, _Mapping]]] = ..., hint_for: _Optional[str] = ..., background: _Optional[bool] = ...) -> None: ...
 
 class ReplicaPutResult(_message.Message):
     __slots__ = ("stored",)

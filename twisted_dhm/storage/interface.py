@@ -154,8 +154,12 @@ class IStorageEngine(Interface):
         key in the same group commit still form a causal chain.
         """
 
-    def write(key: bytes, record: Record | None) -> Deferred:
-        """Store ``record`` (``None`` removes the key); fires once it is durable."""
+    def write(key: bytes, record: Record | None, background: bool = False) -> Deferred:
+        """Store ``record`` (``None`` removes the key); fires once it is durable.
+
+        ``background``: bulk work (data movement, hint delivery, reaping) that client
+        writes go ahead of; an engine may commit it in smaller steps, later.
+        """
 
     def flushed() -> Deferred:
         """Fires once every write queued so far is durable (a barrier; at once when none is)."""

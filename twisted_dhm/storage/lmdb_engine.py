@@ -6,17 +6,24 @@ reactor turn in which they arrived, one commit thread takes everything queued
 so far as one transaction and syncs it.  While that commit runs, new writes
 queue up for the next one, so under load many writes share one fsync (group
 commit) and the reactor never waits for the disk.
+
+Background writes (``write(..., background=True)``: data movement, hint delivery,
+tombstone reaping) queue apart and go in slices of at most ``BACKGROUND_SLICE``
+records / ``BACKGROUND_SLICE_BYTES``: each commit takes every client write queued
+and at most one slice of background ones.  A client write therefore never waits
+behind a large transfer's commit, and a transfer still moves on under client load.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 import sys
 from collections.abc import Callable
 
 import lmdb
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.error import ProcessDone
 from twisted.internet.interfaces import IReactorFromThreads, IReactorProcess, IReactorThreads, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
@@ -44,6 +51,9 @@ RunInThread = Callable[..., Deferred]
 
 _RECORDS_DB = lmdb_writer.RECORDS_DB
 _ABSENT = object()
+
+BACKGROUND_SLICE = 32
+BACKGROUND_SLICE_BYTES = 64 * 1024
 
 
 class ProcessCommitter(ProcessProtocol):
@@ -166,6 +176,8 @@ class LMDBEngine:
         self._pending: dict[bytes, Record | None] = {}
         self._queue: dict[bytes, bytes | None] = {}
         self._waiters: list[Deferred] = []
+        # background writes: key -> (encoded, the waiters of every write of it still queued)
+        self._background: dict[bytes, tuple[bytes | None, list[Deferred]]] = {}
         self._committing: Deferred | None = None
         self._flush_scheduled = False
         self._idle_waiters: list[Deferred] = []
@@ -203,7 +215,7 @@ class LMDBEngine:
     def close(self) -> Deferred:
         """Refuse new writes, let queued ones commit, then close the environment."""
         self._closing = True
-        if self._committing is None and not self._queue:
+        if self._committing is None and not self._queue and not self._background:
             d = succeed(None)
         else:
             d = Deferred()
@@ -272,14 +284,26 @@ class LMDBEngine:
 
     # -- writes -----------------------------------------------------------------------
 
-    def write(self, key: bytes, record: Record | None) -> Deferred:
+    def write(self, key: bytes, record: Record | None, background: bool = False) -> Deferred:
         if self._env is None or self._closing:
             return fail(StorageError("the store is closed"))
         encoded = None if record is None else encode_record(record)  # may raise: before any state changes
         self._pending[key] = record
-        self._queue[key] = encoded
         waiter: Deferred = Deferred()
-        self._waiters.append(waiter)
+        if background and key not in self._queue:
+            queued = self._background.get(key)
+            if queued is None:
+                self._background[key] = (encoded, [waiter])
+            else:
+                queued[1].append(waiter)
+                self._background[key] = (encoded, queued[1])
+        else:
+            # A key has one place in the queues: the newest write of it is what commits.
+            queued = self._background.pop(key, None)
+            if queued is not None:
+                self._waiters.extend(queued[1])
+            self._queue[key] = encoded
+            self._waiters.append(waiter)
         self.writes += 1
         if self._committing is None and not self._flush_scheduled:
             # Not now: the rest of this reactor turn's writes can share the commit.
@@ -289,25 +313,44 @@ class LMDBEngine:
 
     def flushed(self) -> Deferred:
         """Fires once every write queued so far is durable (errors included: it is a barrier)."""
-        d: Deferred = Deferred()
+        waits: list[Deferred] = []
         if self._queue:
+            d: Deferred = Deferred()
             self._waiters.append(d)  # fires with the commit that takes the queue
+            waits.append(d)
+        for _, waiters in self._background.values():
+            d = Deferred()
+            waiters.append(d)  # fires with the commit that takes this key
+            waits.append(d)
+        if self._committing is not None:
+            d = Deferred()
+            self._committing.addBoth(lambda result, d=d: (d.callback(None), result)[1])
+            waits.append(d)
+        if not waits:
+            return succeed(None)
+        for d in waits:
             d.addErrback(lambda _: None)
-        elif self._committing is not None:
-            self._committing.addBoth(lambda result: (d.callback(None), result)[1])
-        else:
-            d.callback(None)
-        return d
+        return gatherResults(waits).addCallback(lambda _: None)
 
     def _flush_if_idle(self) -> None:
         self._flush_scheduled = False
-        if self._committing is None and self._queue:
+        if self._committing is None and (self._queue or self._background):
             self._flush()
 
     def _flush(self) -> None:
-        """Hand everything queued so far to the commit thread as one transaction."""
+        """Hand every client write queued so far, and a slice of background ones, to the
+        commit thread as one transaction."""
         batch, self._queue = self._queue, {}
         waiters, self._waiters = self._waiters, []
+        if self._background:
+            size = 0
+            for key in list(itertools.islice(self._background, BACKGROUND_SLICE)):
+                encoded, key_waiters = self._background.pop(key)
+                batch[key] = encoded
+                waiters.extend(key_waiters)
+                size += len(key) + (len(encoded) if encoded is not None else 0)
+                if size >= BACKGROUND_SLICE_BYTES:
+                    break
         landed = {key: self._pending.get(key) for key in batch}
         assert self._run_in_thread is not None
         self._committing = d = self._run_in_thread(self._commit, batch)
@@ -320,7 +363,7 @@ class LMDBEngine:
                 # A newer write to the same key may already be queued behind this batch.
                 if self._pending.get(key, _ABSENT) is record:
                     del self._pending[key]
-            if self._queue:
+            if self._queue or self._background:
                 self._flush()
             elif self._idle_waiters:
                 idle, self._idle_waiters = self._idle_waiters, []

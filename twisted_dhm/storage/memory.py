@@ -38,7 +38,7 @@ class MemoryEngine:
 
     latest = get
 
-    def write(self, key: bytes, record: Record | None) -> Deferred:
+    def write(self, key: bytes, record: Record | None, background: bool = False) -> Deferred:
         old = self._data.pop(key, None)
         if old is not None:
             self._bytes -= len(key) + len(encode_record(old))

@@ -746,9 +746,12 @@ func (x *ReplicaGetResult) GetPartial() bool {
 // Store each record unless the replica already has one that wins over it.
 // hint_for: the records are held for that node, to be handed to it when it is back.
 type ReplicaPut struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Records       []*KeyRecord           `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
-	HintFor       string                 `protobuf:"bytes,2,opt,name=hint_for,json=hintFor,proto3" json:"hint_for,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Records []*KeyRecord           `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	HintFor string                 `protobuf:"bytes,2,opt,name=hint_for,json=hintFor,proto3" json:"hint_for,omitempty"`
+	// Data movement (rebalancing, repair): the replica commits these after its client writes,
+	// in small slices, so client writes never wait behind a large transfer.
+	Background    bool `protobuf:"varint,3,opt,name=background,proto3" json:"background,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -795,6 +798,13 @@ func (x *ReplicaPut) GetHintFor() string {
 		return x.HintFor
 	}
 	return ""
+}
+
+func (x *ReplicaPut) GetBackground() bool {
+	if x != nil {
+		return x.Background
+	}
+	return false
 }
 
 type ReplicaPutResult struct {
@@ -2465,11 +2475,14 @@ const file_peer_proto_rawDesc = "" +
 	"local_only\x18\x03 \x01(\bR\tlocalOnly\"^\n" +
 	"\x10ReplicaGetResult\x120\n" +
 	"\arecords\x18\x01 \x03(\v2\x16.dhashmap.v1.KeyRecordR\arecords\x12\x18\n" +
-	"\apartial\x18\x02 \x01(\bR\apartial\"Y\n" +
+	"\apartial\x18\x02 \x01(\bR\apartial\"y\n" +
 	"\n" +
 	"ReplicaPut\x120\n" +
 	"\arecords\x18\x01 \x03(\v2\x16.dhashmap.v1.KeyRecordR\arecords\x12\x19\n" +
-	"\bhint_for\x18\x02 \x01(\tR\ahintFor\"*\n" +
+	"\bhint_for\x18\x02 \x01(\tR\ahintFor\x12\x1e\n" +
+	"\n" +
+	"background\x18\x03 \x01(\bR\n" +
+	"background\"*\n" +
 	"\x10ReplicaPutResult\x12\x16\n" +
 	"\x06stored\x18\x01 \x01(\rR\x06stored\"n\n" +
 	"\vReplicaScan\x12\x16\n" +
