@@ -85,7 +85,7 @@ class Traffic:
 
     def __init__(self, ports: list[int], keys: int, value: bytes, rate: float) -> None:
         self.ports, self.keys, self.value, self.rate = ports, keys, value, rate
-        self.samples: list[tuple[float, float, int]] = []  # (start, latency, status)
+        self.samples: list[tuple[float, float, int, bool, int]] = []  # (start, latency, status, write, port)
         self.stop = False
 
     async def run(self, deadline: float) -> None:
@@ -117,17 +117,23 @@ class Traffic:
                 status = await http(reader, writer, b"GET", b"/v1/kv/" + key_of(i))
         except (OSError, asyncio.IncompleteReadError):
             status = 0
-        self.samples.append((began, time.monotonic() - began, status))
+        self.samples.append((began, time.monotonic() - began, status, write, writer.get_extra_info("peername")[1]))
         pool.put_nowait((reader, writer))
 
-    def window(self, t0: float, t1: float) -> dict:
-        lat = sorted(latency for began, latency, _ in self.samples if t0 <= began < t1)
-        errors = sum(1 for began, _, status in self.samples if t0 <= began < t1 and status not in (200, 201, 204))
+    def window(self, t0: float, t1: float, kind: bool | None = None) -> dict:
+        """Latencies of the requests started in [t0, t1): all, or only writes (kind True) or reads."""
+        chosen = [s for s in self.samples if t0 <= s[0] < t1 and (kind is None or s[3] == kind)]
+        lat = sorted(s[1] for s in chosen)
+        errors = sum(1 for s in chosen if s[2] not in (200, 201, 204))
         if not lat:
             return {"requests": 0}
         pick = lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 2)  # noqa: E731
-        return {"requests": len(lat), "errors": errors, "p50_ms": pick(0.5), "p99_ms": pick(0.99),
-                "max_ms": round(lat[-1] * 1000, 2)}
+        found = {"requests": len(lat), "errors": errors, "p50_ms": pick(0.5), "p99_ms": pick(0.99),
+                 "max_ms": round(lat[-1] * 1000, 2)}
+        if kind is None:
+            found["get"] = self.window(t0, t1, False)
+            found["put"] = self.window(t0, t1, True)
+        return found
 
 
 def statuses(node: NodeProcess) -> list[dict]:
@@ -161,7 +167,8 @@ def wait_settled(first: NodeProcess, deadline: float) -> tuple[float, list[dict]
         except OSError:
             time.sleep(1)
             continue
-        busy = any(n.get("partitions_pulling") or n.get("transfers") or n.get("transfers_queued") for n in nodes)
+        busy = any(n.get("partitions_pulling") or n.get("partitions_to_hand_off") or n.get("transfers")
+                   or n.get("transfers_queued") for n in nodes)
         total = moved_bytes(nodes)
         quiet_polls = quiet_polls + 1 if not busy and total == last else 0
         last = total
@@ -235,6 +242,9 @@ def main() -> int:
             "per_node": {n["node"]: n.get("moved") for n in after_nodes},
         }
         print(json.dumps(result["rebalance"], indent=1), flush=True)
+        # Every request, for a closer look at where the slow ones fall (seconds from the join).
+        result["samples"] = [[round(began - joined, 4), round(latency * 1000, 3), status, int(write), port]
+                             for began, latency, status, write, port in traffic.samples]
 
         disks = {name: disk_keys(node) for name, node in nodes.items()}
         misplaced = 0
@@ -281,7 +291,10 @@ def main() -> int:
             node.kill()
     out = ROOT / "bench" / "results" / f"rebalance-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(exist_ok=True)
+    samples = result.pop("samples", None)
     out.write_text(json.dumps(result, indent=1) + "\n")
+    if samples is not None:
+        out.with_suffix(".samples.json").write_text(json.dumps(samples) + "\n")
     print(f"wrote {out}")
     return 0
 
