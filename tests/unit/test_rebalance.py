@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_dhm.cluster.index import BUCKETS, IndexedEngine, PartitionIndex
-from twisted_dhm.cluster.rebalance import RateLimiter
+from twisted_dhm.cluster.rebalance import SCRUB_KEYS, SCRUB_STEP, RateLimiter
 from twisted_dhm.membership import LEFT
 from twisted_dhm.storage import Record
 from twisted_dhm.storage.memory import MemoryEngine
@@ -363,6 +363,28 @@ class DiskDamageTests(SynchronousTestCase):
         sim.run(20)
         self.assertEqual([k for k in lost if disk.get(k) is None], [])
         self.assertGreaterEqual(sim.nodes["node2"].rebalance.counters["index_corrections"], 10)
+
+    def test_the_scrub_checks_a_small_step_per_reactor_turn(self):
+        # A tick's scrub once read SCRUB_KEYS records in one turn: a pause every client
+        # request arriving meanwhile waited out.  Now each turn checks at most SCRUB_STEP.
+        sim = SimCluster(3, seed=2, **SETTINGS)
+        sim.run(3)
+        load(sim, 300)
+        rebalance, engine = sim.nodes["node1"].rebalance, sim.nodes["node1"].rebalance.engine
+        checked: list[int] = []
+        verify = engine.verify
+
+        def counting(partition, after, budget):
+            fixed, after, left = verify(partition, after, budget)
+            checked.append(budget - left)
+            return fixed, after, left
+
+        engine.verify = counting
+        rebalance.run_once()
+        self.assertLessEqual(sum(checked), SCRUB_STEP)
+        self.assertGreater(sum(checked), 0)
+        sim.clock.advance(0)  # the later turns
+        self.assertEqual(sum(checked), SCRUB_KEYS)
 
     def test_same_version_different_bytes_is_counted_not_copied_back_and_forth(self):
         sim = SimCluster(3, seed=2, **SETTINGS)

@@ -60,6 +60,7 @@ KEYS_PAGE_BYTES = 1 << 20  # and about this many bytes of keys
 CHUNK_KEYS = 100  # records per copy request: small, so no reactor turn is long
 CHUNK_BYTES = 256 << 10
 SCRUB_KEYS = 1000  # index entries checked against the store per tick
+SCRUB_STEP = 50  # of them per reactor turn: one step is a few store reads, never a long pause
 
 
 class RateLimiter:
@@ -140,6 +141,8 @@ class Rebalancer(Service):
         self._drain_waiters: list[Deferred] = []
         self._scrub_partition = 0
         self._scrub_after: bytes | None = None
+        self._scrub_left = 0  # entries of this tick's budget still to check
+        self._scrub_call: Any = None
         self.transfers: dict[tuple[str, int, str], Transfer] = {}
         self.counters: Counter[str] = Counter()
         self.last_anti_entropy: dict | None = None
@@ -170,6 +173,9 @@ class Rebalancer(Service):
         for loop in (self._loop, self._ae_loop):
             if loop.running:
                 loop.stop()
+        if self._scrub_call is not None and self._scrub_call.active():
+            self._scrub_call.cancel()
+        self._scrub_call = None
         self._queue.clear()
         self._queued.clear()
 
@@ -236,13 +242,24 @@ class Rebalancer(Service):
 
     def run_once(self) -> None:
         self._check_table()
-        self.counters["index_corrections"] += self._scrub(SCRUB_KEYS)
+        self._scrub_left = SCRUB_KEYS
+        if self._scrub_call is None:  # else the last tick's steps are still going: they take this budget
+            self._scrub_step()
         for member in sorted({m for members in self.pulling.values() for m in members} - self._asking):
             self._compare_pulls(member)
         if not self.draining and self._stable(3 * self.settle):
             # Later than pulls: a new owner pulls from every holder once the table is stable, so
             # a handoff that starts at the same time copies the same records a second time.
             self._plan_handoffs()
+
+    def _scrub_step(self) -> None:
+        """One small step of the tick's scrub, the next one on a later reactor turn."""
+        self._scrub_call = None
+        step = min(SCRUB_STEP, self._scrub_left)
+        self._scrub_left -= step
+        self.counters["index_corrections"] += self._scrub(step)
+        if self._scrub_left > 0 and self.running:
+            self._scrub_call = self.clock.callLater(0, self._scrub_step)
 
     def _scrub(self, budget: int) -> int:
         """Check ``budget`` more index entries against the store, in a cycle over all partitions.
