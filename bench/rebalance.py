@@ -9,7 +9,9 @@
    loaded keys) for ``--quiet`` seconds: the quiet latency.
 3. Starts two more nodes while the load goes on and waits until every node reports no
    partition pulling, no transfer running or queued, and nothing moved for three polls:
-   the time to rebalance, the bytes moved (each copy counted once, by the node that sent a
+   the time to rebalance (from the moment node 1 lists a new member: the new processes'
+   start-up, Python imports on the same two cores, comes before; ``during_with_start_up``
+   counts it too), the bytes moved (each copy counted once, by the node that sent a
    push or received a pull) against the minimum (the records whose partitions gained an
    owner), and the latency during the move.
 4. Checks every key is on exactly its three owners' disks (LMDB read directly).
@@ -85,7 +87,7 @@ class Traffic:
 
     def __init__(self, ports: list[int], keys: int, value: bytes, rate: float) -> None:
         self.ports, self.keys, self.value, self.rate = ports, keys, value, rate
-        self.samples: list[tuple[float, float, int, bool, int]] = []  # (start, latency, status, write, port)
+        self.samples: list[tuple[float, float, int, bool, int, int]] = []  # (start, latency, status, write, port, key)
         self.stop = False
 
     async def run(self, deadline: float) -> None:
@@ -117,7 +119,7 @@ class Traffic:
                 status = await http(reader, writer, b"GET", b"/v1/kv/" + key_of(i))
         except (OSError, asyncio.IncompleteReadError):
             status = 0
-        self.samples.append((began, time.monotonic() - began, status, write, writer.get_extra_info("peername")[1]))
+        self.samples.append((began, time.monotonic() - began, status, write, writer.get_extra_info("peername")[1], i))
         pool.put_nowait((reader, writer))
 
     def window(self, t0: float, t1: float, kind: bool | None = None) -> dict:
@@ -194,7 +196,8 @@ def main() -> int:
     result: dict = {"keys": args.keys, "value_size": args.value_size, "rate": args.rate,
                     "handoff_rate": args.handoff_rate or "default"}
 
-    def start(names: list[str]) -> None:
+    def start(names: list[str], watch: NodeProcess | None = None) -> float | None:
+        """Start the nodes at once; with ``watch``, the time it first lists one of them."""
         new = [NodeProcess(work / n / "data", node_id=n, log_path=work / f"{n}.log") for n in names]
         everyone = list(nodes.values()) + new
         seeds = ",".join(f"127.0.0.1:{n.peer_port}" for n in everyone)
@@ -202,7 +205,20 @@ def main() -> int:
             node.extra_args = ("--seed-nodes", seeds, *FLAGS,
                                *(("--handoff-rate", args.handoff_rate) if args.handoff_rate else ()))
             nodes[node.node_id] = node
-            node.start()
+            node.start(wait=False)
+        seen = None
+        while watch is not None and seen is None and time.monotonic() < end:
+            try:
+                listed = set(watch.member_states())
+            except OSError:
+                listed = set()
+            if set(names) & listed:
+                seen = time.monotonic()
+            else:
+                time.sleep(0.05)
+        for node in new:
+            node.wait_ready()
+        return seen
 
     try:
         start(["n1", "n2", "n3"])
@@ -219,15 +235,17 @@ def main() -> int:
         async def scenario() -> tuple[float, float, float, list[dict]]:
             runner = asyncio.ensure_future(traffic.run(end))
             await asyncio.sleep(args.quiet)
-            joined = time.monotonic()
-            await asyncio.to_thread(start, ["n4", "n5"])
+            launched = time.monotonic()
+            joined = await asyncio.to_thread(start, ["n4", "n5"], nodes["n1"])
+            if joined is None:
+                raise SystemExit("the new nodes never joined before the deadline")
             settled, after_nodes = await asyncio.to_thread(wait_settled, nodes["n1"], end)
             await asyncio.sleep(5)
             traffic.stop = True
             await runner
-            return joined - args.quiet, joined, settled, after_nodes
+            return launched - args.quiet, launched, joined, settled, after_nodes
 
-        quiet_from, joined, settled, after_nodes = asyncio.run(scenario())
+        quiet_from, launched, joined, settled, after_nodes = asyncio.run(scenario())
         after = ring(nodes["n1"])
         sizes = disk_keys(nodes["n1"])
         record_size = sum(sizes.values()) / max(len(sizes), 1) + len(key_of(0))
@@ -238,13 +256,17 @@ def main() -> int:
             "seconds": round(settled - joined, 1),
             "bytes_moved": moved, "bytes_minimum": int(minimum), "moved_over_minimum": round(moved / minimum, 3),
             "replicas_moved_share": round(gained / (3 * args.keys), 3),
-            "quiet": traffic.window(quiet_from, joined), "during": traffic.window(joined, settled),
+            "seconds_to_join": round(joined - launched, 2),
+            # from the moment the cluster knows a new member (n1 lists it) to the end of the moves;
+            # the new processes' start-up (Python imports on the same two cores) comes before it
+            "quiet": traffic.window(quiet_from, launched), "during": traffic.window(joined, settled),
+            "during_with_start_up": traffic.window(launched, settled),
             "per_node": {n["node"]: n.get("moved") for n in after_nodes},
         }
         print(json.dumps(result["rebalance"], indent=1), flush=True)
         # Every request, for a closer look at where the slow ones fall (seconds from the join).
-        result["samples"] = [[round(began - joined, 4), round(latency * 1000, 3), status, int(write), port]
-                             for began, latency, status, write, port in traffic.samples]
+        result["samples"] = [[round(began - joined, 4), round(latency * 1000, 3), status, int(write), port, i]
+                             for began, latency, status, write, port, i in traffic.samples]
 
         disks = {name: disk_keys(node) for name, node in nodes.items()}
         misplaced = 0

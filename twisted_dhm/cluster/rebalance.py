@@ -60,6 +60,7 @@ KEYS_PAGE_BYTES = 1 << 20  # and about this many bytes of keys
 CHUNK_KEYS = 100  # records per copy request: small, so no reactor turn is long
 CHUNK_BYTES = 256 << 10
 SCRUB_KEYS = 1000  # index entries checked against the store per tick
+REMOVE_STEP = 50  # handed-off records dropped per reactor turn
 SCRUB_STEP = 50  # of them per reactor turn: one step is a few store reads, never a long pause
 
 
@@ -366,8 +367,14 @@ class Rebalancer(Service):
         if partition in self.owned or self.draining:
             return  # the table changed back meanwhile: keep it
         current = self.engine.index.keys[partition]
-        removals = [self.engine.write(key, None, background=True)
-                    for key, digest in snapshot.items() if current.get(key) == digest]
+        removals = []
+        for n, (key, digest) in enumerate(snapshot.items()):
+            if n and n % REMOVE_STEP == 0:
+                yield deferLater(self.clock, 0, lambda: None)  # a few removals per reactor turn
+                if partition in self.owned or self.draining:
+                    break
+            if current.get(key) == digest:  # not written since the push: the owners have this
+                removals.append(self.engine.write(key, None, background=True))
         yield gatherResults(removals, consumeErrors=True)
         self.counters["keys_handed_off"] += len(removals)
         log.info("handed partition {p} ({n} keys) to {owners}", p=partition, n=len(removals), owners=",".join(owners))
