@@ -111,6 +111,19 @@ class INetwork(Interface):
         """Bind ``protocol`` to UDP ``host:port``; it sends with ``transport.write(data, (host, port))``."""
 
 
+def no_delay(transport: Any) -> None:
+    """Send each write at once: turn off Nagle's algorithm on a stream transport that has it.
+
+    Request/response protocols need this (Go and grpc set it on every connection): with Nagle,
+    a small write made while an earlier one is unacknowledged waits for that ACK, which the
+    peer's kernel may delay.  Measured on loopback under a steady load: runs of seconds in
+    which one node's requests took 5-40 ms instead of 1 ms, every process idle meanwhile.
+    """
+    setter = getattr(transport, "setTcpNoDelay", None)
+    if setter is not None:
+        setter(True)
+
+
 @implementer(INetwork)
 class TCPNetwork:
     """The real network: a thin layer over the reactor, so the daemon's sockets are ordinary ones."""

@@ -11,6 +11,13 @@ from twisted_dhm.storage.memory import MemoryEngine
 from twisted_dhm.testing.stack import single_node_coordinator
 
 
+class NoDelayTransport(StringTransport):
+    no_delay = False
+
+    def setTcpNoDelay(self, enabled):
+        self.no_delay = enabled
+
+
 class ChannelTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
@@ -28,6 +35,12 @@ class ChannelTests(SynchronousTestCase):
         transport = StringTransport()
         protocol.makeConnection(transport)
         return protocol, transport
+
+    def test_answers_are_sent_without_delay(self):
+        protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 12345))
+        transport = NoDelayTransport()
+        protocol.makeConnection(transport)
+        self.assertTrue(transport.no_delay)  # Nagle off, as Go's and grpc's servers do
 
     def test_declared_oversized_body_refused_before_upload(self):
         protocol, transport = self.connect()

@@ -43,6 +43,18 @@ class PoolTests(SynchronousTestCase):
             self.assertEqual(self.successResultOf(d).pong.node_id, "b")
         self.assertTrue(self.pool.connected("b"))
 
+    def test_both_ends_of_a_peer_connection_send_without_delay(self):
+        # Nagle's algorithm held small frames for the peer's delayed ACK: 5-40 ms requests.
+        served = []
+        factory = PeerFactory(LocalIdentity("c", "b"), self.clock, None)
+        build = factory.buildProtocol
+        factory.buildProtocol = lambda addr: served.append(build(addr)) or served[-1]
+        self.net.listen("hostb", 7000, factory)
+        self.assertEqual(self.result(self.pool.request("b", ping())).pong.node_id, "b")
+        self.assertEqual(len(served), 1)
+        self.assertTrue(served[0].transport.getTcpNoDelay())
+        self.assertTrue(self.pool._sessions["b"].transport.getTcpNoDelay())
+
     def test_backoff_grows_with_jitter_then_recovers(self):
         first = self.result(self.pool.request("b", ping()), 0.01)  # refused after a round trip
         self.assertIsInstance(first.value, PeerUnreachable)

@@ -41,6 +41,7 @@ from twisted_dhm.errors import (
     Unavailable,
     ValueTooLarge,
 )
+from twisted_dhm.network import no_delay
 from twisted_dhm.storage import Record, StorageError, StorageFull
 from twisted_dhm.versions import parse_entity_tags, versions_from_tags
 
@@ -620,6 +621,7 @@ class DhashmapChannel(http.HTTPChannel):
     _lingering: Any = None  # the delayed abort, once answered and closing
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         self.last_data = self.site.reactor.seconds()
         self.site.channels.add(self)
         super().connectionMade()

@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_dhm.errors import KVError
+from twisted_dhm.network import no_delay
 from twisted_dhm.peer import peer_pb2 as pb
 from twisted_dhm.peer.errors import PeerError, error_for_failure, error_frame
 from twisted_dhm.storage import StorageError
@@ -125,6 +126,7 @@ class PeerProtocol(Int32StringReceiver):
     # -- connection ------------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         if self.serving:
             self.transport.registerProducer(self, True)
         frame = pb.Frame(id=0)

@@ -61,6 +61,9 @@ class NativeProtocol(Int32StringReceiver):
     # -- connection ------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        # Requests are small and pipelined: send each at once (as the blocking client does).
+        if hasattr(self.transport, "setTcpNoDelay"):
+            self.transport.setTcpNoDelay(True)
         self.sendString(native.hello_frame(self.cluster).SerializeToString())
 
     def connectionLost(self, reason: Failure | None = None) -> None:
