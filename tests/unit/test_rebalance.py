@@ -75,6 +75,27 @@ class IndexTests(SynchronousTestCase):
         self.assertEqual(again.index.roots, kept)
 
 
+    def test_verify_hashes_stored_bytes_and_decodes_only_what_differs(self):
+        inner = MemoryEngine()
+        engine = IndexedEngine(inner, 1)
+        engine.open()
+        for i in range(20):
+            engine.write(b"k%02d" % i, record(b"v%d" % i))
+        decoded = []
+        latest = inner.latest
+        inner.latest = lambda key: decoded.append(key) or latest(key)
+        self.assertEqual(engine.verify(0, None, 100), (0, None, 80))
+        self.assertEqual(decoded, [], "agreeing entries are checked on their bytes alone")
+        inner.write(b"k05", record(b"changed underneath"))  # below the index: a damaged disk
+        inner.write(b"k07", None)  # lost
+        root = engine.index.roots[0]
+        self.assertEqual(engine.verify(0, None, 100), (2, None, 80))
+        self.assertEqual(decoded, [b"k05", b"k07"])
+        self.assertNotEqual(engine.index.roots[0], root)
+        self.assertEqual(engine.index.keys[0][b"k05"], engine.index.entry(b"k05", inner.get(b"k05")))
+        self.assertNotIn(b"k07", engine.index.keys[0])
+
+
 class RateLimiterTests(SynchronousTestCase):
     def test_waits_for_the_budget(self):
         from twisted.internet.task import Clock

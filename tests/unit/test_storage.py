@@ -78,6 +78,15 @@ class EngineContract:
         self.write(b"k", None)
         self.assertIsNone(self.engine.get(b"k"))
 
+    def test_latest_encoded_is_the_records_encoding(self):
+        self.write(b"a", rec(b"durable"))
+        pending = rec(b"pending", n=2)
+        d = self.engine.write(b"b", pending)  # not settled: still queued on LMDB
+        self.assertEqual(self.engine.latest_encoded([b"a", b"b", b"nope"]),
+                         [encode_record(rec(b"durable")), encode_record(pending), None])
+        self.settle()
+        self.successResultOf(d)
+
     def test_tombstone_is_stored(self):
         self.write(b"k", rec(b"", tombstone=True))
         self.assertTrue(self.engine.get(b"k").tombstone)

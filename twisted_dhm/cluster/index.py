@@ -21,7 +21,7 @@ depth two, docs/rebalancing.md).  The index costs about 150 bytes per key.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import xxhash
 from twisted.internet.defer import Deferred
@@ -162,7 +162,14 @@ class IndexedEngine:
         """
         keys = sorted(k for k in self.index.keys[partition] if after is None or k > after)
         fixed = 0
-        for key in keys[:budget]:
+        checking = keys[:budget]
+        kept_entries = self.index.keys[partition]
+        for key, raw in zip(checking, self.engine.latest_encoded(checking), strict=True):
+            # Fast: hash the stored bytes as they are; only a mismatch (a damaged or lost
+            # record, or one in the old format) is decoded and looked at closely.
+            kept = kept_entries.get(key)
+            if raw is not None and kept is not None and kept >> 6 == xxhash.xxh3_64_intdigest(raw, seed=key_hash(key)):
+                continue
             try:
                 record = self.engine.latest(key)
             except CorruptRecord:
@@ -189,6 +196,9 @@ class IndexedEngine:
 
     def latest(self, key: bytes) -> Record | None:
         return self.engine.latest(key)
+
+    def latest_encoded(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        return self.engine.latest_encoded(keys)
 
     def write(self, key: bytes, record: Record | None, background: bool = False) -> Deferred:
         # first: it may refuse (closed store, bad record)

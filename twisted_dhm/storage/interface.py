@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Sequence
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -153,6 +154,11 @@ class IStorageEngine(Interface):
         The write path builds new versions on top of this, so two writes to one
         key in the same group commit still form a causal chain.
         """
+
+    def latest_encoded(keys: Sequence[bytes]) -> list[bytes | None]:
+        """The stored encoding (``encode_record``'s bytes, unchecked) of each key, pending
+        writes included; ``None`` where there is nothing.  For checks that hash records
+        without decoding them (the index scrub)."""
 
     def write(key: bytes, record: Record | None, background: bool = False) -> Deferred:
         """Store ``record`` (``None`` removes the key); fires once it is durable.

@@ -20,7 +20,7 @@ import itertools
 import os
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import lmdb
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
@@ -252,6 +252,19 @@ class LMDBEngine:
         if key in self._pending:
             return self._pending[key]
         return self.get(key)
+
+    def latest_encoded(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """One read transaction for all the keys; the bytes are not decoded or checked."""
+        env = self._require_open()
+        out: list[bytes | None] = []
+        with env.begin(db=self._db) as txn:
+            for key in keys:
+                if key in self._pending:
+                    record = self._pending[key]
+                    out.append(None if record is None else encode_record(record))
+                else:
+                    out.append(txn.get(key))
+        return out
 
     def scan(self, prefix: bytes, after: bytes | None, limit: int) -> list[ScanEntry]:
         env = self._require_open()

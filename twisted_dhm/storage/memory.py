@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sortedcontainers import SortedDict
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
@@ -37,6 +39,9 @@ class MemoryEngine:
         return self._data.get(key)
 
     latest = get
+
+    def latest_encoded(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        return [None if (r := self._data.get(key)) is None else encode_record(r) for key in keys]
 
     def write(self, key: bytes, record: Record | None, background: bool = False) -> Deferred:
         old = self._data.pop(key, None)
