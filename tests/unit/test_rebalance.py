@@ -171,6 +171,37 @@ class JoinTests(SynchronousTestCase):
             self.assertEqual(status["partitions_held"], status["partitions_owned"])
             self.assertEqual(status["partitions_to_hand_off"], 0)
 
+    def test_old_owners_hand_off_only_after_the_new_owners_pulled_from_them(self):
+        # At a slow rate the pulls outlast the 15 s after which old owners hand partitions off;
+        # handing off meanwhile pushed the records the pulls were bringing: copied twice.
+        sim = SimCluster(3, seed=3, **{**SETTINGS, "handoff_rate": "1KiB"})
+        sim.run(3)
+        written = {}
+        for i in range(300):
+            key = b"big%04d" % i
+            written[key] = b"%04d" % i * 50
+            sim.result(sim.nodes["node1"].coordinator.put(key, written[key]))
+        sim.start("node4")
+        sim.run(30)
+        old = [sim.nodes[n] for n in ("node1", "node2", "node3")]
+        self.assertTrue(sim.nodes["node4"].node_status()["partitions_pulling"], "the pull should still be going")
+        self.assertGreater(sum(n.rebalance.counters["handoffs_postponed"] for n in old), 0)
+        self.assertEqual(sum(n.rebalance.counters["keys_sent"] for n in old), 0, "nothing pushed while it pulls")
+        for _ in range(60):
+            sim.run(10)
+            if not any(n.node_status()["partitions_to_hand_off"] or n.node_status()["partitions_pulling"]
+                       for n in sim.nodes.values()):
+                break
+        after = sim.nodes["node1"].routing.table
+        self.assertEqual(placement_problems(sim, written, after), [])
+        received = sim.nodes["node4"].rebalance.counters["keys_received"]
+        pushed = sum(n.rebalance.counters["keys_sent"] for n in old)
+        gained = sum(1 for k in written if "node4" in after.preference_list(after.partition(k)))
+        self.assertEqual(pushed, 0, "no handoff or anti-entropy push of what node4 pulled")
+        # Two pulls of one partition from two old owners may overlap for a few records.
+        self.assertGreaterEqual(received, gained)
+        self.assertLessEqual(received, gained * 1.05)
+
     def test_a_new_owner_answers_with_the_old_owners_records_until_its_copy_is_complete(self):
         sim = SimCluster(3, seed=3, **{**SETTINGS, "handoff_rate": "1KiB"})
         sim.run(3)

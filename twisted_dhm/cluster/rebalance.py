@@ -30,6 +30,7 @@ All copying goes through one byte-rate limit (``--handoff-rate``), at most
 
 from __future__ import annotations
 
+import json
 from collections import Counter, deque
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
@@ -142,6 +143,7 @@ class Rebalancer(Service):
         self._drain_waiters: list[Deferred] = []
         self._scrub_partition = 0
         self._scrub_after: bytes | None = None
+        self._pulling_answers: dict[str, tuple[float, bool]] = {}  # owner -> (asked at, pulls from us)
         self._scrub_left = 0  # entries of this tick's budget still to check
         self._scrub_call: Any = None
         self.transfers: dict[tuple[str, int, str], Transfer] = {}
@@ -356,7 +358,17 @@ class Rebalancer(Service):
 
     @inlineCallbacks
     def _hand_off(self, partition: int, owners: Sequence[str], transfer: Transfer) -> Any:
-        """Push the partition to every owner; then drop what they all acknowledged."""
+        """Push the partition to every owner; then drop what they all acknowledged.
+
+        Not while an owner still pulls from this node: that pull brings it this copy anyway, and
+        pushing at the same time would send the same records twice.  The next tick tries again.
+        """
+        waiting = yield self._pulling_from_me(owners)
+        if waiting:
+            self.counters["handoffs_postponed"] += 1
+            log.debug("handoff of partition {p} waits: {owners} still pulling from this node",
+                      p=partition, owners=",".join(waiting))
+            return
         snapshot = dict(self.engine.index.keys[partition])
         for owner in owners:
             transfer.peer = owner
@@ -378,6 +390,34 @@ class Rebalancer(Service):
         yield gatherResults(removals, consumeErrors=True)
         self.counters["keys_handed_off"] += len(removals)
         log.info("handed partition {p} ({n} keys) to {owners}", p=partition, n=len(removals), owners=",".join(owners))
+
+    def _pulling_from_me(self, owners: Sequence[str]) -> Deferred:
+        """The owners whose status says they still pull from this node (unanswered: not counted).
+
+        An answer is reused for one tick: the handoffs of one tick ask each owner once.
+        """
+        now = self.clock.seconds()
+        asks = []
+        for owner in owners:
+            if owner == self.node_id:
+                continue
+            known = self._pulling_answers.get(owner)
+            if known is not None and now - known[0] < self.tick:
+                asks.append(succeed(owner if known[1] else None))
+                continue
+            frame = pb.Frame()
+            frame.node_status.SetInParent()
+            d = self.peers.request(owner, frame, timeout=self.forward_timeout)
+
+            def answered(answer: pb.Frame, owner: str = owner) -> str | None:
+                pulling = self.node_id in json.loads(answer.node_status_result.json).get("pulling_from", ())
+                self._pulling_answers[owner] = (now, pulling)
+                return owner if pulling else None
+
+            d.addCallback(answered)
+            d.addErrback(lambda _: None)  # an owner that cannot say does not hold the handoff up
+            asks.append(d)
+        return gatherResults(asks).addCallback(lambda found: [o for o in found if o is not None])
 
     # -- comparing and copying one partition ---------------------------------------------------
 
@@ -541,6 +581,8 @@ class Rebalancer(Service):
                     shared.setdefault(owner, []).append(p)
         compared = differing = 0
         for member, parts in sorted(shared.items()):
+            if (yield self._pulling_from_me([member])):
+                continue  # its pull from this node compares and copies these partitions already
             try:
                 roots, _ = yield self._roots(member, parts)
             except Exception as e:  # noqa: BLE001 - a member that cannot answer now is compared next round
