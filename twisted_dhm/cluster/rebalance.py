@@ -58,8 +58,8 @@ log = Logger(namespace="dhashmap.rebalance")
 
 KEYS_PAGE = 2000  # keys (with digests) per TreeKeys answer
 KEYS_PAGE_BYTES = 1 << 20  # and about this many bytes of keys
-CHUNK_KEYS = 100  # records per copy request: small, so no reactor turn is long
-CHUNK_BYTES = 256 << 10
+CHUNK_KEYS = 20  # records per copy request: small, so no reactor turn is long (100 measured worse)
+CHUNK_BYTES = 64 << 10
 SCRUB_KEYS = 1000  # index entries checked against the store per tick
 REMOVE_STEP = 50  # handed-off records dropped per reactor turn
 SCRUB_STEP = 50  # of them per reactor turn: one step is a few store reads, never a long pause
