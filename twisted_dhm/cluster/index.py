@@ -174,7 +174,6 @@ class IndexedEngine:
                 record = self.engine.latest(key)
             except CorruptRecord:
                 record = None
-            kept = self.index.keys[partition].get(key)
             actual = None if record is None else self.index.entry(key, record)
             if kept != actual:
                 log.warn("index entry for {key!r} did not match the store (lost or damaged on disk); corrected",
@@ -202,7 +201,7 @@ class IndexedEngine:
 
     def write(self, key: bytes, record: Record | None, background: bool = False) -> Deferred:
         # first: it may refuse (closed store, bad record)
-        d = self.engine.write(key, record, background=True) if background else self.engine.write(key, record)
+        d = self.engine.write(key, record, background=background)
         self.index.update(key, record)
 
         def failed(failure: Failure) -> Failure:

@@ -133,8 +133,7 @@ class LocalReplica:
                     current = None  # what arrives replaces bytes that no longer decode
             if current is not None and not record.version.wins_over(current.version):
                 continue
-            writes.append(store.write(store_key, record, background=True) if background
-                          else store.write(store_key, record))
+            writes.append(store.write(store_key, record, background=background))
         if not writes:
             return succeed(0)
         if len(writes) == 1:
