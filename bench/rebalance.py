@@ -30,6 +30,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -188,6 +189,7 @@ def main() -> int:
     parser.add_argument("--quiet", type=float, default=20.0, help="seconds of quiet latency measurement")
     parser.add_argument("--deadline", type=float, default=900.0, help="give up after this many seconds")
     parser.add_argument("--handoff-rate", default=None, help="the nodes' --handoff-rate (default: theirs)")
+    parser.add_argument("--keep", action="store_true", help="keep the nodes' data and logs (about 1 GB) for a look")
     args = parser.parse_args()
     value = os.urandom(args.value_size // 2).hex().encode()[: args.value_size]
     end = time.monotonic() + args.deadline
@@ -311,6 +313,10 @@ def main() -> int:
     finally:
         for node in nodes.values():
             node.kill()
+        if args.keep:
+            print(f"kept the nodes' data and logs in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     out = ROOT / "bench" / "results" / f"rebalance-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(exist_ok=True)
     samples = result.pop("samples", None)
