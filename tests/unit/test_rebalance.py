@@ -202,6 +202,22 @@ class JoinTests(SynchronousTestCase):
         self.assertGreaterEqual(received, gained)
         self.assertLessEqual(received, gained * 1.05)
 
+    def test_thousands_of_jobs_that_end_at_once_run_in_a_loop_not_a_recursion(self):
+        # A handoff that waits for an owner still pulling ends at once; each ending started the
+        # next job from inside the last one's callback: RecursionError after ~300 of them.
+        sim = SimCluster(3, seed=3, **SETTINGS)
+        sim.run(3)
+        rebalance = sim.nodes["node1"].rebalance
+        now = sim.clock.seconds()
+        rebalance._pulling_answers.update(node2=(now, True), node3=(now, False))  # node2 still pulls from node1
+        rebalance._running = rebalance.concurrency  # both slots busy: the jobs wait in the queue
+        for p in range(3000):
+            rebalance._enqueue("handoff", p, "node2,node3", 1)
+        rebalance._running = 0
+        rebalance._next()  # as when a slot's job ends
+        self.assertEqual(rebalance.counters["handoffs_postponed"], 3000)
+        self.assertEqual((rebalance.queued, rebalance._running, rebalance.transfers), (0, 0, {}))
+
     def test_a_new_owner_answers_with_the_old_owners_records_until_its_copy_is_complete(self):
         sim = SimCluster(3, seed=3, **{**SETTINGS, "handoff_rate": "1KiB"})
         sim.run(3)

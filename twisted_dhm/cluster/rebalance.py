@@ -154,6 +154,7 @@ class Rebalancer(Service):
         self._queue: deque = deque()
         self._queued: set[tuple[str, int, str]] = set()
         self._running = 0
+        self._starting = False
         self._asking: set[str] = set()
         self._loop = LoopingCall(self.run_once)
         self._loop.clock = clock
@@ -312,13 +313,33 @@ class Rebalancer(Service):
         d.addBoth(lambda _: self._asking.discard(member))
 
     def _plan_handoffs(self) -> None:
+        """Queue a handoff for each partition held here but no longer owned.
+
+        Not for partitions one of whose owners still pulls from this node: their owners are
+        asked once per tick (one status request each), and only the others are queued.
+        """
         table = self.routing.table
+        planned = []
         for p in self.engine.index.held():
             if p in self.owned:
                 continue
-            owners = table.preference_list(p)
-            if owners and all(self.view.is_routable(o) for o in owners):
-                self._enqueue("handoff", p, ",".join(owners), len(self.engine.index.keys[p]))
+            peer = ",".join(owners := table.preference_list(p))
+            if owners and ("handoff", p, peer) not in self._queued and all(self.view.is_routable(o) for o in owners):
+                planned.append((p, owners, peer))
+        if not planned:
+            return
+
+        def plan(waiting: list[str]) -> None:
+            if not self.running:
+                return
+            for p, owners, peer in planned:
+                if not waiting.isdisjoint(owners):
+                    self.counters["handoffs_postponed"] += 1
+                elif p not in self.owned and self.engine.index.keys[p]:  # the table may have changed meanwhile
+                    self._enqueue("handoff", p, peer, len(self.engine.index.keys[p]))
+
+        self._pulling_from_me({o for _, owners, _ in planned for o in owners}).addCallback(
+            lambda waiting: plan(set(waiting)))
 
     # -- jobs ----------------------------------------------------------------------------------
 
@@ -331,6 +352,17 @@ class Rebalancer(Service):
         self._next()
 
     def _next(self) -> None:
+        # Jobs that end at once (a handoff that waits, a peer that cannot be reached) call this
+        # again from their own end: the loop already running picks them up, no recursion.
+        if self._starting:
+            return
+        self._starting = True
+        try:
+            self._start_jobs()
+        finally:
+            self._starting = False
+
+    def _start_jobs(self) -> None:
         while self._running < self.concurrency and self._queue and self.running:
             job, keys = self._queue.popleft()
             self._running += 1
@@ -361,7 +393,8 @@ class Rebalancer(Service):
         """Push the partition to every owner; then drop what they all acknowledged.
 
         Not while an owner still pulls from this node: that pull brings it this copy anyway, and
-        pushing at the same time would send the same records twice.  The next tick tries again.
+        pushing at the same time would send the same records twice.  ``_plan_handoffs`` does
+        not queue those; this checks again for a job that waited in the queue meanwhile.
         """
         waiting = yield self._pulling_from_me(owners)
         if waiting:
