@@ -413,7 +413,8 @@ SETTINGS: tuple[Setting, ...] = (
             "How long a member may be dead before its partitions are re-created on the next nodes of the "
             "ring from the surviving replicas (0: at once).", "DURATION"),
     Setting("handoff_rate", "HANDOFF_RATE", _size(1024, 1 << 40), 32 << 20,
-            "Bytes per second this node sends or fetches when it moves partitions and repairs replicas.",
+            "Bytes per second this node sends, fetches or drops (after a handoff) when it moves partitions and "
+            "repairs replicas.",
             "SIZE"),
     Setting("anti_entropy_interval", "ANTI_ENTROPY_INTERVAL", _duration(0, 86400), 60.0,
             "How often this node compares the hash trees of its partitions with the other replicas and "

@@ -202,6 +202,38 @@ class JoinTests(SynchronousTestCase):
         self.assertGreaterEqual(received, gained)
         self.assertLessEqual(received, gained * 1.05)
 
+    def test_dropping_handed_off_records_shares_the_byte_budget(self):
+        # Removing a record costs a node about what copying it does; unthrottled, the old owners
+        # dropped every handed-off record within a second of the handoffs' end.
+        sim = SimCluster(3, seed=3, **SETTINGS)
+        sim.run(3)
+        written = {}
+        for i in range(300):
+            key = b"big%04d" % i
+            written[key] = b"%04d" % i * 50  # 200 bytes
+            sim.result(sim.nodes["node1"].coordinator.put(key, written[key]))
+        sim.start("node4")
+        sim.run(10)  # the pulls are done; old owners hand off 15 s after the table changed
+        old = [sim.nodes[n] for n in ("node1", "node2", "node3")]
+
+        def not_owned(node) -> int:
+            index = node.engine.index
+            return sum(len(index.keys[p]) for p in index.held() if p not in node.rebalance.owned)
+
+        before = {n.config.node_id: not_owned(n) for n in old}
+        self.assertGreater(sum(before.values()), 100)
+        for node in old:
+            node.rebalance.limiter.rate = 512.0
+        sim.run(20)
+        for node in old:
+            dropped = before[node.config.node_id] - not_owned(node)
+            self.assertGreater(dropped, 0, node.config.node_id)
+            # Records of 200 bytes and more, at 512 bytes/s (at most a quarter second of budget saved).
+            self.assertLessEqual(dropped * 200, 20 * 512 + 128, node.config.node_id)
+        sim.run(600)
+        self.assertEqual([not_owned(n) for n in old], [0, 0, 0])
+        self.assertEqual(placement_problems(sim, written, sim.nodes["node1"].routing.table), [])
+
     def test_thousands_of_jobs_that_end_at_once_run_in_a_loop_not_a_recursion(self):
         # A handoff that waits for an owner still pulling ends at once; each ending started the
         # next job from inside the last one's callback: RecursionError after ~300 of them.

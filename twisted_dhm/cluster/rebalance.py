@@ -412,14 +412,20 @@ class Rebalancer(Service):
         if partition in self.owned or self.draining:
             return  # the table changed back meanwhile: keep it
         current = self.engine.index.keys[partition]
+        items = list(snapshot.items())
         removals = []
-        for n, (key, digest) in enumerate(snapshot.items()):
-            if n and n % REMOVE_STEP == 0:
-                yield deferLater(self.clock, 0, lambda: None)  # a few removals per reactor turn
-                if partition in self.owned or self.draining:
-                    break
-            if current.get(key) == digest:  # not written since the push: the owners have this
-                removals.append(self.engine.write(key, None, background=True))
+        for start in range(0, len(items), REMOVE_STEP):  # a few removals per reactor turn
+            if start:
+                yield deferLater(self.clock, 0, lambda: None)
+            step = [key for key, digest in items[start : start + REMOVE_STEP] if current.get(key) == digest]
+            # Dropping a record costs the node about as much as copying it: both share the budget.
+            yield self.limiter.take(sum(len(k) + len(b or b"") for k, b in zip(
+                step, self.engine.latest_encoded(step), strict=True)))
+            if partition in self.owned or self.draining:
+                break
+            for key in step:
+                if current.get(key) == snapshot[key]:  # not written since the push: the owners have this
+                    removals.append(self.engine.write(key, None, background=True))
         yield gatherResults(removals, consumeErrors=True)
         self.counters["keys_handed_off"] += len(removals)
         log.info("handed partition {p} ({n} keys) to {owners}", p=partition, n=len(removals), owners=",".join(owners))
