@@ -412,9 +412,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("rereplicate_after", "REREPLICATE_AFTER", _duration(0, 30 * 86400), 600.0,
             "How long a member may be dead before its partitions are re-created on the next nodes of the "
             "ring from the surviving replicas (0: at once).", "DURATION"),
-    Setting("handoff_rate", "HANDOFF_RATE", _size(1024, 1 << 40), 32 << 20,
+    Setting("handoff_rate", "HANDOFF_RATE", _size(1024, 1 << 40), 2 << 20,
             "Bytes per second this node sends, fetches or drops (after a handoff) when it moves partitions and "
-            "repairs replicas.",
+            "repairs replicas. Moving 1 MiB/s costs a node about a third of a core: raise it when nodes "
+            "have cores to spare, lower it when client latency suffers (docs/rebalancing.md).",
             "SIZE"),
     Setting("anti_entropy_interval", "ANTI_ENTROPY_INTERVAL", _duration(0, 86400), 60.0,
             "How often this node compares the hash trees of its partitions with the other replicas and "
