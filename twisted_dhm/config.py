@@ -310,6 +310,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Storage engine: lmdb (durable, on disk) or memory (lost on exit).", "ENGINE"),
     Setting("log_format", "LOG_FORMAT", _choice("text", "json"), "text",
             "Log format on standard output: text, or json (one object per line).", "FORMAT"),
+    Setting("log_level", "LOG_LEVEL", _choice("debug", "info", "warn", "error", "critical"), "info",
+            "Least severe level of the node's own log lines: debug, info, warn, error or critical.", "LEVEL"),
     Setting("access_log", "ACCESS_LOG", _bool, False,
             "Log every HTTP request (method, path, status, bytes, duration, request id) under dhashmap.access. "
             "Off by default: a log line costs more than a GET.", "BOOL"),
@@ -454,6 +456,7 @@ class Config:
     data_dir: str
     storage: str
     log_format: str
+    log_level: str
     access_log: bool
     discovery: str
     cluster: str

@@ -12,15 +12,37 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from twisted.logger import ILogObserver, LogLevel, formatEvent
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEvent,
+    globalLogPublisher,
+)
 from zope.interface import implementer
 
 _node_id = ""
+# Every level passes until the daemon sets its --log-level (tests and the simulator see all).
+_levels = LogLevelFilterPredicate(defaultLogLevel=LogLevel.debug)
+_filtered = FilteringLogObserver(globalLogPublisher, [_levels])
 
 
 def configure(node_id: str) -> None:
     global _node_id
     _node_id = node_id
+
+
+def logger(namespace: str) -> Logger:
+    """The Logger of one of our subsystems: its events below ``--log-level`` are dropped here,
+    before any observer formats them (twistd itself has no level filter)."""
+    return Logger(namespace=namespace, observer=_filtered)
+
+
+def set_level(name: str) -> None:
+    """The least severe level written by our subsystems (process-wide: the daemon calls it)."""
+    _levels.setLogLevelForNamespace("", LogLevel.levelWithName(name))
 
 
 def event_as_json_line(event: dict[str, Any], node_id: str) -> str:

@@ -61,11 +61,12 @@ from twisted.internet.interfaces import (
     IUDPTransport,
 )
 from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-log = Logger(namespace="dhashmap.network")
+from twisted_dhm import logs
+
+log = logs.logger("dhashmap.network")
 
 DEFAULT_SOURCE_HOST = "127.0.0.1"
 DEFAULT_LATENCY = 0.001

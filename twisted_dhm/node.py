@@ -20,9 +20,8 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
 
-from twisted_dhm import __version__
+from twisted_dhm import __version__, logs
 from twisted_dhm.api.metrics import NodeMetrics
 from twisted_dhm.api.rest import Limits, build_site
 from twisted_dhm.cluster.coordinator import Coordinator
@@ -47,7 +46,7 @@ from twisted_dhm.storage.lmdb_engine import LMDBEngine
 from twisted_dhm.storage.memory import MemoryEngine
 from twisted_dhm.versions import HybridLogicalClock
 
-log = Logger(namespace="dhashmap.node")
+log = logs.logger("dhashmap.node")
 
 # Room for the largest value plus the frame's own fields.
 FRAME_OVERHEAD = 1024 * 1024

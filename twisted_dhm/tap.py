@@ -59,9 +59,11 @@ def makeService(options: Options) -> IService:
 
     from twisted.internet import reactor
 
+    from twisted_dhm import logs
     from twisted_dhm.node import DhashmapNode
 
     rng = random.Random(os.urandom(16))
+    logs.set_level(options.config.log_level)  # process-wide, like the GC tuning below: daemon only
     node = DhashmapNode(options.config, reactor=reactor, rng=rng)
     node.after_drain = reactor.stop  # `dhm leave`: the process exits once its data is elsewhere
     tune_garbage_collector()

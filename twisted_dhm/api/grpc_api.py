@@ -34,10 +34,9 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, gatherResults, maybeDeferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twisted_dhm import __version__
+from twisted_dhm import __version__, logs
 from twisted_dhm.api import kv_pb2, kv_pb2_grpc
 from twisted_dhm.cluster.coordinator import ANY, NO_CONDITION, Precondition, encode_cursor
 from twisted_dhm.cluster.handler import NotMine
@@ -54,7 +53,7 @@ from twisted_dhm.membership import STATES
 from twisted_dhm.storage import StorageError, StorageFull
 from twisted_dhm.versions import Version, VersionDecodeError
 
-log = Logger(namespace="dhashmap.grpc")
+log = logs.logger("dhashmap.grpc")
 
 MAX_BATCH = 1000
 DEFAULT_PAGE = 1000

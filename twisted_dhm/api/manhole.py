@@ -22,13 +22,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, ServerFactory
-from twisted.logger import Logger
 
+from twisted_dhm import logs
 from twisted_dhm.api.introspect import hints_summary, transfers_of
 from twisted_dhm.config import ManholeSpec
 from twisted_dhm.network import INetwork
 
-log = Logger(namespace="dhashmap.manhole")
+log = logs.logger("dhashmap.manhole")
 
 HOST_KEY_FILE = "manhole_host_key"
 #: Most hints ``hints()`` counts per node.

@@ -22,12 +22,12 @@ from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.resource import Resource
 from werkzeug.exceptions import Conflict, HTTPException, InternalServerError
 
+from twisted_dhm import logs
 from twisted_dhm.api.dashboard import UIResource, is_ui_path
 from twisted_dhm.api.metrics import NodeMetrics
 from twisted_dhm.cluster.coordinator import ANY, NO_CONDITION, Coordinator, Page, Precondition, parse_level
@@ -45,8 +45,8 @@ from twisted_dhm.network import no_delay
 from twisted_dhm.storage import Record, StorageError, StorageFull
 from twisted_dhm.versions import parse_entity_tags, versions_from_tags
 
-log = Logger(namespace="dhashmap.rest")
-access_log = Logger(namespace="dhashmap.access")
+log = logs.logger("dhashmap.rest")
+access_log = logs.logger("dhashmap.access")
 
 KV_PREFIX = b"/v1/kv/"
 OCTET_STREAM = b"application/octet-stream"

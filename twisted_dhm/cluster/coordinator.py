@@ -26,9 +26,9 @@ from collections.abc import Iterable, Sequence
 import attrs
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from twisted_dhm import logs
 from twisted_dhm.cluster.replica import UNKNOWN
 from twisted_dhm.cluster.replicas import ReplicaClient
 from twisted_dhm.cluster.routing import Routing, WritePlan
@@ -36,7 +36,7 @@ from twisted_dhm.errors import InvalidRequest, KVError, PreconditionFailed, Unav
 from twisted_dhm.storage import Record, ScanEntry
 from twisted_dhm.versions import HybridLogicalClock, Version, b64url_decode
 
-log = Logger(namespace="dhashmap.coordinator")
+log = logs.logger("dhashmap.coordinator")
 
 ANY = "*"
 MAX_SCAN = 40_000  # entries one replica examines for one listing page (replicas cap requests here)

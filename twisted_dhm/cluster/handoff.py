@@ -17,9 +17,9 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from twisted_dhm import logs
 from twisted_dhm.cluster.replica import HINT_SEPARATOR, LocalReplica, split_hint_key
 from twisted_dhm.cluster.replicas import ReplicaClient
 from twisted_dhm.cluster.routing import Routing
@@ -27,7 +27,7 @@ from twisted_dhm.membership import MembershipView
 from twisted_dhm.ring import PartitionTable
 from twisted_dhm.storage import Record
 
-log = Logger(namespace="dhashmap.handoff")
+log = logs.logger("dhashmap.handoff")
 
 
 class HintedHandoff(Service):

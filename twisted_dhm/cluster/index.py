@@ -25,15 +25,15 @@ from collections.abc import Iterator, Sequence
 
 import xxhash
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twisted_dhm import logs
 from twisted_dhm.ring import key_hash
 from twisted_dhm.storage import IStorageEngine, Record, ScanEntry, StorageStats
 from twisted_dhm.storage.interface import CorruptRecord, encode_record
 
-log = Logger(namespace="dhashmap.index")
+log = logs.logger("dhashmap.index")
 
 BUCKETS = 64
 _SCAN_SLICE = 10_000

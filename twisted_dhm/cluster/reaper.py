@@ -17,13 +17,13 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from twisted_dhm import logs
 from twisted_dhm.storage import IStorageEngine
 from twisted_dhm.versions import stamp_millis
 
-log = Logger(namespace="dhashmap.reaper")
+log = logs.logger("dhashmap.reaper")
 
 
 def reclaimable_since(tombstone: bool, expires_at: int, hlc: int) -> int | None:

@@ -40,9 +40,9 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from twisted_dhm import logs
 from twisted_dhm.cluster.index import BUCKETS, IndexedEngine
 from twisted_dhm.cluster.reaper import reclaimable_since
 from twisted_dhm.cluster.replica import LocalReplica
@@ -54,7 +54,7 @@ from twisted_dhm.ring import PartitionTable
 from twisted_dhm.storage import Record
 from twisted_dhm.storage.interface import CorruptRecord, encode_record
 
-log = Logger(namespace="dhashmap.rebalance")
+log = logs.logger("dhashmap.rebalance")
 
 KEYS_PAGE = 2000  # keys (with digests) per TreeKeys answer
 KEYS_PAGE_BYTES = 1 << 20  # and about this many bytes of keys

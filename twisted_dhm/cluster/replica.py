@@ -12,14 +12,14 @@ from collections.abc import Collection, Sequence
 from typing import Protocol
 
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from twisted_dhm import logs
 from twisted_dhm.storage import IStorageEngine, Record, ScanEntry
 from twisted_dhm.storage.interface import CorruptRecord
 from twisted_dhm.versions import HybridLogicalClock
 
-log = Logger(namespace="dhashmap.replica")
+log = logs.logger("dhashmap.replica")
 
 HINT_SEPARATOR = b"\x00"
 UNKNOWN = object()

@@ -24,9 +24,9 @@ from urllib.parse import quote
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from twisted_dhm import logs
 from twisted_dhm.httpclient import TLSFiles, http_client
 from twisted_dhm.membership.registry import (
     BadAnswer,
@@ -41,7 +41,7 @@ from twisted_dhm.membership.view import MembershipView
 from twisted_dhm.network import INetwork
 from twisted_dhm.peer.pool import PeerPool
 
-log = Logger(namespace="dhashmap.consul")
+log = logs.logger("dhashmap.consul")
 
 #: How long one blocking query may wait for a change (Consul adds up to wait/16 of jitter).
 BLOCKING_WAIT = 30.0

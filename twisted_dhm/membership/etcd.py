@@ -28,9 +28,9 @@ from typing import Any
 from treq import collect
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from twisted_dhm import logs
 from twisted_dhm.httpclient import TLSFiles, http_client
 from twisted_dhm.membership.registry import (
     BadAnswer,
@@ -46,7 +46,7 @@ from twisted_dhm.network import INetwork
 from twisted_dhm.peer.pool import PeerPool
 from twisted_dhm.versions import NODE_ID
 
-log = Logger(namespace="dhashmap.etcd")
+log = logs.logger("dhashmap.etcd")
 
 #: Largest single line of the watch stream.
 MAX_WATCH_LINE = 4 * 1024 * 1024

@@ -22,15 +22,15 @@ import attrs
 from treq import collect
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from twisted_dhm import logs
 from twisted_dhm.membership.static import StaticMembership
 from twisted_dhm.membership.view import ALIVE, DEAD, Member, MembershipView
 from twisted_dhm.peer.pool import PeerPool
 from twisted_dhm.versions import NODE_ID
 
-log = Logger(namespace="dhashmap.discovery")
+log = logs.logger("dhashmap.discovery")
 
 #: Largest answer read from a registry (every member record of a big cluster fits easily).
 MAX_BODY = 16 * 1024 * 1024

@@ -16,14 +16,14 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from twisted_dhm import logs
 from twisted_dhm.membership.view import ALIVE, DEAD, LEFT, SUSPECT, Member, MembershipView
 from twisted_dhm.peer import peer_pb2 as pb
 from twisted_dhm.peer.pool import PeerPool
 
-log = Logger(namespace="dhashmap.membership")
+log = logs.logger("dhashmap.membership")
 
 
 def member_from_hello(hello: pb.Hello, fallback_host: str) -> Member:

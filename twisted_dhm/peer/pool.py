@@ -16,14 +16,14 @@ from random import Random
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from twisted_dhm import logs
 from twisted_dhm.network import INetwork
 from twisted_dhm.peer import peer_pb2 as pb
 from twisted_dhm.peer.protocol import DEFAULT_MAX_FRAME, Handler, HandshakeFailed, LocalIdentity, PeerProtocol
 
-log = Logger(namespace="dhashmap.peer")
+log = logs.logger("dhashmap.peer")
 
 AddressOf = Callable[[str], "tuple[str, int] | None"]
 

@@ -24,11 +24,11 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twisted_dhm import logs
 from twisted_dhm.errors import KVError
 from twisted_dhm.network import no_delay
 from twisted_dhm.peer import peer_pb2 as pb
@@ -50,7 +50,7 @@ RESPONSE_BODIES = frozenset({
     "tree_roots_result", "tree_buckets_result", "tree_keys_result", "leave_result", "node_status_result",
 })
 
-log = Logger(namespace="dhashmap.peer")
+log = logs.logger("dhashmap.peer")
 
 
 class RequestTimeout(Exception):

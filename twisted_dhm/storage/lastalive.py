@@ -16,9 +16,10 @@ import os
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
-log = Logger(namespace="dhashmap.storage")
+from twisted_dhm import logs
+
+log = logs.logger("dhashmap.storage")
 
 FILE = "last-alive"
 

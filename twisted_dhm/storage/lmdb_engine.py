@@ -28,11 +28,11 @@ from twisted.internet.error import ProcessDone
 from twisted.internet.interfaces import IReactorFromThreads, IReactorProcess, IReactorThreads, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from twisted_dhm import logs
 from twisted_dhm.storage import lmdb_writer
 from twisted_dhm.storage.interface import (
     CorruptRecord,
@@ -63,7 +63,7 @@ class ProcessCommitter(ProcessProtocol):
     batches go one at a time, so answers come back in order.
     """
 
-    log = Logger(namespace="dhashmap.storage")
+    log = logs.logger("dhashmap.storage")
 
     def __init__(self, reactor: IReactorProcess, path: str, map_size: int) -> None:
         self._reactor = reactor
@@ -153,7 +153,7 @@ class LMDBEngine:
     function that holds commits until they let them finish.
     """
 
-    log = Logger(namespace="dhashmap.storage")
+    log = logs.logger("dhashmap.storage")
 
     def __init__(
         self,

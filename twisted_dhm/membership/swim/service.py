@@ -29,10 +29,10 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
 from twisted.internet.protocol import DatagramProtocol, Factory
-from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
+from twisted_dhm import logs
 from twisted_dhm.membership.swim.config import SwimConfig
 from twisted_dhm.membership.swim.core import Address, MemberView, NodeInfo, OpenStream, Output, SendPacket, Swim
 from twisted_dhm.membership.swim.keyring import Keyring
@@ -40,7 +40,7 @@ from twisted_dhm.membership.view import DEAD, LEFT, SUSPECT, Member, MembershipV
 from twisted_dhm.network import INetwork
 from twisted_dhm.versions import NODE_ID
 
-log = Logger(namespace="dhashmap.gossip")
+log = logs.logger("dhashmap.gossip")
 
 #: Largest push-pull frame accepted: the whole member list (a few dozen bytes a member).
 MAX_STREAM_FRAME = 8 * 1024 * 1024
