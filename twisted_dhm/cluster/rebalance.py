@@ -329,7 +329,7 @@ class Rebalancer(Service):
         if not planned:
             return
 
-        def plan(waiting: list[str]) -> None:
+        def plan(waiting: set[str]) -> None:
             if not self.running:
                 return
             for p, owners, peer in planned:
