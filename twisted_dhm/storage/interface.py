@@ -157,8 +157,8 @@ class IStorageEngine(Interface):
 
     def latest_encoded(keys: Sequence[bytes]) -> list[bytes | None]:
         """The stored encoding (``encode_record``'s bytes, unchecked) of each key, pending
-        writes included; ``None`` where there is nothing.  For checks that hash records
-        without decoding them (the index scrub)."""
+        writes included; ``None`` where there is nothing.  For work that needs a record's bytes
+        but not the record: hashing them (the index scrub), sizing them (handoff removals)."""
 
     def write(key: bytes, record: Record | None, background: bool = False) -> Deferred:
         """Store ``record`` (``None`` removes the key); fires once it is durable.
