@@ -1,5 +1,7 @@
 # dhashmap — the two commands a fresh machine needs are `make run` and `make test`.
-PYTHON ?= python3
+# The virtualenv's interpreter: the system's python3 (>= 3.11) first, for its optimised build
+# (tools/pick-python says why); PYTHON=/path/to/python3 chooses another (then `make clean`).
+PYTHON ?= $(shell tools/pick-python)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed

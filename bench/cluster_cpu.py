@@ -10,7 +10,9 @@ before and after.  Prints requests/s and CPU microseconds per request for each n
 process, each node's LMDB commit process, and wrk, so a change to the request path can be
 judged by what it costs rather than by throughput alone (which moves with whatever else the
 machine does).  ``--src`` runs the code of another checkout (a ``git worktree`` of an older
-commit) with this checkout's virtualenv, to find which change made a request dearer.
+commit), with its own ``.venv`` if it has one (another interpreter) and this checkout's
+otherwise, to find which change made a request dearer.  The last column is the group-commit
+batch (writes per durable commit, from the nodes' ``/metrics``).
 
 Everything it starts is stopped on exit; the data dirs are temporary.
 """
@@ -42,6 +44,19 @@ def cpu_of(pid: int) -> tuple[float, float]:
     except OSError:
         return 0.0, 0.0
     return int(rest[11]) / HZ, int(rest[12]) / HZ
+
+
+def commit_counts(urls: list[str]) -> tuple[float, float]:
+    """Durable commits and writes of all the nodes so far (their ``/metrics``)."""
+    commits = writes = 0.0
+    for url in urls:
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("dhashmap_storage_commits_total "):
+                    commits += float(line.split()[1])
+                elif line.startswith("dhashmap_storage_writes_total "):
+                    writes += float(line.split()[1])
+    return commits, writes
 
 
 def switches(pid: int) -> int:
@@ -102,7 +117,8 @@ class Cluster:
         seeds = ",".join(f"127.0.0.1:{p}" for p in peer)
         env = dict(os.environ, PYTHONPATH=str(src))
         env.pop("CONFIG_FILE", None)
-        twistd = ROOT / ".venv" / "bin" / "twistd"
+        # The checkout's own virtualenv if it has one (another interpreter), else this one's.
+        twistd = next(v / "bin" / "twistd" for v in (src / ".venv", ROOT / ".venv") if (v / "bin" / "twistd").exists())
         self.procs: list[subprocess.Popen] = []
         for i in range(3):
             cmd = [str(twistd), "-n", "--pidfile=", "dhashmap", "--node-id", f"c{i + 1}", "--port", str(self.rest[i]),
@@ -130,6 +146,7 @@ class Cluster:
         watched = nodes + [c for cs in commit.values() for c in cs]
         before = {pid: cpu_of(pid) for pid in watched}
         sw_before = {pid: switches(pid) for pid in watched}
+        commits_before = commit_counts(self.urls)
         usage = os.times()
         reaped = usage.children_user + usage.children_system
         t0 = time.monotonic()
@@ -152,6 +169,7 @@ class Cluster:
                     w.wait()
         wall = time.monotonic() - t0
         after = {pid: cpu_of(pid) for pid in watched}
+        commits_after = commit_counts(self.urls)
         usage = os.times()  # wrk's CPU: what children reaped since the start of the run used
         wrk_cpu = usage.children_user + usage.children_system - reaped
         reqs = 0.0
@@ -169,7 +187,8 @@ class Cluster:
                     "switches": sum(switches(p) - sw_before[p] for p in pids) / reqs}
 
         return {"rate": reqs / wall, "reactor": per_req(nodes),
-                "commit": per_req([c for pid in nodes for c in commit[pid]]), "wrk": wrk_cpu / reqs * 1e6}
+                "commit": per_req([c for pid in nodes for c in commit[pid]]), "wrk": wrk_cpu / reqs * 1e6,
+                "batch": (commits_after[1] - commits_before[1]) / max(1.0, commits_after[0] - commits_before[0])}
 
     def stop(self) -> None:
         for p in self.procs:
@@ -188,7 +207,8 @@ def show(result: dict) -> str:
     return (f"{result['rate']:7,.0f} req/s | reactor {r['user'] + r['sys']:6.1f} µs/req (user {r['user']:5.1f}, "
             f"sys {r['sys']:5.1f}, {r['switches']:.2f} sw) | commit {c['user'] + c['sys']:5.1f} "
             f"(user {c['user']:4.1f}, sys {c['sys']:4.1f}) | wrk {result['wrk']:4.1f} | "
-            f"all {r['user'] + r['sys'] + c['user'] + c['sys'] + result['wrk']:6.1f}")
+            f"all {r['user'] + r['sys'] + c['user'] + c['sys'] + result['wrk']:6.1f} | "
+            f"{result['batch']:.1f} writes/commit")
 
 
 def main() -> int:
@@ -229,6 +249,7 @@ def main() -> int:
             runs = results[k]
             mean = {"rate": sum(r["rate"] for r in runs) / len(runs),
                     "wrk": sum(r["wrk"] for r in runs) / len(runs),
+                    "batch": sum(r["batch"] for r in runs) / len(runs),
                     **{part: {f: sum(r[part][f] for r in runs) / len(runs) for f in ("user", "sys", "switches")}
                        for part in ("reactor", "commit")}}
             print(f"mean [{k}] {show(mean)}  ({src})")
