@@ -101,9 +101,10 @@ ghz_run() {  # ghz_run <port> <Get|Put> <out>
   [[ $2 == Put ]] && data="{\"key\":\"$KEY\",\"value\":\"$VALUE\"}"
   "$GHZ" --insecure --proto proto/dhashmap/v1/kv.proto --import-paths proto/dhashmap/v1 \
     --call "dhashmap.v1.KV.$2" -d "$data" -c 50 -z "${DURATION}s" "127.0.0.1:$1" >"$3" 2>&1 || true
-  # "use of closed network connection" errors are the calls in flight when ghz stops at -z: not counted
+  # "use of closed network connection" (Unavailable) and "the client connection is closing" (Canceled)
+  # errors are the calls in flight when ghz stops at -z: not counted
   awk '/Requests\/sec/{r=$2} /50 % in/{p50=$4} /99 % in/{p99=$4}
-       /^ +\[/ && !/\[OK\]/ {e+=$2} /use of closed network connection/ {gsub(/[^0-9]/, "", $1); c+=$1}
+       /^ +\[/ && !/\[OK\]/ {e+=$2} /use of closed network connection|the client connection is closing/ {gsub(/[^0-9]/, "", $1); c+=$1}
        END{printf "%.0f %s %s %d\n", r, p50, p99, e - c}' "$3"
 }
 wrk_run() {  # wrk_run <port> <script> <out>
