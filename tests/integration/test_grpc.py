@@ -88,6 +88,19 @@ def test_kv_round_trips_and_status_codes(grpc_node):
     rest = list(kv.Scan(kv_pb2.ScanRequest(prefix=b"b/", start_after=b"b/239", has_start_after=True), timeout=10))
     assert [k for p in rest for k in p.keys] == [b"b/%03d" % i for i in range(240, 250)]
 
+    # Every call is counted by method and status code on GET /metrics (the count is made as the
+    # handler returns, on gRPC's thread: the scrape may come a moment before it).
+    expected = ('dhashmap_grpc_requests_total{code="OK",method="Get"} 1.0',
+                'dhashmap_grpc_requests_total{code="NOT_FOUND",method="Get"} 2.0',
+                'dhashmap_grpc_requests_total{code="INVALID_ARGUMENT",method="Get"} 1.0',
+                'dhashmap_grpc_requests_total{code="RESOURCE_EXHAUSTED",method="Get"} 1.0',
+                'dhashmap_grpc_requests_total{code="OK",method="CompareAndSwap"} 2.0',
+                'dhashmap_grpc_requests_total{code="FAILED_PRECONDITION",method="CompareAndSwap"} 2.0',
+                'dhashmap_grpc_requests_total{code="OK",method="Scan"} 2.0',
+                'dhashmap_grpc_request_duration_seconds_count{method="Get"} 5.0')
+    assert wait_for(lambda: all(line in node.request("GET", "/metrics")[2].decode() for line in expected), 10), \
+        node.request("GET", "/metrics")[2].decode()
+
 
 def test_cluster_health_and_reflection(grpc_node):
     node, channel = grpc_node

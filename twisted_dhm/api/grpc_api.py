@@ -211,13 +211,23 @@ def _handled(method: Callable) -> Callable:
     """Turn our exceptions into gRPC statuses (abort raises, so nothing runs after it)."""
 
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        stats, clock = self.stats, self.clock
+        started = clock.seconds() if stats is not None else 0.0
+        code = "OK"
         try:
             return await method(self, request, context)
+        except asyncio.CancelledError:
+            code = "CANCELLED"  # the client cancelled, or its deadline passed
+            raise
         except Exception as e:
             status = status_of(e)
+            code = status.code.name
             if status.metadata:  # kept with the dhashmap-owners a keyed call may have set
                 context.set_trailing_metadata((*(context.trailing_metadata() or ()), *status.metadata))
             await context.abort(status.code, status.message)
+        finally:
+            if stats is not None:
+                stats.observe(method.__name__, code, clock.seconds() - started)
 
     wrapper.__name__ = method.__name__
     wrapper.__doc__ = method.__doc__
@@ -236,6 +246,10 @@ def _precondition(version: str, create_only: bool) -> Precondition:
 
 
 class KVServicer(kv_pb2_grpc.KVServicer):
+    # Calls answered and their latency (NodeMetrics.grpc) on the node's clock; None: not counted.
+    stats: Any = None
+    clock: Any = None
+
     def __init__(self, coordinator: Any, bridge: _Bridge, max_key: int, max_value: int) -> None:
         self.coordinator = coordinator
         self.bridge = bridge
@@ -337,6 +351,9 @@ class KVServicer(kv_pb2_grpc.KVServicer):
 
     async def Scan(self, request: kv_pb2.ScanRequest,  # noqa: N802
                    context: grpc.aio.ServicerContext) -> AsyncIterator[kv_pb2.ScanResponse]:
+        stats, clock = self.stats, self.clock
+        started = clock.seconds() if stats is not None else 0.0
+        code = "OK"
         try:
             page_size = min(request.page_size or DEFAULT_PAGE, DEFAULT_PAGE)
             left = request.limit or None
@@ -353,12 +370,22 @@ class KVServicer(kv_pb2_grpc.KVServicer):
                 if not page.cursor or (left is not None and left <= 0):
                     return
                 cursor = page.cursor
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
         except Exception as e:
             status = status_of(e)
+            code = status.code.name
             await context.abort(status.code, status.message)
+        finally:
+            if stats is not None:
+                stats.observe("Scan", code, clock.seconds() - started)
 
 
 class ClusterServicer(kv_pb2_grpc.ClusterServicer):
+    stats: Any = None  # as KVServicer's
+    clock: Any = None
+
     def __init__(self, node: Any, bridge: _Bridge) -> None:
         self.node = node
         self.bridge = bridge
@@ -460,9 +487,14 @@ class GrpcService(Service):
             options=[("grpc.max_receive_message_length", frame), ("grpc.max_send_message_length", frame),
                      ("grpc.so_reuseport", 0)],
         )
-        kv_pb2_grpc.add_KVServicer_to_server(KVServicer(self.node.coordinator, bridge, self.max_key, self.max_value),
-                                             server)
-        kv_pb2_grpc.add_ClusterServicer_to_server(ClusterServicer(self.node, bridge), server)
+        kv = KVServicer(self.node.coordinator, bridge, self.max_key, self.max_value)
+        cluster = ClusterServicer(self.node, bridge)
+        metrics = getattr(self.node, "metrics", None)
+        if metrics is not None:
+            for servicer in (kv, cluster):
+                servicer.stats, servicer.clock = metrics.grpc, self.reactor
+        kv_pb2_grpc.add_KVServicer_to_server(kv, server)
+        kv_pb2_grpc.add_ClusterServicer_to_server(cluster, server)
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(

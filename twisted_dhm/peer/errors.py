@@ -39,14 +39,26 @@ def error_frame(code: int, message: str, request_id: int = 0, acks: int = 0, req
     return frame
 
 
-def error_for_failure(failure: Failure, request_id: int) -> pb.Frame:
+def error_code(failure: Failure) -> int:
+    """The ``ErrorCode`` a failed request is answered with."""
     error = failure.value
     if isinstance(error, errors.KVError):
-        code = _CODE_OF.get(type(error), pb.ERROR_CODE_INVALID_REQUEST)
-        acks = getattr(error, "acks", 0)
-        required = getattr(error, "required", 0)
-        return error_frame(code, error.message, request_id, acks, required)
+        return _CODE_OF.get(type(error), pb.ERROR_CODE_INVALID_REQUEST)
     if isinstance(error, StorageError):
-        return error_frame(pb.ERROR_CODE_STORAGE, str(error), request_id)
-    message = "the node failed to handle this request; see its log"
-    return error_frame(pb.ERROR_CODE_INTERNAL, message, request_id)
+        return pb.ERROR_CODE_STORAGE
+    return pb.ERROR_CODE_INTERNAL
+
+
+def error_name(code: int) -> str:
+    """``ERROR_CODE_NOT_FOUND`` -> ``not_found`` (metrics labels)."""
+    return pb.ErrorCode.Name(code).removeprefix("ERROR_CODE_").lower()
+
+
+def error_for_failure(failure: Failure, request_id: int) -> pb.Frame:
+    error = failure.value
+    code = error_code(failure)
+    if isinstance(error, errors.KVError):
+        return error_frame(code, error.message, request_id, getattr(error, "acks", 0), getattr(error, "required", 0))
+    if isinstance(error, StorageError):
+        return error_frame(code, str(error), request_id)
+    return error_frame(code, "the node failed to handle this request; see its log", request_id)
