@@ -201,7 +201,7 @@ class DhashmapNode(MultiService):
         self._exit_asked = False
 
         self.metrics = NodeMetrics(self.engine, cluster=self)
-        handler.stats, handler.clock = self.metrics.native, reactor
+        peer_factory.observe = self.metrics.native.observe  # clients' get/put/delete on the peer port
         limits = Limits(config.max_key_size, config.max_value_size)
         self.site = build_site(
             self.coordinator, self.metrics, reactor, limits, config.http_idle_timeout,

@@ -1,12 +1,10 @@
 """Replica and client requests as they arrive over the native protocol."""
 
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_dhm.api.metrics import RequestStats
 from twisted_dhm.cluster.handler import PeerHandler
-from twisted_dhm.errors import InvalidRequest, KeyTooLong
+from twisted_dhm.errors import InvalidRequest
 from twisted_dhm.peer import peer_pb2 as pb
 from twisted_dhm.storage import Record
 from twisted_dhm.storage.interface import decode_record, encode_record
@@ -164,59 +162,3 @@ class HandlerTests(SynchronousTestCase):
         self.assertEqual(error_for_failure(f, 1).error.code, pb.ERROR_CODE_TOO_LARGE)
         f = self.failureResultOf(self.handler(PEER, pb.Frame(put=pb.Put(key=b"k", value=b"v" * 1025))), ValueTooLarge)
         self.assertIn("value", error_for_failure(f, 1).error.message)
-
-
-class ClientRequestMetricsTests(SynchronousTestCase):
-    """Client get/put/delete are counted by result and timed on the node's clock; member traffic is not."""
-
-    def setUp(self):
-        self.clock = Clock()
-        self.clock.advance(1_800_000_000)
-        engine = MemoryEngine()
-        write = engine.write
-
-        def durable_in_3ms(key, record, background=False):  # as a group commit does: later
-            d = Deferred()
-            write(key, record, background).addCallback(lambda _: self.clock.callLater(0.003, d.callback, None))
-            return d
-
-        engine.write = durable_in_3ms
-        self.coordinator = single_node_coordinator(engine, self.clock)
-        self.handler = PeerHandler(self.coordinator.replicas.local, self.coordinator, 64, 1024)
-        self.stats = RequestStats("t_request", "Requests", "op", "result")
-        self.handler.stats, self.handler.clock = self.stats, self.clock
-
-    def samples(self):
-        out = {}
-        for collector in (self.stats.requests, self.stats.latency):
-            for family in collector.collect():
-                for s in family.samples:
-                    out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-        return out
-
-    def test_results_and_latency(self):
-        put = self.handler(CLIENT, pb.Frame(put=pb.Put(key=b"k", value=b"v")))
-        self.assertNoResult(put)
-        self.clock.advance(0.003)  # the commit
-        self.successResultOf(put)
-        self.successResultOf(self.handler(CLIENT, pb.Frame(get=pb.Get(key=b"k"))))
-        self.successResultOf(self.handler(CLIENT, pb.Frame(get=pb.Get(key=b"absent"))))  # found=false: ok
-        self.failureResultOf(self.handler(CLIENT, pb.Frame(get=pb.Get(key=b""))), InvalidRequest)
-        self.failureResultOf(self.handler(CLIENT, pb.Frame(get=pb.Get(key=b"k" * 65))), KeyTooLong)
-        delete = self.handler(CLIENT, pb.Frame(delete=pb.Delete(key=b"k")))
-        self.clock.advance(0.003)
-        self.successResultOf(delete)
-        self.successResultOf(self.handler(PEER, pb.Frame(replica_get=pb.ReplicaGet(keys=[b"k"]))))
-        s = self.samples()
-        self.assertEqual(s[("t_requests_total", (("code", "ok"), ("op", "get")))], 2)
-        self.assertEqual(s[("t_requests_total", (("code", "invalid_request"), ("op", "get")))], 1)
-        self.assertEqual(s[("t_requests_total", (("code", "too_large"), ("op", "get")))], 1)
-        self.assertEqual(s[("t_requests_total", (("code", "ok"), ("op", "put")))], 1)
-        self.assertEqual(s[("t_requests_total", (("code", "ok"), ("op", "delete")))], 1)
-        self.assertNotIn("replica_get", {dict(labels).get("op") for _, labels in s})
-        self.assertEqual(s[("t_request_duration_seconds_count", (("op", "get"),))], 4)
-        self.assertAlmostEqual(s[("t_request_duration_seconds_sum", (("op", "put"),))], 0.003)
-        # The put took 3 ms: not in the 2.5 ms bucket, in the 5 ms one.
-        self.assertEqual(s[("t_request_duration_seconds_bucket", (("le", "0.0025"), ("op", "put")))], 0)
-        self.assertEqual(s[("t_request_duration_seconds_bucket", (("le", "0.005"), ("op", "put")))], 1)
-        self.assertEqual(s[("t_request_duration_seconds_bucket", (("le", "+Inf"), ("op", "put")))], 1)

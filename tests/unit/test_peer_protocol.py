@@ -317,3 +317,44 @@ class HostileInputTests(ProtocolTestCase):
         for i in range(len(stream)):
             p.dataReceived(stream[i : i + 1])
         self.assertEqual([f.id for f in self.handled], [9])
+
+
+class ClientRequestMetricsTests(ProtocolTestCase):
+    """A served connection reports each client get/put/delete it answers: result and time taken."""
+
+    def setUp(self):
+        super().setUp()
+        self.seen = []
+
+    def ready(self):
+        from twisted_dhm.peer.protocol import PeerFactory
+
+        factory = PeerFactory(ME, self.clock, self.handler)
+        factory.observe = lambda op, code, seconds: self.seen.append((op, code, seconds))
+        p = factory.buildProtocol(None)
+        t = StringTransport()
+        p.makeConnection(t)
+        p.dataReceived(framed(hello(node_id="", role=pb.ROLE_CLIENT)))
+        self.sent(t)
+        return p, t
+
+    def test_answers_and_errors_are_observed_when_sent(self):
+        p, t = self.ready()
+        commit = Deferred()
+        self.answers["put"] = commit
+        self.answers["get"] = succeed(pb.Frame(get_result=pb.GetResult(found=False)))
+        self.answers["delete"] = Deferred()
+        p.dataReceived(framed(pb.Frame(id=1, put=pb.Put(key=b"k", value=b"v"))))
+        p.dataReceived(framed(pb.Frame(id=2, get=pb.Get(key=b"k"))))
+        self.assertEqual(self.seen, [("get", "ok", 0.0)])
+        self.clock.advance(0.003)
+        commit.callback(pb.Frame(put_result=pb.PutResult(created=True)))
+        self.assertEqual(self.seen[1], ("put", "ok", 0.003))
+        p.dataReceived(framed(pb.Frame(id=3, delete=pb.Delete(key=b"k"))))
+        self.answers["delete"].errback(PreconditionFailed("the version does not match"))
+        self.assertEqual(self.seen[2], ("delete", "precondition_failed", 0.0))
+        # Members' traffic and pings are not client requests.
+        p.dataReceived(framed(pb.Frame(id=4, replica_get=pb.ReplicaGet(keys=[b"k"]))))
+        p.dataReceived(framed(pb.Frame(id=5, ping=pb.Ping())))
+        self.assertEqual(len(self.seen), 3)
+        self.assertEqual([f.id for f in self.sent(t)], [2, 1, 3, 4, 5])  # each answered, counted or not

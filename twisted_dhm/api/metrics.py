@@ -232,17 +232,17 @@ class RequestStats:
         self._latency: dict[str, list] = {}  # op -> per bucket (and +Inf) counts, then the sum
         self.requests = _Families(self._count_families)
         self.latency = _Families(self._latency_families)
+        # observe(op, code, seconds): one call on the hot path when no lock is needed.
+        self.observe: Callable[[str, object, float], None] = self._observe if self._lock is None else self._locked
 
     def register(self, registry: CollectorRegistry) -> None:
         registry.register(self.requests)
         registry.register(self.latency)
 
-    def observe(self, op: str, code: object, seconds: float) -> None:
-        if self._lock is None:
+    def _locked(self, op: str, code: object, seconds: float) -> None:
+        assert self._lock is not None
+        with self._lock:
             self._observe(op, code, seconds)
-        else:
-            with self._lock:
-                self._observe(op, code, seconds)
 
     def _observe(self, op: str, code: object, seconds: float) -> None:
         key = (op, code)

@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.python.failure import Failure
 
 from twisted_dhm.cluster.coordinator import ANY, MAX_SCAN, NO_CONDITION, Coordinator, Precondition
 from twisted_dhm.cluster.rebalance import SyncError
@@ -15,7 +14,6 @@ from twisted_dhm.cluster.replica import LocalReplica
 from twisted_dhm.errors import Forbidden, InvalidRequest, KeyTooLong, KVError, ValueTooLarge
 from twisted_dhm.peer import peer_pb2 as pb
 from twisted_dhm.peer.codec import FrameError, key_records_from_pb, key_records_to_pb
-from twisted_dhm.peer.errors import error_code, error_name
 from twisted_dhm.versions import NODE_ID, Version, VersionDecodeError
 
 MAX_BATCH = 10000
@@ -37,7 +35,6 @@ def _version_token(token: str) -> tuple[Version, ...]:
 
 
 _MEMBERS_ONLY = ("replica_", "tree_", "leave")
-_CLIENT_OPS = frozenset({"get", "put", "delete"})
 
 
 def _as_is(owners: tuple[str, ...]) -> Any:
@@ -95,31 +92,10 @@ class PeerHandler:
         self.on_leave: Callable[[str], None] | None = None  # a member said it is leaving
         self.status: Callable[[], dict] | None = None  # this node's data-movement status
         self.not_mine = NotMine(coordinator)
-        # Client requests (get, put, delete) answered and their latency (NodeMetrics.native), timed by
-        # ``clock``; None: not counted.
-        self.stats: Any = None
-        self.clock: Any = None
 
     def __call__(self, session: object, frame: pb.Frame) -> Deferred:
         """Always a Deferred: a bad request is a failed one, answered with an Error frame."""
         body = frame.WhichOneof("body")
-        if self.stats is not None and body in _CLIENT_OPS:
-            started = self.clock.seconds()
-            d = self._handle(session, frame, body)
-            d.addCallbacks(self._count, self._count_failure, callbackArgs=(body, started),
-                           errbackArgs=(body, started))
-            return d
-        return self._handle(session, frame, body)
-
-    def _count(self, answer: pb.Frame, op: str, started: float) -> pb.Frame:
-        self.stats.observe(op, "ok", self.clock.seconds() - started)
-        return answer
-
-    def _count_failure(self, failure: Failure, op: str, started: float) -> Failure:
-        self.stats.observe(op, error_name(error_code(failure)), self.clock.seconds() - started)
-        return failure
-
-    def _handle(self, session: object, frame: pb.Frame, body: str | None) -> Deferred:
         method = getattr(self, "_" + str(body), None)
         if method is None:
             return fail(InvalidRequest(f"{body} is not a request this node serves"))

@@ -32,12 +32,14 @@ from twisted_dhm import logs
 from twisted_dhm.errors import KVError
 from twisted_dhm.network import no_delay
 from twisted_dhm.peer import peer_pb2 as pb
-from twisted_dhm.peer.errors import PeerError, error_for_failure, error_frame
+from twisted_dhm.peer.errors import PeerError, error_for_failure, error_frame, error_name
 from twisted_dhm.storage import StorageError
 
 PROTOCOL_VERSION = 3
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 MAX_IN_FLIGHT = 1024  # requests one connection may have waiting for answers here
+# Requests a client makes (the rest is members' traffic): what ``observe`` counts.
+CLIENT_REQUESTS = frozenset({"get", "put", "delete"})
 HANDSHAKE_TIMEOUT = 10.0  # seconds a connection may take to send its Hello
 
 REQUEST_BODIES = frozenset({
@@ -122,6 +124,8 @@ class PeerProtocol(Int32StringReceiver):
         self._handshake_timer: IDelayedCall | None = None
         self._pending: dict[int, tuple[Deferred, IDelayedCall]] = {}
         self._lost = False
+        # observe(op, "ok" or the error code's name, seconds): client requests answered (metrics).
+        self.observe: Callable[[str, str, float], None] | None = None
 
     # -- connection ------------------------------------------------------------------
 
@@ -290,18 +294,25 @@ class PeerProtocol(Int32StringReceiver):
             self._send(error_frame(pb.ERROR_CODE_INVALID_REQUEST, f"{body} is not served here", request_id))
             return
         self._serving += 1
+        observe = self.observe if body in CLIENT_REQUESTS else None
+        started = self.clock.seconds() if observe is not None else 0.0
         d = maybeDeferred(self.handler, self, frame)
 
         def reply(answer: pb.Frame) -> None:
             self._serving -= 1
             answer.id = request_id
             self._send(answer)
+            if observe is not None:
+                observe(body, "ok", self.clock.seconds() - started)
 
         def failed(failure: Failure) -> None:
             self._serving -= 1
             if not failure.check(KVError, StorageError):
                 log.failure("handling {body} from {peer} failed", failure, body=body, peer=self.describe())
-            self._send(error_for_failure(failure, request_id))
+            error = error_for_failure(failure, request_id)
+            self._send(error)
+            if observe is not None:
+                observe(body, error_name(error.error.code), self.clock.seconds() - started)
 
         d.addCallbacks(reply, failed)
 
@@ -350,11 +361,13 @@ class PeerFactory(Factory):
         self.max_frame = max_frame
         self.request_timeout = request_timeout
         self.on_connection = on_connection
+        self.observe: Callable[[str, str, float], None] | None = None  # given to each protocol
 
     def buildProtocol(self, addr: Any) -> PeerProtocol:
         protocol = PeerProtocol(self.identity, self.clock, self.handler, self.max_frame, self.request_timeout)
         protocol.factory = self
         protocol.serving = True
+        protocol.observe = self.observe
         if self.on_connection is not None:
             self.on_connection(protocol)
         return protocol
