@@ -13,8 +13,11 @@ import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import grpc
 import pytest
+from dhashmap_client import NativeClient
 
+from twisted_dhm.api import kv_pb2, kv_pb2_grpc
 from twisted_dhm.testing.process import NodeProcess, free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -44,6 +47,13 @@ def cluster(tmp_path_factory):
         for i in range(20):  # some traffic, so request rates, latencies and storage have numbers
             assert nodes[i % 3].request("PUT", f"/v1/kv/ops-{i}", b"v%d" % i)[0] in (201, 204)
             assert nodes[(i + 1) % 3].request("GET", f"/v1/kv/ops-{i}")[0] == 200
+        # ... over the native protocol and gRPC too (their metrics appear with their first request).
+        with NativeClient(nodes[0].host, nodes[0].peer_port, timeout=5.0) as native:
+            assert native.get(b"ops-1").value == b"v1"
+        with grpc.insecure_channel(f"127.0.0.1:{nodes[0].grpc_port}") as channel:
+            assert kv_pb2_grpc.KVStub(channel).Get(kv_pb2.GetRequest(key=b"ops-2"), timeout=5).value == b"v2"
+        # (gRPC's count is made on its own thread as the call returns: maybe a moment after the answer.)
+        assert wait_for(lambda: b"dhashmap_grpc_requests_total{" in nodes[0].request("GET", "/metrics")[2])
         yield nodes
     finally:
         for node in nodes:
