@@ -127,6 +127,22 @@ def main() -> int:
               f"({min(rps):,.0f}–{max(rps):,.0f}) | {statistics.median(x['p50'] for x in rs):.2f} | "
               f"{statistics.median(x['p99'] for x in rs):.2f} | {errs} |")
 
+    # dhashmap against etcd round by round: each pair ran back to back, so its ratio is the
+    # fairest figure on a machine whose speed drifts between rounds.
+    pairs = [("PUT", ("dhashmap", "put"), ("etcd", "put")),
+             ("GET / linearizable range", ("dhashmap", "get"), ("etcd", "get")),
+             ("GET / serializable range", ("dhashmap", "get"), ("etcd", "getser"))]
+    lines = []
+    for name, ours, theirs in pairs:
+        a, b = dict(runs.get(ours, [])), dict(runs.get(theirs, []))
+        ratios = [a[r]["rps"] / b[r]["rps"] for r in rounds if r in a and r in b and b[r]["rps"]]
+        if ratios:
+            lines.append(f"- {name}: " + ", ".join(f"{x:.2f}" for x in ratios)
+                         + f" (median {statistics.median(ratios):.2f})")
+    if lines:
+        print("\ndhashmap requests/s over etcd's, round by round:\n")
+        print("\n".join(lines))
+
     batches = []
     for f in sorted(d.glob("r*-dhashmap-put.commits"), key=lambda f: int(f.name[1:].split("-")[0])):
         rnd = f.name.split("-")[0]
