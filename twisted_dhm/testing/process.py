@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -82,24 +83,53 @@ class ServerProcess:
 
 
 _handed_out: set[int] = set()
+_PORT_CHOICE = random.Random(os.urandom(16))  # test ports only: nothing a node decides
+
+
+def _ephemeral_ports() -> range:
+    """The ports the kernel gives outgoing connections (and ``bind(0)``)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+        return range(low, high + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)  # Linux's default
+
+
+def _bindable(host: str, port: int) -> bool:
+    """Free for a TCP listener and for UDP (gossip listens on both with one port number)."""
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                return False
+    return True
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on now and that this process has not handed out before.
+    """A port nothing listens on now, that this process has not handed out before, and that no
+    outgoing connection will take before the server binds it.
 
-    The kernel may give the same ephemeral port to two ``bind(0)`` calls in a
-    row once the first socket is closed, so two ports chosen for one node could
-    collide (the node then fails to start); remembering what we handed out
-    rules that out within a test run.
+    Ports come from below the kernel's ephemeral range.  A port from ``bind(0)`` is an ephemeral
+    one, which any process's next outgoing connection may be given between our check and the
+    server's own bind: seen as a Consul agent failing with "address already in use" under a busy
+    suite.  Drawn at random (from ``os.urandom``: two suites on one machine pick apart) and
+    remembered, so two ports chosen for one node never collide.
     """
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
-        if port not in _handed_out:
+    ephemeral = _ephemeral_ports()
+    pool = range(10000, ephemeral.start) if ephemeral.start - 10000 >= 1000 else None
+    for _ in range(200):
+        if pool is None:  # no room below the ephemeral range: the kernel's choice, as before
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+        else:
+            port = _PORT_CHOICE.choice(pool)
+        if port not in _handed_out and _bindable(host, port):
             _handed_out.add(port)
             return port
-    raise RuntimeError("no fresh free port after 100 tries")
+    raise RuntimeError("no fresh free port after 200 tries")
 
 
 def twistd_command() -> list[str]:
