@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -72,7 +73,12 @@ func useCluster(t *testing.T) *liveCluster {
 	return cluster
 }
 
+// freePorts picks n loopback ports that are free now, from below the kernel's ephemeral
+// range: an ephemeral port (what listening on port 0 gives) may be handed to any process's
+// outgoing connection between this pick and the node's own bind, which then fails with
+// "address already in use". The listeners are held until all n are chosen, so none repeats.
 func freePorts(n int) ([]int, error) {
+	low := ephemeralLow()
 	var listeners []net.Listener
 	defer func() {
 		for _, l := range listeners {
@@ -80,15 +86,30 @@ func freePorts(n int) ([]int, error) {
 		}
 	}()
 	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	for tries := 0; len(ports) < n; tries++ {
+		if tries > 1000 {
+			return nil, fmt.Errorf("no free loopback port in 10000-%d after 1000 tries", low-1)
+		}
+		port := 10000 + rand.IntN(low-10000)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
-			return nil, err
+			continue // in use
 		}
 		listeners = append(listeners, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		ports = append(ports, port)
 	}
 	return ports, nil
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range (Linux's default 32768).
+func ephemeralLow() int {
+	if data, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		var low, high int
+		if _, err := fmt.Sscan(string(data), &low, &high); err == nil && low > 11000 {
+			return low
+		}
+	}
+	return 32768
 }
 
 func startCluster(size int) (*liveCluster, error) {

@@ -1,6 +1,7 @@
 /** Fake dhashmap nodes on node:http, for tests that script the node's answers. */
 
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import { readFileSync } from "node:fs";
 import { createServer as createNetServer } from "node:net";
 import type { AddressInfo } from "node:net";
 
@@ -54,14 +55,40 @@ export function errorJson(res: ServerResponse, status: number, code: string, mes
   json(res, status, { error: { code, message, ...extra } });
 }
 
-/** Loopback ports that were free a moment ago: held open together so none repeats, then released. */
+/**
+ * Loopback ports that were free a moment ago, from below the kernel's ephemeral range: an
+ * ephemeral port (what listen(0) gives) may be handed to any process's outgoing connection
+ * between this pick and the node's own bind ("address already in use"). Held open together so
+ * none repeats, then released.
+ */
 export async function freePorts(n: number): Promise<number[]> {
-  const servers = await Promise.all(Array.from({ length: n }, () => new Promise<ReturnType<typeof createNetServer>>((resolve, reject) => {
-    const s = createNetServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => resolve(s));
-  })));
-  const ports = servers.map((s) => (s.address() as AddressInfo).port);
+  const low = ephemeralLow();
+  const servers: ReturnType<typeof createNetServer>[] = [];
+  const ports: number[] = [];
+  for (let tries = 0; ports.length < n; tries++) {
+    if (tries > 1000) throw new Error(`no free loopback port in 10000-${low - 1} after 1000 tries`);
+    const port = 10000 + Math.floor(Math.random() * (low - 10000));
+    const server = await new Promise<ReturnType<typeof createNetServer> | null>((resolve) => {
+      const s = createNetServer();
+      s.once("error", () => resolve(null)); // in use
+      s.listen(port, "127.0.0.1", () => resolve(s));
+    });
+    if (server !== null) {
+      servers.push(server);
+      ports.push(port);
+    }
+  }
   await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
   return ports;
+}
+
+/** The first port of the kernel's ephemeral range (Linux's default 32768). */
+function ephemeralLow(): number {
+  try {
+    const [low] = readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/).map(Number);
+    if (Number.isInteger(low) && low > 11000) return low;
+  } catch {
+    // not Linux: the default
+  }
+  return 32768;
 }
