@@ -85,7 +85,7 @@ export async function freePorts(n: number): Promise<number[]> {
 /** The first port of the kernel's ephemeral range (Linux's default 32768). */
 function ephemeralLow(): number {
   try {
-    const [low] = readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/).map(Number);
+    const low = Number(readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/)[0]);
     if (Number.isInteger(low) && low > 11000) return low;
   } catch {
     // not Linux: the default
