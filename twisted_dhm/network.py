@@ -41,6 +41,7 @@ gives a node a view of the network that fills it in.
 from __future__ import annotations
 
 import random
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -123,6 +124,114 @@ def no_delay(transport: Any) -> None:
     setter = getattr(transport, "setTcpNoDelay", None)
     if setter is not None:
         setter(True)
+
+
+#: What coalesce_writes uses of ``twisted.internet.tcp.Connection`` (its unit tests run on a real
+#: one, so an upgrade of Twisted that changes them fails there, not in production).
+_TCP_INTERNALS = ("writeSomeData", "dataBuffer", "_tempDataBuffer", "connected", "disconnecting",
+                  "loseWriteConnection", "abortConnection")
+
+
+def coalesce_writes(transport: Any, clock: IReactorTime) -> None:
+    """Send what a protocol writes in one reactor turn with one ``send()``, at the turn's end.
+
+    Twisted's TCP transport answers a write by asking epoll to report the socket writable
+    (an ``epoll_ctl``), sends when the next poll says so, then asks epoll to stop (another
+    ``epoll_ctl``): three system calls and a trip through the reactor's event dispatch per
+    answer, although a socket with room (nearly always, on a request/response connection)
+    takes the bytes at once.  Here the bytes a turn writes are gathered and, once the turn's
+    events are handled (``clock.callLater(0)``, one call for all connections), handed to the
+    socket directly; only what it does not take, or anything written while the transport still
+    holds older bytes, goes through the transport's own ``write`` and its flow control.
+    Measured on one node (docs/benchmarks.md): native GET +14-21 %, REST GET +17-27 %.
+
+    A transport that is not a plain TCP connection (TLS, the memory network, test doubles) is
+    left as it is.  Call it from ``connectionMade``, before the first write.
+    """
+    if all(hasattr(transport, name) for name in _TCP_INTERNALS):
+        _TurnWriter.of(clock).adopt(transport)
+
+
+class _TurnWriter:
+    """The end-of-turn sender of one reactor, shared by every connection on it."""
+
+    _of_clock: weakref.WeakKeyDictionary[Any, _TurnWriter] = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def of(cls, clock: IReactorTime) -> _TurnWriter:
+        writer = cls._of_clock.get(clock)
+        if writer is None:
+            writer = cls._of_clock[clock] = cls(clock)
+        return writer
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        self._dirty: list[tuple[Any, list[bytes], Callable[[bytes], None]]] = []
+        self._scheduled = False
+
+    def adopt(self, transport: Any) -> None:
+        queued: list[bytes] = []
+        own_write = transport.write
+        own_lose = transport.loseConnection
+        own_lose_write = transport.loseWriteConnection
+        own_abort = transport.abortConnection
+
+        def write(data: bytes) -> None:
+            if not data:
+                return
+            if not queued:
+                if not transport.connected or transport.disconnecting:
+                    own_write(data)  # closing or closed: the transport knows what to do
+                    return
+                self._dirty.append((transport, queued, own_write))
+                if not self._scheduled:
+                    self._scheduled = True
+                    self.clock.callLater(0, self._flush)
+            queued.append(data)
+
+        def write_sequence(seq: Iterable[bytes]) -> None:
+            write(b"".join(seq))
+
+        def lose_connection(*args: Any) -> None:
+            self._send(transport, queued, own_write)  # what was written goes out before the close
+            own_lose(*args)
+
+        def lose_write_connection() -> None:
+            self._send(transport, queued, own_write)
+            own_lose_write()
+
+        def abort_connection() -> None:
+            queued.clear()  # an abort drops unsent bytes
+            own_abort()
+
+        transport.write = write
+        transport.writeSequence = write_sequence
+        transport.loseConnection = lose_connection
+        transport.loseWriteConnection = lose_write_connection
+        transport.abortConnection = abort_connection
+
+    @staticmethod
+    def _send(transport: Any, queued: list[bytes], own_write: Callable[[bytes], None]) -> None:
+        if not queued:
+            return
+        data = b"".join(queued)
+        queued.clear()
+        if not transport.connected:
+            return  # gone meanwhile: the bytes are lost, as those in the transport's own buffer
+        if not transport.disconnecting and not transport.dataBuffer and not transport._tempDataBuffer:
+            sent = transport.writeSomeData(data)
+            if isinstance(sent, int):
+                if sent == len(data):
+                    return
+                data = data[sent:]
+            # else an error (the connection is going): the transport's own write meets it too
+        own_write(data)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for transport, queued, own_write in dirty:
+            self._send(transport, queued, own_write)
 
 
 @implementer(INetwork)

@@ -26,6 +26,7 @@ from twisted_dhm.network import (
     MemoryNetwork,
     MemoryTransport,
     TCPNetwork,
+    coalesce_writes,
 )
 
 LAT = DEFAULT_LATENCY
@@ -685,3 +686,80 @@ class TCPNetworkTests(SynchronousTestCase):
         port, got, interface, _ = self.reactor.udpServers[0]
         self.assertEqual((port, interface), (7946, "10.0.0.1"))
         self.assertIs(got, protocol)
+
+
+class CoalesceWritesTests(SynchronousTestCase):
+    """coalesce_writes on a real ``tcp.Connection`` over a socket pair: sends are real, nothing waits."""
+
+    def setUp(self):
+        import socket
+
+        from twisted.internet import tcp
+        from twisted.internet.testing import MemoryReactorClock
+
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        theirs.setblocking(False)
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        self.theirs = theirs
+        self.reactor = MemoryReactorClock()  # the connection's: records what epoll would be asked
+        self.clock = Clock()  # the turn's end
+        self.conn = tcp.Connection(ours, Protocol(), self.reactor)
+        self.conn.connected = 1
+        coalesce_writes(self.conn, self.clock)
+
+    def received(self) -> bytes:
+        out = b""
+        while True:
+            try:
+                chunk = self.theirs.recv(1 << 20)
+            except BlockingIOError:
+                return out
+            if not chunk:
+                return out
+            out += chunk
+
+    def test_the_writes_of_a_turn_leave_in_one_send_at_its_end(self):
+        self.conn.write(b"GET ")
+        self.conn.writeSequence([b"/v1/kv/a", b" HTTP/1.1\r\n"])
+        self.assertEqual(self.received(), b"")  # not yet: the turn is still going
+        self.clock.advance(0)
+        self.assertEqual(self.received(), b"GET /v1/kv/a HTTP/1.1\r\n")
+        # Straight to the socket: the reactor was never asked to watch for writability.
+        self.assertEqual(self.reactor.getWriters(), [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_what_the_socket_cannot_take_goes_through_the_transport_in_order(self):
+        big = bytes(range(256)) * 40_000  # ~10 MB: more than a socket buffer holds
+        self.conn.write(big)
+        self.clock.advance(0)
+        self.assertIn(self.conn, self.reactor.getWriters())  # the rest waits in Twisted's buffer
+        self.conn.write(b"tail")  # queued behind it, not sent around it
+        self.clock.advance(0)
+        got = b""
+        for _ in range(10_000):
+            got += self.received()
+            if self.conn not in self.reactor.getWriters():
+                break
+            self.conn.doWrite()
+        got += self.received()
+        self.assertEqual(got, big + b"tail")
+
+    def test_lose_connection_sends_what_was_written_first(self):
+        self.conn.write(b"last words")
+        self.conn.loseConnection()
+        self.assertEqual(self.received(), b"last words")
+
+    def test_abort_drops_what_was_not_sent(self):
+        self.conn.write(b"never")
+        self.conn.abortConnection()
+        self.clock.advance(0)
+        self.assertEqual(self.received(), b"")
+
+    def test_other_transports_are_left_as_they_are(self):
+        transport = StringTransport()
+        coalesce_writes(transport, self.clock)
+        transport.write(b"now")
+        self.assertEqual(transport.value(), b"now")
+        self.assertEqual(self.clock.getDelayedCalls(), [])

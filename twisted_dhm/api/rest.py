@@ -41,7 +41,7 @@ from twisted_dhm.errors import (
     Unavailable,
     ValueTooLarge,
 )
-from twisted_dhm.network import no_delay
+from twisted_dhm.network import coalesce_writes, no_delay
 from twisted_dhm.storage import Record, StorageError, StorageFull
 from twisted_dhm.versions import parse_entity_tags, versions_from_tags
 
@@ -622,6 +622,7 @@ class DhashmapChannel(http.HTTPChannel):
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
+        coalesce_writes(self.transport, self.site.reactor)
         self.last_data = self.site.reactor.seconds()
         self.site.channels.add(self)
         super().connectionMade()

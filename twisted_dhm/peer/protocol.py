@@ -30,7 +30,7 @@ from zope.interface import implementer
 
 from twisted_dhm import logs
 from twisted_dhm.errors import KVError
-from twisted_dhm.network import no_delay
+from twisted_dhm.network import coalesce_writes, no_delay
 from twisted_dhm.peer import peer_pb2 as pb
 from twisted_dhm.peer.errors import PeerError, error_for_failure, error_frame, error_name
 from twisted_dhm.storage import StorageError
@@ -131,6 +131,7 @@ class PeerProtocol(Int32StringReceiver):
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
+        coalesce_writes(self.transport, self.clock)
         if self.serving:
             self.transport.registerProducer(self, True)
         frame = pb.Frame(id=0)
