@@ -143,7 +143,7 @@ def coalesce_writes(transport: Any, clock: IReactorTime) -> None:
     events are handled (``clock.callLater(0)``, one call for all connections), handed to the
     socket directly; only what it does not take, or anything written while the transport still
     holds older bytes, goes through the transport's own ``write`` and its flow control.
-    Measured on one node (docs/benchmarks.md): native GET +14-21 %, REST GET +17-27 %.
+    Measured on one node (docs/benchmarks.md): native GET +10-16 %, REST GET and PUT +20 %.
 
     A transport that is not a plain TCP connection (TLS, the memory network, test doubles) is
     left as it is.  Call it from ``connectionMade``, before the first write.
