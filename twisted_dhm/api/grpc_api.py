@@ -208,7 +208,8 @@ _Bridge = _ThreadBridge | _LoopBridge
 
 
 def _handled(method: Callable) -> Callable:
-    """Turn our exceptions into gRPC statuses (abort raises, so nothing runs after it)."""
+    """Turn our exceptions into gRPC statuses (abort raises, so nothing runs after it), and count
+    the call by its status in the servicer's ``stats`` (Scan, a stream, does the same itself)."""
 
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         stats, clock = self.stats, self.clock

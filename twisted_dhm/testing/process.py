@@ -86,14 +86,13 @@ _handed_out: set[int] = set()
 _PORT_CHOICE = random.Random(os.urandom(16))  # test ports only: nothing a node decides
 
 
-def _ephemeral_ports() -> range:
-    """The ports the kernel gives outgoing connections (and ``bind(0)``)."""
+def _ephemeral_low() -> int:
+    """The first port the kernel gives outgoing connections (and ``bind(0)``)."""
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            low, high = (int(x) for x in f.read().split())
-        return range(low, high + 1)
-    except (OSError, ValueError):
-        return range(32768, 61000)  # Linux's default
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def _bindable(host: str, port: int) -> bool:
@@ -117,8 +116,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     suite.  Drawn at random (from ``os.urandom``: two suites on one machine pick apart) and
     remembered, so two ports chosen for one node never collide.
     """
-    ephemeral = _ephemeral_ports()
-    pool = range(10000, ephemeral.start) if ephemeral.start - 10000 >= 1000 else None
+    low = _ephemeral_low()
+    pool = range(10000, low) if low - 10000 >= 1000 else None
     for _ in range(200):
         if pool is None:  # no room below the ephemeral range: the kernel's choice, as before
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
