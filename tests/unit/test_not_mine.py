@@ -6,6 +6,7 @@ from urllib.parse import quote
 
 import grpc
 from treq.testing import StubTreq
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -89,7 +90,7 @@ class NativeTests(SynchronousTestCase):
 
     def results(self):
         put = self.successResultOf(self.handler(CLIENT, pb.Frame(put=pb.Put(key=b"k", value=b"v"))))
-        get = self.successResultOf(self.handler(CLIENT, pb.Frame(get=pb.Get(key=b"k"))))
+        get = self.successResultOf(maybeDeferred(self.handler, CLIENT, pb.Frame(get=pb.Get(key=b"k"))))
         delete = self.successResultOf(self.handler(CLIENT, pb.Frame(delete=pb.Delete(key=b"k"))))
         return put.put_result, get.get_result, delete.delete_result
 

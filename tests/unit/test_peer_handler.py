@@ -1,5 +1,6 @@
 """Replica and client requests as they arrive over the native protocol."""
 
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -33,7 +34,7 @@ class HandlerTests(SynchronousTestCase):
         self.handler = PeerHandler(self.coordinator.replicas.local, self.coordinator, 64, 1024)
 
     def call(self, frame, session=PEER):
-        return self.successResultOf(self.handler(session, frame))
+        return self.successResultOf(maybeDeferred(self.handler, session, frame))
 
     def replica_put(self, key, record, hint_for=""):
         frame = pb.Frame()
@@ -130,6 +131,15 @@ class HandlerTests(SynchronousTestCase):
         self.failureResultOf(self.handler(PEER, pb.Frame(put=pb.Put(key=b"c", value=b"x", if_match="stale"))))
         self.call(pb.Frame(delete=pb.Delete(key=b"c", if_match=put.put_result.version)))
         self.assertFalse(self.call(pb.Frame(get=pb.Get(key=b"c"))).get_result.found)
+
+    def test_a_one_node_get_is_answered_in_the_call(self):
+        # This node's replica is the only one to ask: no Deferred, nothing left for later.
+        self.call(pb.Frame(put=pb.Put(key=b"c", value=b"v")), session=CLIENT)
+        answer = self.handler(CLIENT, pb.Frame(get=pb.Get(key=b"c")))
+        self.assertNotIsInstance(answer, Deferred)
+        self.assertEqual((answer.get_result.found, answer.get_result.value), (True, b"v"))
+        self.assertFalse(self.handler(CLIENT, pb.Frame(get=pb.Get(key=b"nope"))).get_result.found)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_clients_may_not_use_replica_operations(self):
         from twisted_dhm.errors import Forbidden

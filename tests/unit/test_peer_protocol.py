@@ -227,6 +227,28 @@ class RequestTests(ProtocolTestCase):
         self.assertEqual((answer.id, answer.error.code), (5, pb.ERROR_CODE_PRECONDITION_FAILED))
         self.assertFalse(t.disconnecting)
 
+    def test_handler_may_answer_in_the_call(self):
+        # A frame instead of a Deferred (a local read): answered at once, in order with the rest.
+        self.answers["get"] = pb.Frame(get_result=pb.GetResult(found=True, value=b"v"))
+        p, t = self.ready()
+        p.dataReceived(framed(pb.Frame(id=6, get=pb.Get(key=b"k"))) + framed(pb.Frame(id=7, get=pb.Get(key=b"k"))))
+        answers = self.sent(t)
+        self.assertEqual([(a.id, a.get_result.value) for a in answers], [(6, b"v"), (7, b"v")])
+        self.assertEqual(p._serving, 0, "nothing left in flight")
+
+    def test_handler_exceptions_become_error_frames(self):
+        def broken(session, frame):
+            raise PreconditionFailed("raised, not returned") if frame.HasField("put") else ValueError("a bug")
+
+        p, t = self.ready()
+        p.handler = broken
+        p.dataReceived(framed(pb.Frame(id=8, put=pb.Put(key=b"k"))) + framed(pb.Frame(id=9, get=pb.Get(key=b"k"))))
+        answers = self.sent(t)
+        self.assertEqual([(a.id, a.error.code) for a in answers],
+                         [(8, pb.ERROR_CODE_PRECONDITION_FAILED), (9, pb.ERROR_CODE_INTERNAL)])
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1, "a bug is logged")
+        self.assertFalse(t.disconnecting)
+
     def test_ping_answered_without_handler(self):
         p, t = self.ready()
         p.dataReceived(framed(pb.Frame(id=3, ping=pb.Ping(sent_at_ms=77))))

@@ -24,7 +24,7 @@ import binascii
 from collections.abc import Iterable, Sequence
 
 import attrs
-from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
@@ -39,8 +39,10 @@ from twisted_dhm.versions import HybridLogicalClock, Version, b64url_decode
 log = logs.logger("dhashmap.coordinator")
 
 ANY = "*"
-MAX_SCAN = 40_000  # entries one replica examines for one listing page (replicas cap requests here)
 """A precondition that matches any existing value (``If-Match: *``)."""
+LATER = object()
+"""``get_now``: the answer needs other replicas (use ``get``)."""
+MAX_SCAN = 40_000  # entries one replica examines for one listing page (replicas cap requests here)
 
 Match = None | str | Sequence[Version]
 LEVELS = ("one", "quorum", "all")
@@ -210,7 +212,25 @@ class Coordinator:
 
     def get(self, key: bytes, r: str | int | None = None) -> Deferred:
         """Fires with the live record for ``key`` or ``None``."""
+        try:
+            found = self.get_now(key, r)
+        except Exception:  # a bad r, a store that cannot read: a failed Deferred, as from replicas
+            return fail()
+        if found is not LATER:
+            return succeed(found)
         return self._read(key, r).addCallback(lambda found: self._live(found[0]))
+
+    def get_now(self, key: bytes, r: str | int | None = None) -> Record | None | object:
+        """``get``'s answer in this very call when this node's replica alone is asked (the
+        key's only replica that is up, with ``r`` = 1: a one-node cluster), else ``LATER``.
+        Raises KVError for a bad ``r``, StorageError when the store cannot read."""
+        n, nodes = self.routing.read_targets(key)
+        if len(nodes) != 1 or nodes[0] != self.node_id or required(r, n, "r") != 1:
+            return LATER
+        local = self.replicas.local  # type: ignore[attr-defined]
+        if local.syncing(key):
+            return LATER  # still pulling the key's partition: the sources must be asked too
+        return self._live(local.read_local([key])[0])
 
     def _read(self, key: bytes, r: str | int | None, for_write: bool = False) -> Deferred:
         """Fires with (newest record or None, all versions seen) once ``r`` replicas answered."""

@@ -8,7 +8,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 
-from twisted_dhm.cluster.coordinator import ANY, MAX_SCAN, NO_CONDITION, Coordinator, Precondition
+from twisted_dhm.cluster.coordinator import ANY, LATER, MAX_SCAN, NO_CONDITION, Coordinator, Precondition
 from twisted_dhm.cluster.rebalance import SyncError
 from twisted_dhm.cluster.replica import LocalReplica
 from twisted_dhm.errors import Forbidden, InvalidRequest, KeyTooLong, KVError, ValueTooLarge
@@ -93,8 +93,9 @@ class PeerHandler:
         self.status: Callable[[], dict] | None = None  # this node's data-movement status
         self.not_mine = NotMine(coordinator)
 
-    def __call__(self, session: object, frame: pb.Frame) -> Deferred:
-        """Always a Deferred: a bad request is a failed one, answered with an Error frame."""
+    def __call__(self, session: object, frame: pb.Frame) -> pb.Frame | Deferred:
+        """The answer, or a Deferred of it; a bad request is a failed Deferred, answered with
+        an Error frame."""
         body = frame.WhichOneof("body")
         method = getattr(self, "_" + str(body), None)
         if method is None:
@@ -198,22 +199,26 @@ class PeerHandler:
 
     # -- client operations (fast clients) ----------------------------------------------------
 
-    def _get(self, msg: pb.Get) -> Deferred:
+    def _get(self, msg: pb.Get) -> pb.Frame | Deferred:
         self._check_key(msg.key)
-
         owners = self.not_mine.owners(msg.key)
 
         def answer(record) -> pb.Frame:  # type: ignore[no-untyped-def]
             frame = pb.Frame()
-            frame.get_result.found = record is not None
+            result = frame.get_result
             if record is not None:
-                frame.get_result.value = record.value
-                frame.get_result.version = record.version.to_token()
+                result.found = True
+                result.value = record.value
+                result.version = record.version.to_token()
             if owners is not None:
-                frame.get_result.owners.extend(owners)
+                result.owners.extend(owners)
             return frame
 
-        return self.coordinator.get(msg.key, _level(msg.r)).addCallback(answer)
+        level = _level(msg.r)
+        record = self.coordinator.get_now(msg.key, level)
+        if record is LATER:
+            return self.coordinator.get(msg.key, level).addCallback(answer)
+        return answer(record)  # this node alone answers: no Deferred
 
     def _precondition(self, if_match: str, if_none_match: bool) -> Precondition:
         if not if_match and not if_none_match:

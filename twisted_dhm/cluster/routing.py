@@ -44,13 +44,16 @@ class Routing:
         self._weights: dict[str, int] = {}
         self.table = PartitionTable({}, partitions, replicas, vnodes)
         self.rebuilds = 0
-        # Write plans per (partition, sloppy), valid until the next membership change.
+        # Write plans per (partition, sloppy) and read targets per partition, valid until the
+        # next membership change.
         self._plans: dict[tuple[int, bool], WritePlan] = {}
+        self._reads: dict[int, tuple[int, tuple[str, ...]]] = {}
         self._rebuild()
         view.subscribe(self._changed)
 
     def _changed(self, view: MembershipView, member: Member, old: Member | None) -> None:
         self._plans.clear()
+        self._reads.clear()
         if member.state == DEAD:
             if member.id not in self._dead_since and self.clock is not None:
                 self._dead_since[member.id] = self.clock.seconds()
@@ -63,6 +66,7 @@ class Routing:
     def _recheck(self) -> None:
         if self.ring_weights() != self._weights:
             self._plans.clear()
+            self._reads.clear()
             self._rebuild()
 
     def ring_weights(self, without: str | None = None) -> dict[str, int]:
@@ -89,10 +93,15 @@ class Routing:
     def preference(self, key: bytes) -> tuple[str, ...]:
         return self.table.preference_list(self.table.partition(key))
 
-    def read_targets(self, key: bytes) -> tuple[int, list[str]]:
+    def read_targets(self, key: bytes) -> tuple[int, tuple[str, ...]]:
         """The key's replica count and those of its preference list that are up."""
-        preference = self.preference(key)
-        return len(preference), [node for node in preference if self.view.is_routable(node)]
+        partition = self.table.partition(key)
+        targets = self._reads.get(partition)
+        if targets is None:
+            preference = self.table.preference_list(partition)
+            targets = self._reads[partition] = (
+                len(preference), tuple(node for node in preference if self.view.is_routable(node)))
+        return targets
 
     def write_plan(self, key: bytes, sloppy: bool = True) -> WritePlan:
         """Preference nodes that are up, plus (sloppy) fallbacks holding hints for those that are not."""

@@ -7,7 +7,7 @@ id, and the answer repeats it, so many requests share one connection and
 answers may come back in any order.
 
 Incoming requests go to a handler that the composition root supplies
-(``handler(session, frame) -> Deferred[Frame]``); this module knows nothing of
+(``handler(session, frame) -> Frame | Deferred[Frame]``); this module knows nothing of
 replication or storage.  Anything malformed (an undecodable frame, a frame over
 ``MAX_LENGTH``, a request before ``Hello``) is logged and closes that
 connection, never the node.
@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 from google.protobuf.message import DecodeError
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory
@@ -92,7 +92,10 @@ class LocalIdentity:
         return msg
 
 
-Handler = Callable[["PeerProtocol", pb.Frame], Deferred]
+# handler(session, request) -> the answer, or a Deferred of it (an exception or a failure: an Error frame)
+Handler = Callable[["PeerProtocol", pb.Frame], "pb.Frame | Deferred"]
+# observe(op, "ok" or the error code's name, seconds): client requests answered (metrics)
+Observe = Callable[[str, str, float], None]
 
 
 @implementer(IPushProducer)
@@ -124,8 +127,7 @@ class PeerProtocol(Int32StringReceiver):
         self._handshake_timer: IDelayedCall | None = None
         self._pending: dict[int, tuple[Deferred, IDelayedCall]] = {}
         self._lost = False
-        # observe(op, "ok" or the error code's name, seconds): client requests answered (metrics).
-        self.observe: Callable[[str, str, float], None] | None = None
+        self.observe: Observe | None = None  # client requests answered (metrics)
 
     # -- connection ------------------------------------------------------------------
 
@@ -294,28 +296,43 @@ class PeerProtocol(Int32StringReceiver):
         if self.handler is None:
             self._send(error_frame(pb.ERROR_CODE_INVALID_REQUEST, f"{body} is not served here", request_id))
             return
-        self._serving += 1
         observe = self.observe if body in CLIENT_REQUESTS else None
         started = self.clock.seconds() if observe is not None else 0.0
-        d = maybeDeferred(self.handler, self, frame)
+        try:
+            result = self.handler(self, frame)
+        except Exception:
+            self._failed(Failure(), request_id, body, observe, started)
+            return
+        if not isinstance(result, Deferred):  # answered in this call (a local read)
+            self._reply(result, request_id, body, observe, started)
+            return
+        self._serving += 1
 
         def reply(answer: pb.Frame) -> None:
             self._serving -= 1
-            answer.id = request_id
-            self._send(answer)
-            if observe is not None:
-                observe(body, "ok", self.clock.seconds() - started)
+            self._reply(answer, request_id, body, observe, started)
 
         def failed(failure: Failure) -> None:
             self._serving -= 1
-            if not failure.check(KVError, StorageError):
-                log.failure("handling {body} from {peer} failed", failure, body=body, peer=self.describe())
-            error = error_for_failure(failure, request_id)
-            self._send(error)
-            if observe is not None:
-                observe(body, error_name(error.error.code), self.clock.seconds() - started)
+            self._failed(failure, request_id, body, observe, started)
 
-        d.addCallbacks(reply, failed)
+        result.addCallbacks(reply, failed)
+
+    def _reply(self, answer: pb.Frame, request_id: int, body: str, observe: Observe | None,
+               started: float) -> None:
+        answer.id = request_id
+        self._send(answer)
+        if observe is not None:
+            observe(body, "ok", self.clock.seconds() - started)
+
+    def _failed(self, failure: Failure, request_id: int, body: str, observe: Observe | None,
+                started: float) -> None:
+        if not failure.check(KVError, StorageError):
+            log.failure("handling {body} from {peer} failed", failure, body=body, peer=self.describe())
+        error = error_for_failure(failure, request_id)
+        self._send(error)
+        if observe is not None:
+            observe(body, error_name(error.error.code), self.clock.seconds() - started)
 
     # -- frames out --------------------------------------------------------------------
 
@@ -362,7 +379,7 @@ class PeerFactory(Factory):
         self.max_frame = max_frame
         self.request_timeout = request_timeout
         self.on_connection = on_connection
-        self.observe: Callable[[str, str, float], None] | None = None  # given to each protocol
+        self.observe: Observe | None = None  # given to each protocol
 
     def buildProtocol(self, addr: Any) -> PeerProtocol:
         protocol = PeerProtocol(self.identity, self.clock, self.handler, self.max_frame, self.request_timeout)
