@@ -30,6 +30,10 @@ NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # \Z: no trailing n
 MAX_CLOCK_DRIFT_MS = 60_000
 _U64 = struct.Struct(">Q")
 _ENTRY = struct.Struct(">Q")
+_HEAD = struct.Struct(">QB")  # a version's HLC stamp and entry count
+# Node ids as they appear in encoded versions -> str: a cluster has few, decoded on every read.
+_NODE_NAMES: dict[bytes, str] = {}
+_MAX_NODE_NAMES = 4096  # ids from hostile input cannot grow it further
 MAX_CLOCK_ENTRIES = 255
 MAX_NODE_ID_BYTES = 255
 
@@ -161,27 +165,30 @@ def encode_version(version: Version) -> bytes:
 def decode_version(data: bytes, offset: int = 0) -> tuple[Version, int]:
     """Decode a version at ``offset``; returns it and the offset just past it."""
     try:
-        (hlc,) = _U64.unpack_from(data, offset)
-        count = data[offset + 8]
+        hlc, count = _HEAD.unpack_from(data, offset)
         pos = offset + 9
         entries = []
+        previous = None
         for _ in range(count):
-            size = data[pos]
-            pos += 1
-            raw = data[pos : pos + size]
-            if len(raw) != size:
+            start = pos + 1
+            pos = start + data[pos]
+            raw = bytes(data[start:pos])
+            if len(raw) != pos - start:
                 raise VersionDecodeError("truncated node id in version")
-            pos += size
-            (counter,) = _ENTRY.unpack_from(data, pos)
+            node = _NODE_NAMES.get(raw)
+            if node is None:
+                node = raw.decode("utf-8")
+                if len(_NODE_NAMES) < _MAX_NODE_NAMES:
+                    _NODE_NAMES[raw] = node
+            if previous is not None and node <= previous:
+                raise VersionDecodeError("vector clock entries are not sorted and unique")
+            previous = node
+            entries.append((node, _ENTRY.unpack_from(data, pos)[0]))
             pos += 8
-            entries.append((raw.decode("utf-8"), counter))
     except (struct.error, IndexError) as e:
         raise VersionDecodeError(f"truncated version: {e}") from None
     except UnicodeDecodeError:
         raise VersionDecodeError("node id in version is not UTF-8") from None
-    nodes = [node for node, _ in entries]
-    if nodes != sorted(set(nodes)):
-        raise VersionDecodeError("vector clock entries are not sorted and unique")
     return Version(tuple(entries), hlc, bytes(data[offset:pos])), pos
 
 

@@ -45,6 +45,33 @@ class VersionEncodingTests(SynchronousTestCase):
             decode_version(bytes(raw))
 
 
+    def test_duplicate_and_non_utf8_entries_rejected(self):
+        raw = encode_version(Version((("a", 1), ("b", 1)), 0)).replace(b"b", b"a")  # ("a", 1) twice
+        with self.assertRaises(VersionDecodeError):
+            decode_version(raw)
+        raw = encode_version(Version((("\u00e9", 1),), 0)).replace("\u00e9".encode(), b"\xff\xfe")
+        with self.assertRaises(VersionDecodeError):
+            decode_version(raw)
+
+    @given(st.binary(max_size=64))
+    def test_garbage_bytes_raise_decode_error_only(self, raw):
+        try:
+            version, end = decode_version(raw)
+        except VersionDecodeError:
+            return
+        self.assertEqual(encode_version(version), raw[:end])
+
+    def test_node_names_remembered_up_to_a_bound(self):
+        # Decoded node ids are remembered (a cluster has few); ids from hostile input cannot
+        # make that memory grow past its bound.
+        from twisted_dhm import versions
+
+        for i in range(versions._MAX_NODE_NAMES + 10):
+            version = Version(((f"n{i}", 1),), 0)
+            self.assertEqual(decode_version(memoryview(encode_version(Version(version.clock, 0))))[0], version)
+        self.assertLessEqual(len(versions._NODE_NAMES), versions._MAX_NODE_NAMES)
+
+
 class VectorClockTests(SynchronousTestCase):
     def test_increment_descends(self):
         v1 = Version().increment("n1", 10)
