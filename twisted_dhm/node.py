@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, inlineCallbacks, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
@@ -210,6 +210,7 @@ class DhashmapNode(MultiService):
         self.rest = ListenService("rest", self.network, config.bind, config.port, self.site)
         self.rest.setServiceParent(self)
 
+        self.grpc: Any = None
         if config.grpc_port:
             # Imported only when wanted: grpcio is large, and the simulator never listens on it.
             from twisted_dhm.api.grpc_api import GrpcService
@@ -387,8 +388,15 @@ class DhashmapNode(MultiService):
         if self.config.drain_on_stop and self.running and not self.rebalance.drained:
             log.info("--drain-on-stop: handing this node's data over before stopping")
             d = self.rebalance.drain(self._announce_leave, self.handoff.hand_over)
-            return d.addBoth(lambda _: super(DhashmapNode, self).stopService())
-        return super().stopService()
+            return d.addBoth(lambda _: self._stop_services())
+        return self._stop_services()
+
+    def _stop_services(self) -> Deferred:
+        """gRPC first, until its thread has ended (that thread reads the store directly:
+        ``Coordinator.get_now``), then every other service as MultiService stops them."""
+        if self.grpc is None or not self.grpc.running:
+            return super().stopService()
+        return maybeDeferred(self.grpc.stopService).addBoth(lambda _: super(DhashmapNode, self).stopService())
 
     def startService(self) -> None:
         log.info(

@@ -333,3 +333,33 @@ class HintedHandoffTests(ClusterTestCase):
             holders = self.sim.holders(b"n%d" % i)
             self.assertEqual(len(holders), 3)
             self.assertEqual(holders, set(self.sim.nodes["node2"].routing.preference(b"n%d" % i)))
+
+
+class StopOrderTests(SynchronousTestCase):
+    def test_grpc_stops_before_the_store_closes(self):
+        # gRPC's thread reads the store directly (Coordinator.get_now): the store must not
+        # close until that service has stopped.
+        from twisted.application.service import Service
+        from twisted.internet.defer import Deferred, succeed
+
+        sim = SimCluster(1, seed=1)
+        node = sim.nodes["node1"]
+
+        class Grpc(Service):
+            stopping = Deferred()
+
+            def stopService(self):
+                was_running = self.running
+                super().stopService()
+                return self.stopping if was_running else None
+
+        node.grpc = Grpc()
+        node.grpc.setServiceParent(node)
+        closed = []
+        for engine in node.getServiceNamed("store").engines:
+            engine.close = lambda: closed.append(1) or succeed(None)
+        stopped = node.stopService()
+        self.assertEqual(closed, [], "the store waits for gRPC")
+        node.grpc.stopping.callback(None)
+        self.assertEqual(closed, [1, 1])
+        self.successResultOf(stopped)

@@ -183,6 +183,25 @@ class GrpcTests(SynchronousTestCase):
         owners = (("dhashmap-owners", ",".join(table.preference_list(table.partition(b"k")))),)
         self.assertEqual(self.calls(), [owners] * 5)
 
+    def test_a_one_node_read_does_not_cross_into_the_reactor(self):
+        from twisted_dhm.cluster.coordinator import LATER
+
+        crossed = []
+        bridge = self.servicer.bridge
+
+        class Counting:
+            def call(self, context, f, *args, **kw):
+                crossed.append(f.__name__)
+                return bridge.call(context, f, *args, **kw)
+
+        self.servicer.bridge = Counting()
+        finished(self.servicer.Put(kv_pb2.PutRequest(key=b"k", value=b"v"), Context()))
+        self.assertEqual(finished(self.servicer.Get(kv_pb2.GetRequest(key=b"k"), Context())).value, b"v")
+        self.assertEqual(crossed, ["put"], "the read was made in the calling thread")
+        self.coordinator.get_now = lambda key, r: LATER  # other replicas to ask: through the reactor
+        self.assertEqual(finished(self.servicer.Get(kv_pb2.GetRequest(key=b"k"), Context())).value, b"v")
+        self.assertEqual(crossed, ["put", "get"])
+
     def test_unavailable_keeps_the_owners_beside_acks(self):
         self.servicer._not_mine.routing = elsewhere()
 
@@ -192,8 +211,8 @@ class GrpcTests(SynchronousTestCase):
 
         self.servicer.bridge = Raising()
         context = Context()
-        with self.assertRaises(Aborted):
-            finished(self.servicer.Get(kv_pb2.GetRequest(key=b"k"), context))
+        with self.assertRaises(Aborted):  # (a write: a one-node read never reaches the bridge)
+            finished(self.servicer.Put(kv_pb2.PutRequest(key=b"k", value=b"v"), context))
         names = [name for name, _ in context.trailing]
         self.assertEqual(names[0], "dhashmap-owners")
         self.assertIn("acks", names)

@@ -76,3 +76,26 @@ class PartitionTableTests(SynchronousTestCase):
         a = PartitionTable({"x": 1, "y": 2, "z": 1}).as_dict()
         b = PartitionTable({"z": 1, "y": 2, "x": 1}).as_dict()
         self.assertEqual(a, b)
+
+
+class RoutingReadTargetsTests(SynchronousTestCase):
+    """Read targets are kept per partition until the members change (gRPC's thread reads them too)."""
+
+    def test_targets_follow_member_states_and_old_answers_are_never_read_again(self):
+        from twisted_dhm.cluster.routing import Routing
+        from twisted_dhm.membership import DEAD, Member, MembershipView
+
+        view = MembershipView(Member("a", "127.0.0.1", 7000))
+        for node in ("b", "c"):
+            view.upsert(Member(node, "127.0.0.1", 7000))
+        routing = Routing(view, partitions=16, replicas=3)
+        preference = routing.preference(b"k")
+        self.assertEqual(sorted(preference), ["a", "b", "c"])
+        self.assertEqual(routing.read_targets(b"k"), (3, preference))
+        before = routing._reads
+        view.set_state("b", DEAD)
+        self.assertEqual(routing.read_targets(b"k"), (3, tuple(n for n in preference if n != "b")))
+        # Replaced, not cleared: a reader in another thread that worked from the old members
+        # can only have written into the cache that is no longer used.
+        self.assertIsNot(routing._reads, before)
+        self.assertEqual(before[routing.table.partition(b"k")], (3, preference))

@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 
 from twisted_dhm import __version__, logs
 from twisted_dhm.api import kv_pb2, kv_pb2_grpc
-from twisted_dhm.cluster.coordinator import ANY, NO_CONDITION, Precondition, encode_cursor
+from twisted_dhm.cluster.coordinator import ANY, LATER, NO_CONDITION, Precondition, encode_cursor
 from twisted_dhm.cluster.handler import NotMine
 from twisted_dhm.errors import (
     Forbidden,
@@ -279,8 +279,12 @@ class KVServicer(kv_pb2_grpc.KVServicer):
 
     @_handled
     async def Get(self, request: kv_pb2.GetRequest, context: grpc.aio.ServicerContext) -> kv_pb2.GetResponse:  # noqa: N802
-        record = await self.bridge.call(context, self.coordinator.get, self._owned(request.key, context),
-                                        _level(request.r))
+        key, level = self._owned(request.key, context), _level(request.r)
+        # A read this node's replica alone answers is made right here, in gRPC's thread: no trip
+        # through the reactor (get_now only reads; GrpcService stops before the store closes).
+        record = self.coordinator.get_now(key, level)
+        if record is LATER:
+            record = await self.bridge.call(context, self.coordinator.get, key, level)
         if record is None:
             raise _Abort(grpc.StatusCode.NOT_FOUND, "no value for this key")
         return kv_pb2.GetResponse(value=record.value, version=record.version.to_token())

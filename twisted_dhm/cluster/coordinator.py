@@ -223,7 +223,11 @@ class Coordinator:
     def get_now(self, key: bytes, r: str | int | None = None) -> Record | None | object:
         """``get``'s answer in this very call when this node's replica alone is asked (the
         key's only replica that is up, with ``r`` = 1: a one-node cluster), else ``LATER``.
-        Raises KVError for a bad ``r``, StorageError when the store cannot read."""
+        Raises KVError for a bad ``r``, StorageError when the store cannot read.
+
+        It only reads (the routing table, the store's committed records), so gRPC's thread
+        may call it too, while the node is running: the store must not close meanwhile.
+        """
         n, nodes = self.routing.read_targets(key)
         if len(nodes) != 1 or nodes[0] != self.node_id or required(r, n, "r") != 1:
             return LATER

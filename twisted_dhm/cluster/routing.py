@@ -53,7 +53,7 @@ class Routing:
 
     def _changed(self, view: MembershipView, member: Member, old: Member | None) -> None:
         self._plans.clear()
-        self._reads.clear()
+        self._reads = {}
         if member.state == DEAD:
             if member.id not in self._dead_since and self.clock is not None:
                 self._dead_since[member.id] = self.clock.seconds()
@@ -66,8 +66,8 @@ class Routing:
     def _recheck(self) -> None:
         if self.ring_weights() != self._weights:
             self._plans.clear()
-            self._reads.clear()
             self._rebuild()
+            self._reads = {}  # after the new table: see read_targets
 
     def ring_weights(self, without: str | None = None) -> dict[str, int]:
         """Members that hold partitions: not ``left``, not dead for longer than ``rereplicate_after``."""
@@ -94,12 +94,19 @@ class Routing:
         return self.table.preference_list(self.table.partition(key))
 
     def read_targets(self, key: bytes) -> tuple[int, tuple[str, ...]]:
-        """The key's replica count and those of its preference list that are up."""
-        partition = self.table.partition(key)
-        targets = self._reads.get(partition)
+        """The key's replica count and those of its preference list that are up.
+
+        Safe to call from another thread (gRPC's reads): the cache is replaced, not cleared,
+        after each change of members or table, so an answer worked out from what was there
+        before can only land in a cache that is no longer read.
+        """
+        reads = self._reads
+        table = self.table
+        partition = table.partition(key)
+        targets = reads.get(partition)
         if targets is None:
-            preference = self.table.preference_list(partition)
-            targets = self._reads[partition] = (
+            preference = table.preference_list(partition)
+            targets = reads[partition] = (
                 len(preference), tuple(node for node in preference if self.view.is_routable(node)))
         return targets
 
