@@ -30,7 +30,8 @@ NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # \Z: no trailing n
 MAX_CLOCK_DRIFT_MS = 60_000
 _U64 = struct.Struct(">Q")
 _ENTRY = struct.Struct(">Q")
-_HEAD = struct.Struct(">QB")  # a version's HLC stamp and entry count
+_HEAD = struct.Struct(">QB")
+_URLSAFE = bytes.maketrans(b"+/", b"-_")  # a version's HLC stamp and entry count
 # Node ids as they appear in encoded versions -> str: a cluster has few, decoded on every read.
 _NODE_NAMES: dict[bytes, str] = {}
 _MAX_NODE_NAMES = 4096  # ids from hostile input cannot grow it further
@@ -124,7 +125,8 @@ class Version:
 
     def to_token(self) -> str:
         """The opaque, URL- and header-safe token used as an ETag value."""
-        return base64.urlsafe_b64encode(encode_version(self)).rstrip(b"=").decode("ascii")
+        # (base64.urlsafe_b64encode, without its two Python-level calls: made for every read)
+        return binascii.b2a_base64(encode_version(self), newline=False).translate(_URLSAFE).rstrip(b"=").decode("ascii")
 
     @classmethod
     def from_token(cls, token: str) -> Version:

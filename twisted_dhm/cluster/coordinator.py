@@ -234,7 +234,7 @@ class Coordinator:
         local = self.replicas.local  # type: ignore[attr-defined]
         if local.syncing(key):
             return LATER  # still pulling the key's partition: the sources must be asked too
-        return self._live(local.read_local([key])[0])
+        return self._live(local.read_one(key))
 
     def _read(self, key: bytes, r: str | int | None, for_write: bool = False) -> Deferred:
         """Fires with (newest record or None, all versions seen) once ``r`` replicas answered."""

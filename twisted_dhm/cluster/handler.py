@@ -92,15 +92,22 @@ class PeerHandler:
         self.on_leave: Callable[[str], None] | None = None  # a member said it is leaving
         self.status: Callable[[], dict] | None = None  # this node's data-movement status
         self.not_mine = NotMine(coordinator)
+        # Frame body -> (the method that serves it, whether only members may ask)
+        self._methods = {
+            field.name: (getattr(self, "_" + field.name), field.name.startswith(_MEMBERS_ONLY))
+            for field in pb.Frame.DESCRIPTOR.oneofs_by_name["body"].fields
+            if callable(getattr(self, "_" + field.name, None))
+        }
 
     def __call__(self, session: object, frame: pb.Frame) -> pb.Frame | Deferred:
         """The answer, or a Deferred of it; a bad request is a failed Deferred, answered with
         an Error frame."""
         body = frame.WhichOneof("body")
-        method = getattr(self, "_" + str(body), None)
-        if method is None:
+        try:
+            method, members_only = self._methods[body]  # type: ignore[index]
+        except KeyError:
             return fail(InvalidRequest(f"{body} is not a request this node serves"))
-        if body.startswith(_MEMBERS_ONLY) and not _is_peer(session):
+        if members_only and not _is_peer(session):
             # Replica operations skip the coordinator (versions, preconditions): members only.
             return fail(Forbidden(f"{body} is for cluster members; clients use get, put and delete"))
         try:
@@ -200,25 +207,24 @@ class PeerHandler:
     # -- client operations (fast clients) ----------------------------------------------------
 
     def _get(self, msg: pb.Get) -> pb.Frame | Deferred:
-        self._check_key(msg.key)
-        owners = self.not_mine.owners(msg.key)
-
-        def answer(record) -> pb.Frame:  # type: ignore[no-untyped-def]
-            frame = pb.Frame()
-            result = frame.get_result
-            if record is not None:
-                result.found = True
-                result.value = record.value
-                result.version = record.version.to_token()
-            if owners is not None:
-                result.owners.extend(owners)
-            return frame
-
+        key = msg.key
+        self._check_key(key)
         level = _level(msg.r)
-        record = self.coordinator.get_now(msg.key, level)
+        record = self.coordinator.get_now(key, level)
         if record is LATER:
-            return self.coordinator.get(msg.key, level).addCallback(answer)
-        return answer(record)  # this node alone answers: no Deferred
+            return self.coordinator.get(key, level).addCallback(self._get_answer, self.not_mine.owners(key))
+        return self._get_answer(record, self.not_mine.owners(key))  # this node alone answers: no Deferred
+
+    def _get_answer(self, record: Any, owners: Any) -> pb.Frame:
+        frame = pb.Frame()
+        result = frame.get_result
+        if record is not None:
+            result.found = True
+            result.value = record.value
+            result.version = record.version.to_token()
+        if owners is not None:
+            result.owners.extend(owners)
+        return frame
 
     def _precondition(self, if_match: str, if_none_match: bool) -> Precondition:
         if not if_match and not if_none_match:

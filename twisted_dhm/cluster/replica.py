@@ -67,6 +67,10 @@ class LocalReplica:
         """
         return [self._get(key, include_pending) for key in keys]
 
+    def read_one(self, key: bytes) -> Record | None:
+        """``read_local`` of one key, durable records only."""
+        return self._get(key, False)
+
     def syncing(self, key: bytes) -> bool:
         """Whether this replica is still pulling the key's partition from other members."""
         return self.sync is not None and bool(self.sync.pulling) and bool(self.sync.sources(key))

@@ -303,7 +303,7 @@ class PeerProtocol(Int32StringReceiver):
         except Exception:
             self._failed(Failure(), request_id, body, observe, started)
             return
-        if not isinstance(result, Deferred):  # answered in this call (a local read)
+        if isinstance(result, pb.Frame):  # answered in this call (a local read)
             self._reply(result, request_id, body, observe, started)
             return
         self._serving += 1

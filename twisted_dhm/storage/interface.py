@@ -91,19 +91,19 @@ def encode_record(record: Record) -> bytes:
 
 
 def decode_record(data: bytes) -> Record:
+    size = len(data)
     try:
         fmt, flags, expires_at = _HEADER.unpack_from(data, 0)
     except struct.error:
-        raise CorruptRecord(f"record of {len(data)} bytes is shorter than its header") from None
+        raise CorruptRecord(f"record of {size} bytes is shorter than its header") from None
     if fmt == FORMAT_V2:
-        if len(data) < _HEADER.size + _CRC.size:
-            raise CorruptRecord(f"record of {len(data)} bytes is shorter than its header and checksum")
-        (crc,) = _CRC.unpack_from(data, len(data) - _CRC.size)
-        if zlib.crc32(memoryview(data)[: len(data) - _CRC.size]) != crc:
+        limit = size - _CRC.size
+        if limit < _HEADER.size:
+            raise CorruptRecord(f"record of {size} bytes is shorter than its header and checksum")
+        if zlib.crc32(memoryview(data)[:limit]) != _CRC.unpack_from(data, limit)[0]:
             raise CorruptRecord("record checksum mismatch (damaged on disk or on the way)")
-        limit = len(data) - _CRC.size
     elif fmt == FORMAT_V1:
-        limit = len(data)  # written before records carried a checksum
+        limit = size  # written before records carried a checksum
     else:
         raise CorruptRecord(f"unknown record format {fmt}")
     try:
@@ -112,7 +112,8 @@ def decode_record(data: bytes) -> Record:
         raise CorruptRecord(f"bad version in record: {e}") from None
     if end > limit:
         raise CorruptRecord("record version runs into its checksum")
-    data = bytes(data)
+    if type(data) is not bytes:
+        data = bytes(data)
     record = Record(data[end:limit], version, bool(flags & FLAG_TOMBSTONE), expires_at)
     if fmt == FORMAT_V2:
         object.__setattr__(record, "_encoded", data)  # a V1 record is re-encoded (with a checksum) when sent
