@@ -160,10 +160,16 @@ class IndexedEngine:
 
         Returns (entries corrected, where to go on or ``None`` at the partition's end, budget left).
         """
-        keys = sorted(k for k in self.index.keys[partition] if after is None or k > after)
+        kept_entries = self.index.keys[partition]
+        if not kept_entries:
+            # Nothing to read (and no read transaction): a nearly empty store has many such
+            # partitions, and the scrub walks through them all on every step.
+            return 0, None, budget
+        keys = sorted(k for k in kept_entries if after is None or k > after)
+        if not keys:
+            return 0, None, budget
         fixed = 0
         checking = keys[:budget]
-        kept_entries = self.index.keys[partition]
         for key, raw in zip(checking, self.engine.latest_encoded(checking), strict=True):
             # Fast: hash the stored bytes as they are; only a mismatch (a damaged or lost
             # record, or one in the old format) is decoded and looked at closely.
