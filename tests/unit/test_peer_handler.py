@@ -138,7 +138,9 @@ class HandlerTests(SynchronousTestCase):
         answer = self.handler(CLIENT, pb.Frame(get=pb.Get(key=b"c")))
         self.assertNotIsInstance(answer, Deferred)
         self.assertEqual((answer.get_result.found, answer.get_result.value), (True, b"v"))
-        self.assertFalse(self.handler(CLIENT, pb.Frame(get=pb.Get(key=b"nope"))).get_result.found)
+        missing = self.handler(CLIENT, pb.Frame(get=pb.Get(key=b"nope")))
+        self.assertEqual(missing.WhichOneof("body"), "get_result", "an empty answer is still a get_result")
+        self.assertFalse(missing.get_result.found)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_clients_may_not_use_replica_operations(self):

@@ -218,6 +218,7 @@ class PeerHandler:
     def _get_answer(self, record: Any, owners: Any) -> pb.Frame:
         frame = pb.Frame()
         result = frame.get_result
+        result.SetInParent()  # an empty GetResult (not found) is still the answer
         if record is not None:
             result.found = True
             result.value = record.value
