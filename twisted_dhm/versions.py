@@ -79,9 +79,20 @@ class Version:
         was reaped, its memory store restarted) still makes versions that supersede every
         version it made before, instead of restarting at 1 under an old tombstone.
         """
-        entries = dict(self.clock)
-        entries[node_id] = max(entries.get(node_id, 0) + 1, hlc)
-        return Version.from_mapping(entries, hlc)
+        # (The entries stay sorted by node: the new or raised entry goes in its place.)
+        entries = []
+        placed = False
+        for node, count in self.clock:
+            if not placed and node >= node_id:
+                placed = True
+                if node == node_id:
+                    entries.append((node, max(count + 1, hlc)))
+                    continue
+                entries.append((node_id, max(1, hlc)))
+            entries.append((node, count))
+        if not placed:
+            entries.append((node_id, max(1, hlc)))
+        return Version(tuple(entries), hlc)
 
     def merge(self, other: Version, hlc: int) -> Version:
         """The least version that descends from both (entry-wise maximum)."""
@@ -92,7 +103,10 @@ class Version:
         return Version.from_mapping(entries, hlc)
 
     def compare(self, other: Version) -> str:
-        mine, theirs = dict(self.clock), dict(other.clock)
+        mine, theirs = self.clock, other.clock
+        if mine == theirs:
+            return Ordering.EQUAL
+        mine, theirs = dict(mine), dict(theirs)
         less = greater = False
         for node in mine.keys() | theirs.keys():
             a, b = mine.get(node, 0), theirs.get(node, 0)

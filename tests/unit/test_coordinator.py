@@ -132,3 +132,25 @@ class CoordinatorTests(SynchronousTestCase):
         with self.assertRaises(InvalidRequest):
             decode_cursor("!!!")
         self.assertIsInstance(self.failureResultOf(self.c.list(b"", "a.b", 10)).value, InvalidRequest)
+
+
+class GatherTests(SynchronousTestCase):
+    def test_done_fires_once_all_answered_even_when_asked_for_late(self):
+        from twisted.internet.defer import Deferred, succeed
+
+        from twisted_dhm.cluster.coordinator import _Gather
+
+        early = _Gather(2, 1, "read")
+        waiting = Deferred()
+        early.add("a", succeed(1))
+        done = early.done
+        early.add("b", waiting)
+        self.assertEqual(self.successResultOf(early.quorum), {"a": 1})
+        self.assertNoResult(done)
+        waiting.callback(2)
+        self.assertEqual(self.successResultOf(done), {"a": 1, "b": 2})
+
+        late = _Gather(1, 1, "write")
+        late.add("a", succeed(1))
+        self.assertEqual(self.successResultOf(late.done), {"a": 1})
+        self.assertEqual(self.successResultOf(_Gather(0, 0, "list").done), {})

@@ -75,6 +75,23 @@ class IndexTests(SynchronousTestCase):
         self.assertEqual(again.index.roots, kept)
 
 
+    def test_write_many_keeps_the_index_and_puts_it_back_when_the_writes_fail(self):
+        from twisted.internet.defer import fail
+
+        from twisted_dhm.storage import StorageFull
+
+        inner = MemoryEngine()
+        engine = IndexedEngine(inner, 4)
+        engine.open()
+        self.successResultOf(engine.write_many([(b"a", record(b"1")), (b"b", record(b"2"))]))
+        kept = list(engine.index.roots)
+        rebuilt = IndexedEngine(inner, 4)
+        rebuilt.open()
+        self.assertEqual(engine.index.roots, rebuilt.index.roots)
+        inner.write_many = lambda items, background=False: fail(StorageFull("disk full"))
+        self.failureResultOf(engine.write_many([(b"a", record(b"3")), (b"c", record(b"4"))]), StorageFull)
+        self.assertEqual(engine.index.roots, kept, "the index describes what the store has")
+
     def test_verify_reads_nothing_for_a_partition_without_entries(self):
         # The scrub walks every partition of a nearly empty store on each step: each empty
         # one must cost no store read (an LMDB read transaction, which hands the GIL around).

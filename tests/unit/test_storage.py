@@ -65,6 +65,14 @@ class EngineContract:
     def test_get_missing(self):
         self.assertIsNone(self.engine.get(b"nope"))
 
+    def test_write_many(self):
+        self.write(b"gone", rec())
+        d = self.engine.write_many([(b"a", rec(b"1")), (b"b", rec(b"2")), (b"gone", None)])
+        self.settle()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual([self.engine.get(k) and self.engine.get(k).value for k in (b"a", b"b", b"gone")],
+                         [b"1", b"2", None])
+
     def test_write_then_get(self):
         r = rec(b"\x00\xffvalue", expires_at=123)
         self.write(b"k", r)
@@ -291,6 +299,40 @@ class LMDBEngineTests(EngineContract, SynchronousTestCase):
         self.write(b"small", rec(b"x"))
         self.assertEqual(self.engine.get(b"small").value, b"x")
         self.flushLoggedErrors(StorageFull)
+
+    def test_write_many_is_one_waiter_in_the_turns_commit(self):
+        alone = self.engine.write(b"x", rec())
+        many = self.engine.write_many([(b"k%d" % i, rec(b"%d" % i)) for i in range(5)])
+        self.assertEqual(self.engine.latest(b"k3").value, b"3", "pending at once, like write")
+        self.assertIsNone(self.engine.get(b"k3"), "not durable before the commit")
+        self.clock.advance(0)
+        self.assertEqual(len(self.commits.calls), 1, "one commit for the turn's writes")
+        self.assertEqual(self.batch_keys(), [b"k0", b"k1", b"k2", b"k3", b"k4", b"x"])
+        self.assertNoResult(many)
+        self.commits.run_next()
+        self.successResultOf(alone)
+        self.assertIsNone(self.successResultOf(many))
+        self.assertEqual((self.engine.commits, self.engine.writes), (1, 6))
+
+    def test_write_many_supersedes_queued_background_writes_and_fails_as_one(self):
+        moved = self.engine.write(b"k0", rec(b"old"), background=True)
+        many = self.engine.write_many([(b"k0", rec(b"new", n=2)), (b"k1", rec(b"x" * (80 << 20)))])
+        self.settle()
+        self.failureResultOf(many, StorageFull)  # the commit failed: every write of it with it
+        self.failureResultOf(moved, StorageFull)  # the superseded write waited for that commit
+        self.assertIsNone(self.engine.latest(b"k0"), "a failed write is not left pending")
+        background = self.engine.write_many([(b"m%d" % i, rec()) for i in range(3)], background=True)
+        self.settle()
+        self.successResultOf(background)
+        self.assertEqual(self.engine.stats().keys, 3)
+        self.flushLoggedErrors(StorageFull)
+
+    def test_write_many_refuses_an_unencodable_batch_whole(self):
+        bad = Record(b"v", Version((("x" * 300, 1),), 1))
+        with self.assertRaises(ValueError):
+            self.engine.write_many([(b"good", rec()), (b"bad", bad)])
+        self.assertIsNone(self.engine.latest(b"good"))
+        self.assertEqual(self.engine.writes, 0)
 
     def test_unencodable_record_leaves_no_phantom_pending_write(self):
         bad = Record(b"v", Version((("x" * 300, 1),), 1))  # node id over 255 bytes

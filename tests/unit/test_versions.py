@@ -72,6 +72,37 @@ class VersionEncodingTests(SynchronousTestCase):
         self.assertLessEqual(len(versions._NODE_NAMES), versions._MAX_NODE_NAMES)
 
 
+# Versions over few nodes with small counters (zeros included): overlaps and ties are common.
+_small = st.builds(Version.from_mapping, st.dictionaries(st.sampled_from("abcd"), st.integers(0, 3), max_size=4),
+                   st.integers(0, 3))
+
+
+def _compare_by_dicts(a, b):
+    """compare() as it was first written: the reference for the faster one."""
+    mine, theirs = dict(a.clock), dict(b.clock)
+    less = any(mine.get(n, 0) < theirs.get(n, 0) for n in mine.keys() | theirs.keys())
+    greater = any(mine.get(n, 0) > theirs.get(n, 0) for n in mine.keys() | theirs.keys())
+    if less and greater:
+        return Ordering.CONCURRENT
+    return Ordering.BEFORE if less else Ordering.AFTER if greater else Ordering.EQUAL
+
+
+class FastPathTests(SynchronousTestCase):
+    """The one-walk compare and the in-place increment agree with their plain definitions."""
+
+    @given(st.one_of(versions, _small), st.one_of(versions, _small))
+    def test_compare_matches_the_dict_definition(self, a, b):
+        self.assertEqual(a.compare(b), _compare_by_dicts(a, b))
+        self.assertEqual(b.compare(a), _compare_by_dicts(b, a))
+
+    @given(versions, st.sampled_from(["a", "m", "n1", "z", "zz"]), st.integers(0, 2**40))
+    def test_increment_matches_the_dict_definition(self, v, node, hlc):
+        entries = dict(v.clock)
+        entries[node] = max(entries.get(node, 0) + 1, hlc)
+        self.assertEqual(v.increment(node, hlc), Version.from_mapping(entries, hlc))
+        self.assertEqual(v.increment(node, hlc).compare(v), Ordering.AFTER)
+
+
 class VectorClockTests(SynchronousTestCase):
     def test_increment_descends(self):
         v1 = Version().increment("n1", 10)

@@ -147,9 +147,17 @@ class _Gather:
         self.answers: dict[str, object] = {}
         self.errors: dict[str, Failure] = {}
         self.quorum: Deferred = Deferred()
-        self.done: Deferred = Deferred()
+        self._done: Deferred | None = None  # made when asked for: a write never waits for all
         if total == 0:
             self._check()
+
+    @property
+    def done(self) -> Deferred:
+        if self._done is None:
+            self._done = Deferred()
+            if len(self.answers) + len(self.errors) == self.total:
+                self._done.callback(self.answers)
+        return self._done
 
     def add(self, node: str, d: Deferred) -> None:
         d.addCallbacks(self._ok, self._failed, callbackArgs=(node,), errbackArgs=(node,))
@@ -172,8 +180,8 @@ class _Gather:
             elif complete:
                 # Only once every replica has answered: the error must say exactly how many acked.
                 self.quorum.errback(self._unavailable())
-        if complete and not self.done.called:
-            self.done.callback(self.answers)
+        if complete and self._done is not None and not self._done.called:
+            self._done.callback(self.answers)
 
     def _unavailable(self) -> Failure:
         for failure in self.errors.values():

@@ -209,16 +209,22 @@ class IndexedEngine:
         # first: it may refuse (closed store, bad record)
         d = self.engine.write(key, record, background=background)
         self.index.update(key, record)
+        return d.addErrback(self._failed, (key,))
 
-        def failed(failure: Failure) -> Failure:
-            # The write did not land (disk full, commit error): describe what the store has.
+    def write_many(self, items: Sequence[tuple[bytes, Record | None]], background: bool = False) -> Deferred:
+        d = self.engine.write_many(items, background=background)  # first, as in write
+        for key, record in items:
+            self.index.update(key, record)
+        return d.addErrback(self._failed, [key for key, _ in items])
+
+    def _failed(self, failure: Failure, keys: Sequence[bytes]) -> Failure:
+        # The writes did not land (disk full, commit error): describe what the store has.
+        for key in keys:
             try:
                 self.index.update(key, self.engine.latest(key))
             except Exception:  # noqa: BLE001 - corrupt or unreadable: as if absent
                 self.index.update(key, None)
-            return failure
-
-        return d.addErrback(failed)
+        return failure
 
     def scan(self, prefix: bytes, after: bytes | None, limit: int) -> list[ScanEntry]:
         return self.engine.scan(prefix, after, limit)

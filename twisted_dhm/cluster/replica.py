@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Protocol
 
-from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.python.failure import Failure
 
 from twisted_dhm import logs
@@ -120,14 +120,12 @@ class LocalReplica:
             # An empty write is a barrier: it answers once everything this replica has
             # acknowledged or queued is durable (rebalancing asks before dropping its copy).
             return gatherResults([self.engine.flushed(), self.hints.flushed()]).addCallback(lambda _: 0)
-        writes = []
+        store = self.hints if hint_for else self.engine
+        winners = []
         known = current
         for key, record in items:
             self.hlc.observe(record.version.hlc)
-            if hint_for:
-                store, store_key = self.hints, hint_key(hint_for, key)
-            else:
-                store, store_key = self.engine, key
+            store_key = hint_key(hint_for, key) if hint_for else key
             if known is not UNKNOWN and len(items) == 1 and not hint_for:
                 current = known
             else:
@@ -137,14 +135,15 @@ class LocalReplica:
                     current = None  # what arrives replaces bytes that no longer decode
             if current is not None and not record.version.wins_over(current.version):
                 continue
-            writes.append(store.write(store_key, record, background=background))
-        if not writes:
+            winners.append((store_key, record))
+        if not winners:
             return succeed(0)
-        if len(writes) == 1:
-            return writes[0].addCallback(lambda _: 1)
-        return DeferredList(writes, fireOnOneErrback=True, consumeErrors=True).addCallback(
-            lambda _: len(writes)
-        ).addErrback(lambda f: f.value.subFailure)
+        if len(winners) == 1:
+            d = store.write(winners[0][0], winners[0][1], background=background)
+        else:
+            d = store.write_many(winners, background=background)  # one commit, one waiter
+        stored = len(winners)
+        return d.addCallback(lambda _: stored)
 
     def scan(self, prefix: bytes, after: bytes | None, limit: int) -> list[ScanEntry]:
         return self.engine.scan(prefix, after, limit)

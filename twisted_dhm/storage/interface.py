@@ -7,7 +7,7 @@ import zlib
 from collections.abc import Sequence
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from zope.interface import Interface
 
 from twisted_dhm.versions import Version, VersionDecodeError, decode_version, encode_version
@@ -131,6 +131,13 @@ def peek_entry(key: bytes, data: bytes) -> ScanEntry:
     return ScanEntry(key, bool(flags & FLAG_TOMBSTONE), expires_at, hlc)
 
 
+def all_durable(writes: Sequence[Deferred]) -> Deferred:
+    """One Deferred for several writes' Deferreds: fires (with ``None``) once all have, or
+    fails with the first failure."""
+    return DeferredList(list(writes), fireOnOneErrback=True, consumeErrors=True).addCallbacks(
+        lambda _: None, lambda failure: failure.value.subFailure)
+
+
 class IStorageEngine(Interface):
     """A node's local store of records.
 
@@ -167,6 +174,10 @@ class IStorageEngine(Interface):
         ``background``: bulk work (data movement, hint delivery, reaping) that client
         writes go ahead of; an engine may commit it in smaller steps, later.
         """
+
+    def write_many(items: Sequence[tuple[bytes, Record | None]], background: bool = False) -> Deferred:
+        """``write`` of each item, with one Deferred for them all: it fires once every one is
+        durable and fails if any write does."""
 
     def flushed() -> Deferred:
         """Fires once every write queued so far is durable (a barrier; at once when none is)."""

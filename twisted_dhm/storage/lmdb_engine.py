@@ -42,6 +42,7 @@ from twisted_dhm.storage.interface import (
     StorageError,
     StorageFull,
     StorageStats,
+    all_durable,
     decode_record,
     encode_record,
     peek_entry,
@@ -301,28 +302,51 @@ class LMDBEngine:
         if self._env is None or self._closing:
             return fail(StorageError("the store is closed"))
         encoded = None if record is None else encode_record(record)  # may raise: before any state changes
+        if not background or key in self._queue:
+            return self._queue_writes([(key, record, encoded)])
         self._pending[key] = record
         waiter: Deferred = Deferred()
-        if background and key not in self._queue:
-            queued = self._background.get(key)
-            if queued is None:
-                self._background[key] = (encoded, [waiter])
-            else:
-                queued[1].append(waiter)
-                self._background[key] = (encoded, queued[1])
+        queued = self._background.get(key)
+        if queued is None:
+            self._background[key] = (encoded, [waiter])
         else:
+            queued[1].append(waiter)
+            self._background[key] = (encoded, queued[1])
+        self.writes += 1
+        self._schedule_flush()
+        return waiter
+
+    def write_many(self, items: Sequence[tuple[bytes, Record | None]], background: bool = False) -> Deferred:
+        """Client writes queue together, with one waiter for all (they share the next commit);
+        background ones, which commit in slices, are written one by one."""
+        if background:
+            return all_durable([self.write(key, record, background=True) for key, record in items])
+        if self._env is None or self._closing:
+            return fail(StorageError("the store is closed"))
+        # Encoded first: a record that cannot be encoded refuses the batch before any state changes.
+        return self._queue_writes([(key, record, None if record is None else encode_record(record))
+                                   for key, record in items])
+
+    def _queue_writes(self, encoded: list[tuple[bytes, Record | None, bytes | None]]) -> Deferred:
+        """Client writes, into the next commit; one waiter for them all."""
+        for key, record, raw in encoded:
+            self._pending[key] = record
             # A key has one place in the queues: the newest write of it is what commits.
             queued = self._background.pop(key, None)
             if queued is not None:
                 self._waiters.extend(queued[1])
-            self._queue[key] = encoded
-            self._waiters.append(waiter)
-        self.writes += 1
+            self._queue[key] = raw
+        waiter: Deferred = Deferred()
+        self._waiters.append(waiter)
+        self.writes += len(encoded)
+        self._schedule_flush()
+        return waiter
+
+    def _schedule_flush(self) -> None:
         if self._committing is None and not self._flush_scheduled:
             # Not now: the rest of this reactor turn's writes can share the commit.
             self._flush_scheduled = True
             self._reactor.callLater(0, self._flush_if_idle)
-        return waiter
 
     def flushed(self) -> Deferred:
         """Fires once every write queued so far is durable (errors included: it is a barrier)."""

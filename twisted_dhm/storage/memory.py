@@ -13,6 +13,7 @@ from twisted_dhm.storage.interface import (
     Record,
     ScanEntry,
     StorageStats,
+    all_durable,
     encode_record,
 )
 
@@ -51,6 +52,9 @@ class MemoryEngine:
             self._data[key] = record
             self._bytes += len(key) + len(encode_record(record))
         return succeed(None)
+
+    def write_many(self, items: Sequence[tuple[bytes, Record | None]], background: bool = False) -> Deferred:
+        return all_durable([self.write(key, record, background) for key, record in items])
 
     def flushed(self) -> Deferred:
         return succeed(None)  # every write is durable at once
