@@ -34,7 +34,9 @@ _HEAD = struct.Struct(">QB")
 _URLSAFE = bytes.maketrans(b"+/", b"-_")  # a version's HLC stamp and entry count
 # Node ids as they appear in encoded versions -> str: a cluster has few, decoded on every read.
 _NODE_NAMES: dict[bytes, str] = {}
-_MAX_NODE_NAMES = 4096  # ids from hostile input cannot grow it further
+_MAX_NODE_NAMES = 4096  # ids from hostile input cannot grow it (or the next) further
+# And the other way: node id -> its encoding in a version (length byte, UTF-8).
+_NODE_PREFIXES: dict[str, bytes] = {}
 MAX_CLOCK_ENTRIES = 255
 MAX_NODE_ID_BYTES = 255
 
@@ -165,13 +167,17 @@ def encode_version(version: Version) -> bytes:
         return version._encoded
     if len(version.clock) > MAX_CLOCK_ENTRIES:
         raise ValueError(f"vector clock has more than {MAX_CLOCK_ENTRIES} entries")
-    parts = [_U64.pack(version.hlc), bytes((len(version.clock),))]
+    parts = [_HEAD.pack(version.hlc, len(version.clock))]
     for node, count in version.clock:
-        raw = node.encode("utf-8")
-        if len(raw) > MAX_NODE_ID_BYTES:
-            raise ValueError(f"node id longer than {MAX_NODE_ID_BYTES} bytes: {node!r}")
-        parts.append(bytes((len(raw),)))
-        parts.append(raw)
+        prefix = _NODE_PREFIXES.get(node)
+        if prefix is None:
+            raw = node.encode("utf-8")
+            if len(raw) > MAX_NODE_ID_BYTES:
+                raise ValueError(f"node id longer than {MAX_NODE_ID_BYTES} bytes: {node!r}")
+            prefix = bytes((len(raw),)) + raw
+            if len(_NODE_PREFIXES) < _MAX_NODE_NAMES:
+                _NODE_PREFIXES[node] = prefix
+        parts.append(prefix)
         parts.append(_ENTRY.pack(count))
     encoded = b"".join(parts)
     object.__setattr__(version, "_encoded", encoded)

@@ -62,14 +62,15 @@ class VersionEncodingTests(SynchronousTestCase):
         self.assertEqual(encode_version(version), raw[:end])
 
     def test_node_names_remembered_up_to_a_bound(self):
-        # Decoded node ids are remembered (a cluster has few); ids from hostile input cannot
-        # make that memory grow past its bound.
+        # Node ids are remembered, decoded and encoded (a cluster has few); ids from hostile
+        # input cannot make that memory grow past its bound.
         from twisted_dhm import versions
 
         for i in range(versions._MAX_NODE_NAMES + 10):
             version = Version(((f"n{i}", 1),), 0)
             self.assertEqual(decode_version(memoryview(encode_version(Version(version.clock, 0))))[0], version)
         self.assertLessEqual(len(versions._NODE_NAMES), versions._MAX_NODE_NAMES)
+        self.assertLessEqual(len(versions._NODE_PREFIXES), versions._MAX_NODE_NAMES)  # encoding's too
 
 
 # Versions over few nodes with small counters (zeros included): overlaps and ties are common.
