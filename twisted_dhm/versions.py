@@ -141,8 +141,7 @@ class Version:
 
     def to_token(self) -> str:
         """The opaque, URL- and header-safe token used as an ETag value."""
-        # (base64.urlsafe_b64encode, without its two Python-level calls: made for every read)
-        return binascii.b2a_base64(encode_version(self), newline=False).translate(_URLSAFE).rstrip(b"=").decode("ascii")
+        return version_token(encode_version(self))
 
     @classmethod
     def from_token(cls, token: str) -> Version:
@@ -154,6 +153,12 @@ class Version:
         if used != len(raw):
             raise VersionDecodeError("version token has trailing bytes")
         return version
+
+
+def version_token(encoded: bytes) -> str:
+    """``Version.to_token`` of the version ``encoded`` is the encoding of (``encode_version``)."""
+    # (base64.urlsafe_b64encode, without its two Python-level calls: made for every read)
+    return binascii.b2a_base64(encoded, newline=False).translate(_URLSAFE).rstrip(b"=").decode("ascii")
 
 
 def b64url_decode(text: str) -> bytes:

@@ -1,5 +1,8 @@
 """The engine contract, run against both engines, and LMDB's group commit."""
 
+import tempfile
+import zlib
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -9,7 +12,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.strategies import keys, records
 from twisted_dhm.storage import Record, StorageError, StorageFull
-from twisted_dhm.storage.interface import CorruptRecord, decode_record, encode_record
+from twisted_dhm.storage.interface import (
+    FORMAT_V1,
+    CorruptRecord,
+    RecordView,
+    decode_record,
+    encode_record,
+    view_record,
+)
 from twisted_dhm.storage.lmdb_engine import LMDBEngine
 from twisted_dhm.storage.memory import MemoryEngine
 from twisted_dhm.versions import Version
@@ -392,3 +402,87 @@ class CodecTests(SynchronousTestCase):
             decode_record(raw)
         except CorruptRecord:
             pass
+
+
+class RecordViewTests(SynchronousTestCase):
+    """``view_record``: what a client read is answered from, with the version left encoded."""
+
+    def assertSame(self, view, record):
+        self.assertEqual((view.value, view.tombstone, view.expires_at, view.token, view.version),
+                         (record.value, record.tombstone, record.expires_at, record.version.to_token(),
+                          record.version))
+        for now in (0, record.expires_at - 1, record.expires_at, record.expires_at + 1):
+            self.assertEqual(view.is_live(now), record.is_live(now))
+
+    @given(records)
+    def test_agrees_with_decode_record(self, r):
+        view = view_record(encode_record(r))
+        self.assertIsInstance(view, RecordView)
+        self.assertSame(view, r)
+        self.assertEqual(view.record(), r)
+
+    def test_three_node_clock(self):
+        version = Version().increment("node-b", 5).increment("node-a", 7).increment("node-c", 9)
+        r = Record(b"value", version, expires_at=10)
+        self.assertSame(view_record(encode_record(r)), r)
+
+    def test_old_format_is_decoded_in_full(self):
+        r = rec(b"old")
+        v1 = bytes((FORMAT_V1,)) + encode_record(r)[1:-4]  # as written before records had a checksum
+        view = view_record(v1)
+        self.assertEqual(view, r)  # a Record: it has a token too
+        self.assertEqual(view.token, r.version.to_token())
+
+    def test_damaged_bytes_are_corrupt(self):
+        raw = encode_record(rec(b"value"))
+        for bad in (raw[:5], raw[:-1], raw[:12] + b"\xff" + raw[13:], b""):
+            with self.assertRaises(CorruptRecord):
+                view_record(bad)
+
+    def test_version_running_into_the_checksum_is_corrupt(self):
+        # A checksum that holds over a version whose entry count says more than there is.
+        body = bytearray(encode_record(rec(b""))[:-4])
+        body[18] = 200  # the clock's entry count
+        with self.assertRaisesRegex(CorruptRecord, "checksum"):
+            view_record(bytes(body) + zlib.crc32(body).to_bytes(4, "big"))
+
+    def test_bad_version_under_a_good_checksum_is_corrupt_when_asked_for(self):
+        r = Record(b"v", Version((("a", 1), ("b", 2)), 3))
+        body = bytearray(encode_record(r)[:-4])
+        body[20] = ord("c")  # entries out of order: ("c", 1), ("b", 2)
+        view = view_record(bytes(body) + zlib.crc32(body).to_bytes(4, "big"))
+        self.assertEqual(view.value, b"v")
+        with self.assertRaises(CorruptRecord):
+            getattr(view, "version")  # noqa: B009 - a property that decodes
+
+    @given(st.binary(max_size=60))
+    def test_garbage(self, raw):
+        try:
+            view_record(raw)
+        except CorruptRecord:
+            pass
+
+    def test_engines_answer_durable_views(self):
+        clock = Clock()
+        commits = HeldCommits()
+        with tempfile.TemporaryDirectory() as tmp:
+            lmdb_engine = LMDBEngine(tmp, clock, map_size=1 << 24, run_in_thread=commits)
+            for engine in (MemoryEngine(), lmdb_engine):
+                engine.open()
+                r = rec(b"durable")
+                d = engine.write(b"k", r)
+                clock.advance(0)
+                commits.run_all()
+                self.successResultOf(d)
+                self.assertEqual((engine.get_view(b"k").value, engine.get_view(b"k").token),
+                                 (b"durable", r.version.to_token()))
+                self.assertIsNone(engine.get_view(b"missing"))
+                if engine is lmdb_engine:
+                    engine.write(b"k", rec(b"pending", n=2))  # queued, not durable: not answered
+                    clock.advance(0)
+                    self.assertEqual(engine.get_view(b"k").value, b"durable")
+                    self.assertEqual(engine.latest(b"k").value, b"pending")
+                commits.run_all()
+                d = engine.close()
+                commits.run_all()
+                self.successResultOf(d)

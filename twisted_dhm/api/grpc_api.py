@@ -287,7 +287,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
             record = await self.bridge.call(context, self.coordinator.get, key, level)
         if record is None:
             raise _Abort(grpc.StatusCode.NOT_FOUND, "no value for this key")
-        return kv_pb2.GetResponse(value=record.value, version=record.version.to_token())
+        return kv_pb2.GetResponse(value=record.value, version=record.token)
 
     @_handled
     async def Put(self, request: kv_pb2.PutRequest, context: grpc.aio.ServicerContext) -> kv_pb2.PutResponse:  # noqa: N802
@@ -328,7 +328,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         records = await self.bridge.call(context, all_of)
         items = [kv_pb2.BatchGetResponse.Item(key=k, found=rec is not None,
                                               value=rec.value if rec else b"",
-                                              version=rec.version.to_token() if rec else "")
+                                              version=rec.token if rec else "")
                  for k, rec in zip(keys, records, strict=True)]
         return kv_pb2.BatchGetResponse(items=items)
 

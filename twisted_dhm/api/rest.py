@@ -99,7 +99,11 @@ def error_body(code: str, message: str, **extra: Any) -> bytes:
 
 
 def etag(record_version) -> bytes:  # type: ignore[no-untyped-def]
-    return b'"' + record_version.to_token().encode("ascii") + b'"'
+    return etag_of(record_version.to_token())
+
+
+def etag_of(token: str) -> bytes:
+    return b'"' + token.encode("ascii") + b'"'
 
 
 def _header(request: server.Request, name: bytes) -> str | None:
@@ -253,7 +257,7 @@ class KVResource(Resource):
             if record is None:
                 finish(request, 404, error_body("not_found", "no value for this key"), JSON_TYPE)
                 return
-            tag = etag(record.version)
+            tag = etag_of(record.token)
             if condition is not None and (condition == ANY or record.version in condition):
                 finish(request, 304, etag_value=tag)
                 return

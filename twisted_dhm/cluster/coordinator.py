@@ -33,7 +33,7 @@ from twisted_dhm.cluster.replica import UNKNOWN
 from twisted_dhm.cluster.replicas import ReplicaClient
 from twisted_dhm.cluster.routing import Routing, WritePlan
 from twisted_dhm.errors import InvalidRequest, KVError, PreconditionFailed, Unavailable
-from twisted_dhm.storage import Record, ScanEntry
+from twisted_dhm.storage import Record, RecordView, ScanEntry
 from twisted_dhm.versions import HybridLogicalClock, Version, b64url_decode
 
 log = logs.logger("dhashmap.coordinator")
@@ -211,7 +211,7 @@ class Coordinator:
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
 
-    def _live(self, record: Record | None) -> Record | None:
+    def _live(self, record: Record | RecordView | None) -> Record | RecordView | None:
         if record is None or not record.is_live(self._now_ms()):
             return None
         return record
@@ -219,7 +219,8 @@ class Coordinator:
     # -- reads -------------------------------------------------------------------------------
 
     def get(self, key: bytes, r: str | int | None = None) -> Deferred:
-        """Fires with the live record for ``key`` or ``None``."""
+        """Fires with the live record for ``key`` (a Record, or a RecordView when this node's
+        replica alone answered: see ``get_now``) or ``None``."""
         try:
             found = self.get_now(key, r)
         except Exception:  # a bad r, a store that cannot read: a failed Deferred, as from replicas
@@ -228,21 +229,25 @@ class Coordinator:
             return succeed(found)
         return self._read(key, r).addCallback(lambda found: self._live(found[0]))
 
-    def get_now(self, key: bytes, r: str | int | None = None) -> Record | None | object:
+    def get_now(self, key: bytes, r: str | int | None = None) -> Record | RecordView | None | object:
         """``get``'s answer in this very call when this node's replica alone is asked (the
         key's only replica that is up, with ``r`` = 1: a one-node cluster), else ``LATER``.
+        The answer is a RecordView: its ``value`` and ``token`` are what a client is sent.
         Raises KVError for a bad ``r``, StorageError when the store cannot read.
 
         It only reads (the routing table, the store's committed records), so gRPC's thread
         may call it too, while the node is running: the store must not close meanwhile.
         """
         n, nodes = self.routing.read_targets(key)
-        if len(nodes) != 1 or nodes[0] != self.node_id or required(r, n, "r") != 1:
-            return LATER
+        if len(nodes) != 1 or nodes[0] != self.node_id or (n > 1 if r is None else required(r, n, "r") != 1):
+            return LATER  # (r None is a quorum: one replica only when the key has one)
         local = self.replicas.local  # type: ignore[attr-defined]
-        if local.syncing(key):
+        if local.sync is not None and local.syncing(key):
             return LATER  # still pulling the key's partition: the sources must be asked too
-        return self._live(local.read_one(key))
+        record = local.read_one(key)
+        if record is None or not record.is_live(int(self._clock.seconds() * 1000)):
+            return None
+        return record
 
     def _read(self, key: bytes, r: str | int | None, for_write: bool = False) -> Deferred:
         """Fires with (newest record or None, all versions seen) once ``r`` replicas answered."""

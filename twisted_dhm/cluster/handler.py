@@ -14,7 +14,7 @@ from twisted_dhm.cluster.replica import LocalReplica
 from twisted_dhm.errors import Forbidden, InvalidRequest, KeyTooLong, KVError, ValueTooLarge
 from twisted_dhm.peer import peer_pb2 as pb
 from twisted_dhm.peer.codec import FrameError, key_records_from_pb, key_records_to_pb
-from twisted_dhm.storage import Record
+from twisted_dhm.storage import Record, RecordView
 from twisted_dhm.versions import NODE_ID, Version, VersionDecodeError
 
 MAX_BATCH = 10000
@@ -216,14 +216,14 @@ class PeerHandler:
             return self.coordinator.get(key, level).addCallback(self._get_answer, self.not_mine.owners(key))
         return self._get_answer(record, self.not_mine.owners(key))  # this node alone answers: no Deferred
 
-    def _get_answer(self, record: Record | None, owners: Any) -> pb.Frame:
+    def _get_answer(self, record: Record | RecordView | None, owners: Any) -> pb.Frame:
         frame = pb.Frame()
         result = frame.get_result
         result.SetInParent()  # an empty GetResult (not found) is still the answer
         if record is not None:
             result.found = True
             result.value = record.value
-            result.version = record.version.to_token()
+            result.version = record.token
         if owners is not None:
             result.owners.extend(owners)
         return frame

@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.python.failure import Failure
 
 from twisted_dhm import logs
-from twisted_dhm.storage import IStorageEngine, Record, ScanEntry
+from twisted_dhm.storage import IStorageEngine, Record, RecordView, ScanEntry
 from twisted_dhm.storage.interface import CorruptRecord
 from twisted_dhm.versions import HybridLogicalClock
 
@@ -67,9 +67,14 @@ class LocalReplica:
         """
         return [self._get(key, include_pending) for key in keys]
 
-    def read_one(self, key: bytes) -> Record | None:
-        """``read_local`` of one key, durable records only."""
-        return self._get(key, False)
+    def read_one(self, key: bytes) -> Record | RecordView | None:
+        """``read_local`` of one key, durable records only, to answer a client: its version may
+        stay encoded (``get_view``)."""
+        try:
+            return self.engine.get_view(key)
+        except CorruptRecord as e:
+            log.warn("record for {key!r} is corrupt, answering as if absent: {e}", key=key, e=e)
+            return None
 
     def syncing(self, key: bytes) -> bool:
         """Whether this replica is still pulling the key's partition from other members."""

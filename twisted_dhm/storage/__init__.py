@@ -3,6 +3,7 @@
 from twisted_dhm.storage.interface import (
     IStorageEngine,
     Record,
+    RecordView,
     ScanEntry,
     StorageError,
     StorageFull,
@@ -12,6 +13,7 @@ from twisted_dhm.storage.interface import (
 __all__ = [
     "IStorageEngine",
     "Record",
+    "RecordView",
     "ScanEntry",
     "StorageError",
     "StorageFull",

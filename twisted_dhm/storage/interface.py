@@ -10,7 +10,7 @@ import attrs
 from twisted.internet.defer import Deferred, DeferredList
 from zope.interface import Interface
 
-from twisted_dhm.versions import Version, VersionDecodeError, decode_version, encode_version
+from twisted_dhm.versions import Version, VersionDecodeError, decode_version, encode_version, version_token
 
 FORMAT_V1 = 1  # no checksum: still read
 FORMAT_V2 = 2  # the same, then a CRC-32 of everything before it
@@ -52,6 +52,56 @@ class Record:
 
     def is_live(self, now_ms: int) -> bool:
         return not self.tombstone and (self.expires_at == 0 or now_ms < self.expires_at)
+
+    @property
+    def token(self) -> str:
+        """The version's ETag token."""
+        return self.version.to_token()
+
+
+class RecordView:
+    """A stored record as read to answer a client: like a Record, but its version stays
+    encoded until it is asked for.
+
+    Decoding a version builds a tuple per vector-clock entry, which was most of what a read
+    cost, and an answer needs only the version's token: the stored bytes, in base64url.
+    The bytes are checked as ``decode_record`` checks them (checksum, the version's extent)
+    before a view is made.  Read-only; ``version`` is decoded when first asked for (a
+    conditional GET compares it).
+    """
+
+    __slots__ = ("value", "tombstone", "expires_at", "_data", "_end", "_version")
+
+    def __init__(self, data: bytes, value: bytes, tombstone: bool, expires_at: int, version_end: int) -> None:
+        self.value = value
+        self.tombstone = tombstone
+        self.expires_at = expires_at
+        self._data = data  # the whole stored encoding; the version is at [_HEADER.size:_end]
+        self._end = version_end
+        self._version: Version | None = None
+
+    @property
+    def version(self) -> Version:
+        if self._version is None:
+            try:
+                self._version = decode_version(self._data, _HEADER.size)[0]
+            except VersionDecodeError as e:  # the checksum held: written so by a faulty writer
+                raise CorruptRecord(f"bad version in record: {e}") from None
+        return self._version
+
+    @property
+    def token(self) -> str:
+        return version_token(self._data[_HEADER.size : self._end])
+
+    def is_live(self, now_ms: int) -> bool:
+        return not self.tombstone and (self.expires_at == 0 or now_ms < self.expires_at)
+
+    def record(self) -> Record:
+        """The same record, decoded."""
+        return decode_record(self._data)
+
+    def __repr__(self) -> str:
+        return f"RecordView(value={self.value!r}, token={self.token!r}, tombstone={self.tombstone!r})"
 
 
 @attrs.frozen
@@ -120,6 +170,33 @@ def decode_record(data: bytes) -> Record:
     return record
 
 
+def view_record(data: bytes) -> RecordView | Record:
+    """``decode_record`` for answering a read: the same checks, without decoding the version
+    (a RecordView); a record in the old format, without a checksum, is decoded in full."""
+    size = len(data)
+    try:
+        fmt, flags, expires_at = _HEADER.unpack_from(data, 0)
+    except struct.error:
+        raise CorruptRecord(f"record of {size} bytes is shorter than its header") from None
+    if fmt != FORMAT_V2:
+        return decode_record(data)
+    limit = size - _CRC.size
+    if limit < _HEADER.size or zlib.crc32(memoryview(data)[:limit]) != _CRC.unpack_from(data, limit)[0]:
+        return decode_record(data)  # which says what is wrong
+    # The version's extent: hlc:u64 | n:u8 | n x (len:u8 | node id | counter:u64)
+    pos = _HEADER.size + 9
+    try:
+        for _ in range(data[pos - 1]):
+            pos += data[pos] + 9
+    except IndexError:
+        pos = size
+    if pos > limit:
+        raise CorruptRecord("record version runs into its checksum")
+    if type(data) is not bytes:
+        data = bytes(data)
+    return RecordView(data, data[pos:limit], bool(flags & FLAG_TOMBSTONE), expires_at, pos)
+
+
 def peek_entry(key: bytes, data: bytes) -> ScanEntry:
     """Read only the fixed header (and the HLC after it) of an encoded record."""
     try:
@@ -155,6 +232,9 @@ class IStorageEngine(Interface):
 
     def get(key: bytes) -> Record | None:
         """The durable record for ``key``, tombstones and expired records included."""
+
+    def get_view(key: bytes) -> Record | RecordView | None:
+        """``get`` for answering a client: the record's version may stay encoded (RecordView)."""
 
     def latest(key: bytes) -> Record | None:
         """Like ``get``, but also sees writes that are queued and not yet durable.

@@ -38,6 +38,7 @@ from twisted_dhm.storage.interface import (
     CorruptRecord,
     IStorageEngine,
     Record,
+    RecordView,
     ScanEntry,
     StorageError,
     StorageFull,
@@ -46,6 +47,7 @@ from twisted_dhm.storage.interface import (
     decode_record,
     encode_record,
     peek_entry,
+    view_record,
 )
 
 RunInThread = Callable[..., Deferred]
@@ -248,6 +250,12 @@ class LMDBEngine:
         with env.begin(db=self._db) as txn:
             raw = txn.get(key)
         return None if raw is None else decode_record(raw)
+
+    def get_view(self, key: bytes) -> Record | RecordView | None:
+        env = self._require_open()
+        with env.begin(db=self._db) as txn:
+            raw = txn.get(key)
+        return None if raw is None else view_record(raw)
 
     def latest(self, key: bytes) -> Record | None:
         if key in self._pending:

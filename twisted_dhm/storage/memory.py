@@ -39,7 +39,7 @@ class MemoryEngine:
     def get(self, key: bytes) -> Record | None:
         return self._data.get(key)
 
-    latest = get
+    latest = get_view = get
 
     def latest_encoded(self, keys: Sequence[bytes]) -> list[bytes | None]:
         return [None if (r := self._data.get(key)) is None else encode_record(r) for key in keys]
