@@ -1,6 +1,7 @@
 """The engine contract, run against both engines, and LMDB's group commit."""
 
 import tempfile
+import threading
 import zlib
 
 from hypothesis import HealthCheck, given, settings
@@ -171,6 +172,39 @@ class LMDBEngineTests(EngineContract, SynchronousTestCase):
         while self.commits.calls:
             self.commits.run_all()
             self.clock.advance(0)
+
+    def test_client_reads_share_the_turns_transaction(self):
+        self.write(b"k", rec(b"1"))
+        self.assertEqual(self.engine.get_view(b"k").value, b"1")  # opens the turn's read transaction
+        turn_txn = self.engine._turn_txn
+        self.assertIsNotNone(turn_txn)
+        d = self.engine.write(b"k", rec(b"2", n=2))
+        self.engine._flush_if_idle()  # the commit starts and finishes within this turn
+        self.commits.run_all()
+        self.successResultOf(d)
+        self.assertIs(self.engine._turn_txn, turn_txn)
+        self.assertEqual(self.engine.get_view(b"k").value, b"1", "the turn's snapshot")
+        self.assertEqual(self.engine.get(b"k").value, b"2", "get (writes build on it) reads afresh")
+        self.clock.advance(0)  # the next turn
+        self.assertIsNone(self.engine._turn_txn)
+        self.assertEqual(self.engine.get_view(b"k").value, b"2")
+
+    def test_other_threads_read_in_their_own_transaction(self):
+        self.write(b"k", rec(b"1"))
+        self.engine.get_view(b"k")  # the reactor thread's turn transaction is open
+        answers = []
+        thread = threading.Thread(target=lambda: answers.append(self.engine.get_view(b"k")))
+        thread.start()
+        thread.join()
+        self.assertEqual([a.value for a in answers], [b"1"])
+        self.assertIsNotNone(self.engine._turn_txn)
+
+    def test_close_ends_the_turns_transaction(self):
+        self.write(b"k", rec(b"1"))
+        self.engine.get_view(b"k")
+        self.successResultOf(self.engine.close())
+        self.assertIsNone(self.engine._turn_txn)
+        self.engine.open()  # for tearDown
 
     def test_group_commit(self):
         """Writes of one reactor turn share a commit; writes during a commit share the next."""
