@@ -15,6 +15,7 @@ connection, never the node.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,7 @@ from twisted_dhm.storage import StorageError
 PROTOCOL_VERSION = 3
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 MAX_IN_FLIGHT = 1024  # requests one connection may have waiting for answers here
+_PREFIX = struct.Struct(">I")  # a frame's length (Int32StringReceiver's)
 # Requests a client makes (the rest is members' traffic): what ``observe`` counts.
 CLIENT_REQUESTS = frozenset({"get", "put", "delete"})
 HANDSHAKE_TIMEOUT = 10.0  # seconds a connection may take to send its Hello
@@ -338,7 +340,9 @@ class PeerProtocol(Int32StringReceiver):
 
     def _send(self, frame: pb.Frame) -> None:
         if not self._lost and self.transport is not None:
-            self.sendString(frame.SerializeToString())
+            # sendString without its size check: no frame of ours comes near 4 GiB
+            data = frame.SerializeToString()
+            self.transport.write(_PREFIX.pack(len(data)) + data)
 
     def request(self, frame: pb.Frame, timeout: float | None = None) -> Deferred:
         """Send a request frame; fires with the answer frame or fails with PeerError/RequestTimeout."""

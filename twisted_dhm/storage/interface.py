@@ -150,7 +150,7 @@ def decode_record(data: bytes) -> Record:
         limit = size - _CRC.size
         if limit < _HEADER.size:
             raise CorruptRecord(f"record of {size} bytes is shorter than its header and checksum")
-        if zlib.crc32(memoryview(data)[:limit]) != _CRC.unpack_from(data, limit)[0]:
+        if zlib.crc32(data[:limit]) != _CRC.unpack_from(data, limit)[0]:
             raise CorruptRecord("record checksum mismatch (damaged on disk or on the way)")
     elif fmt == FORMAT_V1:
         limit = size  # written before records carried a checksum
@@ -181,7 +181,7 @@ def view_record(data: bytes) -> RecordView | Record:
     if fmt != FORMAT_V2:
         return decode_record(data)
     limit = size - _CRC.size
-    if limit < _HEADER.size or zlib.crc32(memoryview(data)[:limit]) != _CRC.unpack_from(data, limit)[0]:
+    if limit < _HEADER.size or zlib.crc32(data[:limit]) != _CRC.unpack_from(data, limit)[0]:
         return decode_record(data)  # which says what is wrong
     # The version's extent: hlc:u64 | n:u8 | n x (len:u8 | node id | counter:u64)
     pos = _HEADER.size + 9
