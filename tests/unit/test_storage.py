@@ -10,9 +10,11 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from tests.strategies import keys, records
-from twisted_dhm.storage import Record, StorageError, StorageFull
+from twisted_dhm.cluster.index import IndexedEngine
+from twisted_dhm.storage import IStorageEngine, Record, StorageError, StorageFull
 from twisted_dhm.storage.interface import (
     FORMAT_V1,
     CorruptRecord,
@@ -75,6 +77,11 @@ class EngineContract:
 
     def test_get_missing(self):
         self.assertIsNone(self.engine.get(b"nope"))
+        self.assertIsNone(self.engine.get_view(b"nope"))
+
+    def test_provides_the_interface(self):
+        self.assertTrue(verifyObject(IStorageEngine, self.engine))
+        self.assertTrue(verifyObject(IStorageEngine, IndexedEngine(self.engine, 8)))
 
     def test_write_many(self):
         self.write(b"gone", rec())
