@@ -279,11 +279,13 @@ class KVServicer(kv_pb2_grpc.KVServicer):
 
     @_handled
     async def Get(self, request: kv_pb2.GetRequest, context: grpc.aio.ServicerContext) -> kv_pb2.GetResponse:  # noqa: N802
-        key, level = self._owned(request.key, context), _level(request.r)
+        key, level = self._key(request.key), _level(request.r)
         # A read this node's replica alone answers is made right here, in gRPC's thread: no trip
         # through the reactor (get_now only reads; GrpcService stops before the store closes).
+        # Such a node is the key's only replica up, so an owner: no dhashmap-owners to send.
         record = self.coordinator.get_now(key, level)
         if record is LATER:
+            self._owned(key, context)
             record = await self.bridge.call(context, self.coordinator.get, key, level)
         if record is None:
             raise _Abort(grpc.StatusCode.NOT_FOUND, "no value for this key")

@@ -214,7 +214,8 @@ class PeerHandler:
         record = self.coordinator.get_now(key, level)
         if record is LATER:
             return self.coordinator.get(key, level).addCallback(self._get_answer, self.not_mine.owners(key))
-        return self._get_answer(record, self.not_mine.owners(key))  # this node alone answers: no Deferred
+        # This node alone answered (no Deferred): it is the key's only replica up, so an owner.
+        return self._get_answer(record, None)
 
     def _get_answer(self, record: Record | RecordView | None, owners: Any) -> pb.Frame:
         frame = pb.Frame()
