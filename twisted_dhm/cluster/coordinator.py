@@ -245,7 +245,7 @@ class Coordinator:
         if local.sync is not None and local.syncing(key):
             return LATER  # still pulling the key's partition: the sources must be asked too
         record = local.read_one(key)
-        if record is None or not record.is_live(int(self._clock.seconds() * 1000)):
+        if record is None or record.tombstone or (record.expires_at and not record.is_live(self._now_ms())):
             return None
         return record
 

@@ -220,9 +220,8 @@ class PeerProtocol(Int32StringReceiver):
     def stringReceived(self, data: bytes) -> None:
         if self._lost or self._closing:
             return
-        frame = pb.Frame()
         try:
-            frame.ParseFromString(data)
+            frame = pb.Frame.FromString(data)
         except (DecodeError, RuntimeWarning, ValueError) as e:
             self.close(pb.ERROR_CODE_BAD_FRAME, f"undecodable frame: {e}")
             return
