@@ -91,9 +91,13 @@ class ChannelTests(SynchronousTestCase):
     def test_connection_waiting_for_its_answer_is_not_idle(self):
         from twisted.internet.defer import Deferred
 
+        from twisted_dhm.cluster.coordinator import LATER
+
         protocol, transport = self.connect()
         hold = Deferred()
-        self.site.kv_resource._coordinator.get = lambda key, r=None: hold  # an answer that takes long
+        coordinator = self.site.kv_resource._coordinator
+        coordinator.get_now = lambda key, r=None: LATER  # other replicas to ask: not answered in the call
+        coordinator.get = lambda key, r=None: hold  # an answer that takes long
         protocol.dataReceived(b"GET /v1/kv/k HTTP/1.1\r\nHost: x\r\n\r\n")
         self.clock.advance(120)
         self.assertFalse(transport.disconnecting, "the server is working on its request")

@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted_dhm.api.metrics import NodeMetrics
 from twisted_dhm.api.rest import Limits, build_site
+from twisted_dhm.cluster.coordinator import LATER
 from twisted_dhm.storage.lmdb_engine import LMDBEngine
 from twisted_dhm.storage.memory import MemoryEngine
 from twisted_dhm.testing.stack import single_node_coordinator
@@ -30,7 +31,7 @@ class RestTestCase(SynchronousTestCase):
         self.engine = self.make_engine()
         self.engine.open()
         self.ready = True
-        coordinator = single_node_coordinator(self.engine, self.clock)
+        coordinator = self.coordinator = single_node_coordinator(self.engine, self.clock)
         self.metrics = NodeMetrics(self.engine, process=False)
         site = build_site(coordinator, self.metrics, self.clock, self.limits, 60, "n1", lambda: self.ready)
         self.treq = StubTreq(site.resource)
@@ -78,6 +79,18 @@ class KeyValueTests(RestTestCase):
         r, body = self.request("HEAD", self.kv(b"k"))
         self.assertEqual((r.code, body), (200, b""))
         self.assertTrue(r.headers.getRawHeaders("etag"))
+
+    def test_a_read_this_node_alone_answers_is_answered_in_the_call(self):
+        self.request("PUT", self.kv(b"k"), b"v")
+        asked = []
+        get = self.coordinator.get
+        self.coordinator.get = lambda *args, **kw: asked.append(args) or get(*args, **kw)
+        r, body = self.request("GET", self.kv(b"k"))
+        self.assertEqual((r.code, body, asked), (200, b"v", []), "no Deferred: get_now answered")
+        self.assertEqual(self.request("GET", self.kv(b"nope"))[0].code, 404)
+        self.coordinator.get_now = lambda key, r: LATER  # other replicas to ask
+        r, body = self.request("GET", self.kv(b"k"))
+        self.assertEqual((r.code, body, len(asked)), (200, b"v", 1))
 
     def test_empty_value(self):
         r, _ = self.request("PUT", self.kv(b"empty"))

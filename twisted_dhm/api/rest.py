@@ -30,7 +30,7 @@ from werkzeug.exceptions import Conflict, HTTPException, InternalServerError
 from twisted_dhm import logs
 from twisted_dhm.api.dashboard import UIResource, is_ui_path
 from twisted_dhm.api.metrics import NodeMetrics
-from twisted_dhm.cluster.coordinator import ANY, NO_CONDITION, Coordinator, Page, Precondition, parse_level
+from twisted_dhm.cluster.coordinator import ANY, LATER, NO_CONDITION, Coordinator, Page, Precondition, parse_level
 from twisted_dhm.cluster.handler import NotMine
 from twisted_dhm.errors import (
     Forbidden,
@@ -236,6 +236,9 @@ class KVResource(Resource):
             self._failed(Failure(), request)
             self._metrics.observe(op, request.code, self._clock.seconds() - started)
             return server.NOT_DONE_YET
+        if d is None:  # answered in this call
+            self._metrics.observe(op, request.code, self._clock.seconds() - started)
+            return server.NOT_DONE_YET
         d.addErrback(self._failed, request)
         d.addBoth(lambda _: self._metrics.observe(op, request.code, self._clock.seconds() - started))
         return server.NOT_DONE_YET
@@ -250,8 +253,10 @@ class KVResource(Resource):
                         request_id=getattr(request, "request_id", None))
         finish(request, code, error_body(name, message, **extra), JSON_TYPE)
 
-    def _get(self, request: server.Request, key: bytes) -> Deferred:
+    def _get(self, request: server.Request, key: bytes) -> Deferred | None:
+        """A Deferred, or None when answered in this call (this node's replica alone answers)."""
         condition = _match(_header(request, b"if-none-match"))
+        level = level_from(request, b"r")
 
         def answer(record: Record | None) -> None:
             if record is None:
@@ -263,7 +268,11 @@ class KVResource(Resource):
                 return
             finish(request, 200, record.value, OCTET_STREAM, tag)
 
-        return self._coordinator.get(key, level_from(request, b"r")).addCallback(answer)
+        record = self._coordinator.get_now(key, level)
+        if record is LATER:
+            return self._coordinator.get(key, level).addCallback(answer)
+        answer(record)  # type: ignore[arg-type]
+        return None
 
     def _put(self, request: server.Request, key: bytes) -> Deferred:
         ttl = ttl_from(request)
