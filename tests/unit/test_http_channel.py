@@ -125,3 +125,50 @@ class ChannelTests(SynchronousTestCase):
         out = transport.value()
         self.assertEqual(out.count(b"HTTP/1.1 "), 2, out)
         self.assertTrue(out.endswith(b"\r\n\r\n1"), out)
+
+
+class PipelinedReadAfterWriteTests(SynchronousTestCase):
+    """Read-your-writes over one HTTP/1.1 connection with an LMDB store, when the read is made
+    in the very call that answers the write (Twisted handles a pipelined request as soon as
+    the one before it is answered), while another client's read holds the reactor turn's read
+    transaction (LMDBEngine.get_view)."""
+
+    def test_pipelined_get_after_put_sees_the_put(self):
+        from tests.unit.test_storage import HeldCommits
+        from twisted_dhm.storage.lmdb_engine import LMDBEngine
+
+        clock = Clock()
+        clock.advance(1_700_000_000)
+        commits = HeldCommits()
+        engine = LMDBEngine(self.mktemp(), clock, map_size=1 << 24, run_in_thread=commits)
+        engine.open()
+        self.addCleanup(lambda: (engine.close(), commits.run_all()))
+        site = build_site(single_node_coordinator(engine, clock), NodeMetrics(engine, process=False), clock,
+                          Limits(max_key_size=64, max_value_size=1000), 30, "n1", lambda: True)
+
+        def connect():
+            protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 12345))
+            transport = StringTransport()
+            protocol.makeConnection(transport)
+            return protocol, transport
+
+        writer, to_writer = connect()
+        writer.dataReceived(b"PUT /v1/kv/k HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nv1")
+        clock.advance(0)
+        commits.run_all()
+        self.assertTrue(to_writer.value().startswith(b"HTTP/1.1 201 "), to_writer.value())
+        to_writer.clear()
+        # One turn: a PUT of v2 and, pipelined behind it, a GET; the commit starts at the turn's end.
+        writer.dataReceived(b"PUT /v1/kv/k HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nv2"
+                            b"GET /v1/kv/k HTTP/1.1\r\nHost: x\r\n\r\n")
+        clock.advance(0)
+        self.assertEqual(len(commits.calls), 1)
+        # The next turn: another client's GET opens the turn's read transaction (v2 not yet durable).
+        reader, to_reader = connect()
+        reader.dataReceived(b"GET /v1/kv/k HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(to_reader.value().endswith(b"\r\n\r\nv1"), to_reader.value())
+        # Still in that turn, the commit finishes: the PUT is answered, then its pipelined GET.
+        commits.run_next()
+        answers = to_writer.value()
+        self.assertIn(b"HTTP/1.1 204 ", answers)
+        self.assertTrue(answers.endswith(b"\r\n\r\nv2"), answers)

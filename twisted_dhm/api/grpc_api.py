@@ -283,6 +283,8 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         # A read this node's replica alone answers is made right here, in gRPC's thread: no trip
         # through the reactor (get_now only reads; GrpcService stops before the store closes).
         # Such a node is the key's only replica up, so an owner: no dhashmap-owners to send.
+        # (Read in this thread while the reactor swaps in a new partition table, the answer may
+        # come from the old one: one missed hint, which the client's next call gets.)
         record = self.coordinator.get_now(key, level)
         if record is LATER:
             self._owned(key, context)

@@ -258,14 +258,17 @@ class LMDBEngine:
 
     def get_view(self, key: bytes) -> Record | RecordView | None:
         """Client reads in the reactor's thread share one read transaction per reactor turn
-        (opened by the turn's first, ended when the turn is over): under load a turn answers
-        dozens of reads, and each transaction's begin and end cost as much as its read.
+        (opened by the turn's first, ended when the turn is over, or sooner): under load a
+        turn answers dozens of reads, and each transaction's begin and end cost as much as its
+        read.
 
-        A turn's reads may see the store as it was when the turn's first read began, not a
-        commit that finished later in the same turn; no client can tell: a write is
-        acknowledged only after the turn, so any read it could be ordered before arrives in a
-        later turn, with a new transaction.  (Never used to build a write: ``get``.)
-        Other threads (gRPC's) read in a transaction of their own.
+        The transaction also ends when a commit finishes, before the commit's writes are
+        acknowledged (``_flush``), so a read never misses a write that was acknowledged before
+        it was made, even a pipelined HTTP GET that Twisted handles in the same call as its
+        PUT's answer.  Reads in the transaction see the store as of its first read: writes not
+        yet acknowledged, which a client cannot tell from writes still on their way.  (Never
+        used to build a write: ``get``.)  Other threads (gRPC's) read in a transaction of their
+        own.
         """
         if threading.get_ident() != self._reactor_thread:
             env = self._require_open()
@@ -429,6 +432,9 @@ class LMDBEngine:
 
         def finished(result: object) -> None:
             self._committing = None
+            # Before any waiter hears of it: every client read from here on (even one a
+            # pipelined request makes in this very call) must see this commit.
+            self._end_turn_reads()
             if not isinstance(result, Failure):
                 self.commits += 1
             for key, record in landed.items():
