@@ -28,10 +28,9 @@ NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # \Z: no trailing n
 # the HLC: a peer with a wildly wrong clock (or a hostile frame) must not drag every node's
 # stamps into the future.
 MAX_CLOCK_DRIFT_MS = 60_000
-_U64 = struct.Struct(">Q")
 _ENTRY = struct.Struct(">Q")
-_HEAD = struct.Struct(">QB")
-_URLSAFE = bytes.maketrans(b"+/", b"-_")  # a version's HLC stamp and entry count
+_HEAD = struct.Struct(">QB")  # a version's HLC stamp and entry count
+_URLSAFE = bytes.maketrans(b"+/", b"-_")  # base64 -> base64url
 # Node ids as they appear in encoded versions -> str: a cluster has few, decoded on every read.
 _NODE_NAMES: dict[bytes, str] = {}
 _MAX_NODE_NAMES = 4096  # ids from hostile input cannot grow it (or the next) further

@@ -212,7 +212,8 @@ class Coordinator:
         return int(self._clock.seconds() * 1000)
 
     def _live(self, record: Record | RecordView | None) -> Record | RecordView | None:
-        if record is None or not record.is_live(self._now_ms()):
+        # (The clock is read only for a record that expires: every read comes through here.)
+        if record is None or record.tombstone or (record.expires_at and not record.is_live(self._now_ms())):
             return None
         return record
 
@@ -244,10 +245,7 @@ class Coordinator:
         local = self.replicas.local  # type: ignore[attr-defined]
         if local.sync is not None and local.syncing(key):
             return LATER  # still pulling the key's partition: the sources must be asked too
-        record = local.read_one(key)
-        if record is None or record.tombstone or (record.expires_at and not record.is_live(self._now_ms())):
-            return None
-        return record
+        return self._live(local.read_one(key))
 
     def _read(self, key: bytes, r: str | int | None, for_write: bool = False) -> Deferred:
         """Fires with (newest record or None, all versions seen) once ``r`` replicas answered."""
