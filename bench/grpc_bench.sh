@@ -8,6 +8,7 @@
 #   bench/nativeload           native protocol through the Go client, 50 requests in flight, random keys
 # and, for one node, the floors on the same machine in the same run:
 #   bench/grpc_plain.py        plain grpc.aio with a dict, same ghz load    (goal: node >= 90 % of it)
+#   bench/grpc_plain.py --lmdb plain grpc.aio writing durably to LMDB (group commit), same load
 #   redis-benchmark -t get -c 50 -n REDIS_N against a local redis-server     (goal: native GET >= it)
 # Each run is checked for foreign load (bench/cpu_snapshot.py): when other processes used more
 # than MAX_OTHER cores it is run again (RETRIES times) and the load is recorded beside the figure.
@@ -19,9 +20,9 @@
 #   REACTOR=          twistd -r value for the nodes (empty: what plain `twistd dhashmap` runs, see docs/grpc.md)
 #   NODE_FLAGS=       more dhashmap flags for every node (word-split)
 #   ROUNDS=2 DURATION=10  seconds per run (at most 30)
-#   OPS="grpc rest native plain redis"   what to run
+#   OPS="grpc rest native plain plainlmdb redis"   what to run
 #   MAX_OTHER=0.15 RETRIES=2
-#   ports: REST 18181.., native 17101.., gRPC 19191.., plain gRPC 19290, redis 16379
+#   ports: REST 18181.., native 17101.., gRPC 19191.., plain gRPC 19290 (dict) and 19291 (LMDB), redis 16379
 # Needs: wrk, curl, go (builds bench/nativeload), ghz v0.121.0 (GHZ=path, else ~/.cache/dhashmap/ghz,
 # /tmp/gobin/ghz or PATH; `GOBIN=~/.cache/dhashmap go install github.com/bojand/ghz/cmd/ghz@v0.121.0`),
 # redis-server and redis-benchmark for the redis run (apt-get install redis-server redis-tools).
@@ -34,12 +35,13 @@ NODES=${NODES:-1}
 REACTOR=${REACTOR:-}
 ROUNDS=${ROUNDS:-2}
 DURATION=${DURATION:-10}
-OPS=${OPS:-grpc rest native plain redis}
+OPS=${OPS:-grpc rest native plain plainlmdb redis}
 MAX_OTHER=${MAX_OTHER:-0.15}
 RETRIES=${RETRIES:-2}
 REDIS_N=${REDIS_N:-200000}
 REDIS_PORT=${REDIS_PORT:-16379}
 PLAIN_PORT=${PLAIN_PORT:-19290}
+PLAIN_LMDB_PORT=$((PLAIN_PORT + 1))
 THREADS=2 CONNS=50
 ((DURATION <= 30)) || { echo "DURATION is bounded to 30 s" >&2; exit 2; }
 
@@ -58,7 +60,7 @@ for i in $(seq "$NODES"); do
   ports+=("$((18180 + i))" "$((17100 + i))" "$((19190 + i))")
   seeds+=("127.0.0.1:$((17100 + i))")
 done
-bench_ports_free "${ports[@]}" "$PLAIN_PORT" "$REDIS_PORT"
+bench_ports_free "${ports[@]}" "$PLAIN_PORT" "$PLAIN_LMDB_PORT" "$REDIS_PORT"
 bench_setup_dirs "grpc-n$NODES${REACTOR:+-$REACTOR}"
 cd "$ROOT"
 
@@ -146,16 +148,20 @@ if [[ " $OPS " == *" plain "* && $NODES == 1 ]]; then
   "$VENV/bin/python" "$BENCH/grpc_plain.py" --port "$PLAIN_PORT" >"$OUT/plain.log" 2>&1 &
   PLAIN_PID=$!; PIDS+=("$PLAIN_PID")
 fi
+if [[ " $OPS " == *" plainlmdb "* && $NODES == 1 ]]; then
+  "$VENV/bin/python" "$BENCH/grpc_plain.py" --port "$PLAIN_LMDB_PORT" --lmdb "$TMP/plain-lmdb" >"$OUT/plain-lmdb.log" 2>&1 &
+  PLAIN_LMDB_PID=$!; PIDS+=("$PLAIN_LMDB_PID")
+fi
 if [[ " $OPS " == *" redis "* && $NODES == 1 ]]; then
   redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no --daemonize no \
     >"$OUT/redis.log" 2>&1 &
   REDIS_PID=$!; PIDS+=("$REDIS_PID")
 fi
 sleep 1
-if [[ -n "${PLAIN_PID:-}" ]]; then  # the same key and value as the node holds
+for port in ${PLAIN_PID:+"$PLAIN_PORT"} ${PLAIN_LMDB_PID:+"$PLAIN_LMDB_PORT"}; do  # the key and value the node holds
   "$GHZ" --insecure --proto proto/dhashmap/v1/kv.proto --import-paths proto/dhashmap/v1 --call dhashmap.v1.KV.Put \
-    -d "{\"key\":\"$KEY\",\"value\":\"$VALUE\"}" -n 1 "127.0.0.1:$PLAIN_PORT" >/dev/null
-fi
+    -d "{\"key\":\"$KEY\",\"value\":\"$VALUE\"}" -n 1 "127.0.0.1:$port" >/dev/null
+done
 if [[ -n "${REDIS_PID:-}" ]]; then
   redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -t set -c 50 -n 200000 -d 100 -r 100000 -q >/dev/null
 fi
@@ -178,6 +184,11 @@ for round in $(seq "$ROUNDS"); do
         if [[ -n "${PLAIN_PID:-}" ]]; then
           measure "plain-grpc.aio-Get" "$PLAIN_PID" ghz_run "$PLAIN_PORT" Get "$OUT/r$round-plain-get.txt"
           measure "plain-grpc.aio-Put" "$PLAIN_PID" ghz_run "$PLAIN_PORT" Put "$OUT/r$round-plain-put.txt"
+        fi ;;
+      plainlmdb)
+        if [[ -n "${PLAIN_LMDB_PID:-}" ]]; then
+          measure "plain-grpc.aio+LMDB-Get" "$PLAIN_LMDB_PID" ghz_run "$PLAIN_LMDB_PORT" Get "$OUT/r$round-plainlmdb-get.txt"
+          measure "plain-grpc.aio+LMDB-Put" "$PLAIN_LMDB_PID" ghz_run "$PLAIN_LMDB_PORT" Put "$OUT/r$round-plainlmdb-put.txt"
         fi ;;
       redis)
         [[ -n "${REDIS_PID:-}" ]] && measure "redis-GET" "$REDIS_PID" redis_run "$OUT/r$round-redis-get.txt" ;;
