@@ -80,13 +80,14 @@ class LMDBKV(kv_pb2_grpc.KVServicer):
     def _committed(self, batch: list, commit: asyncio.Future) -> None:
         self.committing = False
         error = commit.exception()
-        for i, (_, _, done) in enumerate(batch):
-            if done.done():
+        created = [None] * len(batch) if error is not None else commit.result()
+        for (_, _, done), answer in zip(batch, created, strict=True):
+            if done.done():  # the call was cancelled meanwhile
                 continue
             if error is not None:
                 done.set_exception(error)
             else:
-                done.set_result(commit.result()[i])
+                done.set_result(answer)
         if self.pending:
             self._commit()
 
