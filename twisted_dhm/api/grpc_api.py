@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -207,28 +208,35 @@ class _LoopBridge:
 _Bridge = _ThreadBridge | _LoopBridge
 
 
+@contextlib.asynccontextmanager
+async def _outcome(servicer: Any, name: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """Around a call: turn our exceptions into gRPC statuses (abort raises, so nothing runs
+    after it), and count the call by its status in the servicer's ``stats``."""
+    stats, clock = servicer.stats, servicer.clock
+    started = clock.seconds() if stats is not None else 0.0
+    code = "OK"
+    try:
+        yield
+    except asyncio.CancelledError:
+        code = "CANCELLED"  # the client cancelled, or its deadline passed
+        raise
+    except Exception as e:
+        status = status_of(e)
+        code = status.code.name
+        if status.metadata:  # kept with the dhashmap-owners a keyed call may have set
+            context.set_trailing_metadata((*(context.trailing_metadata() or ()), *status.metadata))
+        await context.abort(status.code, status.message)
+    finally:
+        if stats is not None:
+            stats.observe(name, code, clock.seconds() - started)
+
+
 def _handled(method: Callable) -> Callable:
-    """Turn our exceptions into gRPC statuses (abort raises, so nothing runs after it), and count
-    the call by its status in the servicer's ``stats`` (Scan, a stream, does the same itself)."""
+    """A unary method run in ``_outcome`` (Scan, a stream, uses it itself)."""
 
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        stats, clock = self.stats, self.clock
-        started = clock.seconds() if stats is not None else 0.0
-        code = "OK"
-        try:
+        async with _outcome(self, method.__name__, context):
             return await method(self, request, context)
-        except asyncio.CancelledError:
-            code = "CANCELLED"  # the client cancelled, or its deadline passed
-            raise
-        except Exception as e:
-            status = status_of(e)
-            code = status.code.name
-            if status.metadata:  # kept with the dhashmap-owners a keyed call may have set
-                context.set_trailing_metadata((*(context.trailing_metadata() or ()), *status.metadata))
-            await context.abort(status.code, status.message)
-        finally:
-            if stats is not None:
-                stats.observe(method.__name__, code, clock.seconds() - started)
 
     wrapper.__name__ = method.__name__
     wrapper.__doc__ = method.__doc__
@@ -360,10 +368,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
 
     async def Scan(self, request: kv_pb2.ScanRequest,  # noqa: N802
                    context: grpc.aio.ServicerContext) -> AsyncIterator[kv_pb2.ScanResponse]:
-        stats, clock = self.stats, self.clock
-        started = clock.seconds() if stats is not None else 0.0
-        code = "OK"
-        try:
+        async with _outcome(self, "Scan", context):
             page_size = min(request.page_size or DEFAULT_PAGE, DEFAULT_PAGE)
             left = request.limit or None
             cursor = None
@@ -379,16 +384,6 @@ class KVServicer(kv_pb2_grpc.KVServicer):
                 if not page.cursor or (left is not None and left <= 0):
                     return
                 cursor = page.cursor
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except Exception as e:
-            status = status_of(e)
-            code = status.code.name
-            await context.abort(status.code, status.message)
-        finally:
-            if stats is not None:
-                stats.observe("Scan", code, clock.seconds() - started)
 
 
 class ClusterServicer(kv_pb2_grpc.ClusterServicer):

@@ -96,10 +96,6 @@ class RecordView:
     def is_live(self, now_ms: int) -> bool:
         return not self.tombstone and (self.expires_at == 0 or now_ms < self.expires_at)
 
-    def record(self) -> Record:
-        """The same record, decoded."""
-        return decode_record(self._data)
-
     def __repr__(self) -> str:
         return f"RecordView(value={self.value!r}, token={self.token!r}, tombstone={self.tombstone!r})"
 
