@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 import yaml
 
+from twisted_dhm.membership.view import MAX_WEIGHT
 from twisted_dhm.versions import NODE_ID
 
 
@@ -393,7 +394,7 @@ SETTINGS: tuple[Setting, ...] = (
             "N: how many nodes hold each key. The same on every node.", "N"),
     Setting("partitions", "PARTITIONS", _int_range(1, 65536), 1024,
             "Q: fixed partitions of the key space. The same on every node, for the cluster's life.", "Q"),
-    Setting("weight", "WEIGHT", _int_range(1, 100), 1,
+    Setting("weight", "WEIGHT", _int_range(1, MAX_WEIGHT), 1,
             "This node's share of partitions relative to others (ring weight).", "W"),
     Setting("sloppy_quorum", "SLOPPY_QUORUM", _bool, True,
             "Let the next healthy nodes take writes for down replicas, with hints "

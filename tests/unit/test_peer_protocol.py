@@ -132,6 +132,40 @@ class HandshakeTests(ProtocolTestCase):
         p.dataReceived(framed(hello(node_id="")))
         self.failureResultOf(p.when_ready(), HandshakeFailed)
 
+    def test_peer_hello_held_to_what_a_member_record_is_held_to(self):
+        """A peer's Hello makes it a member (static discovery): a weight that would make the ring
+        rebuild with billions of tokens, a node id that is not one, a port that is not a port."""
+        cases = {
+            "weight": lambda h: setattr(h.hello, "weight", 2**32 - 1),
+            "valid node id": lambda h: setattr(h.hello, "node_id", "evil\x00node"),
+            "peer_port": lambda h: setattr(h.hello.addresses, "peer_port", 70000),
+            "host": lambda h: setattr(h.hello.addresses, "host", "h" * 300),
+        }
+        for what, spoil in cases.items():
+            p, t = self.connect()
+            t.clear()
+            frame = hello()
+            spoil(frame)
+            p.dataReceived(framed(frame))
+            failure = self.failureResultOf(p.when_ready(), HandshakeFailed)
+            self.assertIn(what, str(failure.value))
+            self.assertTrue(t.disconnecting)
+            [error] = frames_in(t.value())
+            self.assertEqual(error.error.code, pb.ERROR_CODE_BAD_FRAME)
+        p, t = self.connect()
+        frame = hello()
+        frame.hello.weight = 100
+        p.dataReceived(framed(frame))
+        self.assertEqual(self.successResultOf(p.when_ready()).weight, 100)
+
+    def test_error_with_an_unknown_code_instead_of_hello_fails_ready(self):
+        p, t = self.connect()
+        f = pb.Frame(id=0)
+        f.error.code = 99
+        p.dataReceived(framed(f))
+        failure = self.failureResultOf(p.when_ready(), HandshakeFailed)
+        self.assertIn("ERROR_CODE_99", str(failure.value))
+
     def test_client_role_needs_no_node_id(self):
         p, t = self.connect()
         p.dataReceived(framed(hello(node_id="", role=pb.ROLE_CLIENT)))
@@ -177,6 +211,27 @@ class RequestTests(ProtocolTestCase):
         p.dataReceived(framed(f))
         err = self.failureResultOf(d, PeerError).value
         self.assertEqual((err.code, err.acks, err.required), (pb.ERROR_CODE_UNAVAILABLE, 1, 2))
+
+    def test_error_answer_with_a_code_this_build_does_not_know(self):
+        """Protobuf enums are open: a newer node's (or a hostile one's) code still fails the request."""
+        p, t = self.ready()
+        d = p.request(pb.Frame(replica_get=pb.ReplicaGet(keys=[b"a"])))
+        [req] = self.sent(t)
+        f = pb.Frame(id=req.id)
+        f.error.code = 99
+        f.error.message = "from the future"
+        p.dataReceived(framed(f))
+        err = self.failureResultOf(d, PeerError).value
+        self.assertEqual(err.code, 99)
+        self.assertIn("ERROR_CODE_99: from the future", str(err))
+        self.assertFalse(t.disconnecting)
+
+    def test_connection_error_with_an_unknown_code_is_logged_not_raised(self):
+        p, t = self.ready()
+        f = pb.Frame(id=0)
+        f.error.code = 99
+        p.dataReceived(framed(f))  # must not raise into the reactor
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
 
     def test_timeout_on_injected_clock_and_late_answer_ignored(self):
         p, t = self.ready()

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 
 from twisted_dhm import logs
 from twisted_dhm.membership.static import StaticMembership
-from twisted_dhm.membership.view import ALIVE, DEAD, Member, MembershipView
+from twisted_dhm.membership.view import ALIVE, DEAD, MAX_WEIGHT, Member, MembershipView
 from twisted_dhm.peer.pool import PeerPool
 from twisted_dhm.versions import NODE_ID
 
@@ -112,7 +112,7 @@ class MemberRecord:
         if not isinstance(record.host, str) or not record.host or len(record.host) > 253:
             raise ValueError("member record host must be a host name or address")
         for name, value, low, high in (("peer", record.peer, 1, 65535), ("rest", record.rest, 0, 65535),
-                                       ("weight", record.weight, 1, 100)):
+                                       ("weight", record.weight, 1, MAX_WEIGHT)):
             if type(value) is not int or not low <= value <= high:
                 raise ValueError(f"member record {name} is out of range: {value!r}")
         if not isinstance(record.version, str) or type(record.started_at_ms) is not int:

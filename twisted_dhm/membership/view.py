@@ -13,6 +13,8 @@ import attrs
 
 ALIVE, SUSPECT, DEAD, LEFT = "alive", "suspect", "dead", "left"
 STATES = (ALIVE, SUSPECT, DEAD, LEFT)
+MAX_WEIGHT = 100
+"""A member's ring weight is 1 to this (``--weight``): its share of partitions, relative to others."""
 
 
 @attrs.frozen

@@ -19,11 +19,20 @@ _CODE_OF = {
 }
 
 
+def code_name(code: int) -> str:
+    """``ERROR_CODE_NOT_FOUND`` for its number; a code this build does not know (a newer node's:
+    protobuf enums are open, any number decodes) is ``ERROR_CODE_<number>``."""
+    try:
+        return pb.ErrorCode.Name(code)
+    except ValueError:
+        return f"ERROR_CODE_{code}"
+
+
 class PeerError(Exception):
     """The other side answered with an Error frame."""
 
     def __init__(self, error: pb.Error) -> None:
-        super().__init__(f"{pb.ErrorCode.Name(error.code)}: {error.message}")
+        super().__init__(f"{code_name(error.code)}: {error.message}")
         self.code = error.code
         self.message = error.message
         self.acks = error.acks
@@ -51,7 +60,7 @@ def error_code(failure: Failure) -> int:
 
 def error_name(code: int) -> str:
     """``ERROR_CODE_NOT_FOUND`` -> ``not_found`` (metrics labels)."""
-    return pb.ErrorCode.Name(code).removeprefix("ERROR_CODE_").lower()
+    return code_name(code).removeprefix("ERROR_CODE_").lower()
 
 
 def error_for_failure(failure: Failure, request_id: int) -> pb.Frame:

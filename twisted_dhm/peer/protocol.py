@@ -31,10 +31,12 @@ from zope.interface import implementer
 
 from twisted_dhm import logs
 from twisted_dhm.errors import KVError
+from twisted_dhm.membership.view import MAX_WEIGHT
 from twisted_dhm.network import coalesce_writes, no_delay
 from twisted_dhm.peer import peer_pb2 as pb
-from twisted_dhm.peer.errors import PeerError, error_for_failure, error_frame, error_name
+from twisted_dhm.peer.errors import PeerError, code_name, error_for_failure, error_frame, error_name
 from twisted_dhm.storage import StorageError
+from twisted_dhm.versions import NODE_ID
 
 PROTOCOL_VERSION = 3
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
@@ -55,6 +57,24 @@ RESPONSE_BODIES = frozenset({
 })
 
 log = logs.logger("dhashmap.peer")
+
+
+def peer_hello_problem(hello: pb.Hello) -> str | None:
+    """What is wrong with a peer's Hello, or None: it becomes a member (static discovery), so
+    it is held to what a member record from etcd, Consul or gossip is held to."""
+    if not hello.node_id:
+        return "a peer's Hello must name its node"
+    if not NODE_ID.fullmatch(hello.node_id):
+        return f"a peer's Hello names no valid node id: {hello.node_id[:80]!r}"
+    if hello.weight > MAX_WEIGHT:  # 0: not given, taken as 1
+        return f"a peer's weight must be 1 to {MAX_WEIGHT}, not {hello.weight}"
+    addresses = hello.addresses
+    if len(addresses.host) > 253:
+        return "a peer's host is longer than a host name can be"
+    for name in ("peer_port", "rest_port", "grpc_port"):
+        if getattr(addresses, name) > 65535:
+            return f"a peer's {name} is not a port: {getattr(addresses, name)}"
+    return None
 
 
 class RequestTimeout(Exception):
@@ -232,7 +252,7 @@ class PeerProtocol(Int32StringReceiver):
             self._answer_received(frame, body)
         elif body == "error":
             log.warn("{peer} reports: {code} {message}", peer=self.describe(),
-                     code=pb.ErrorCode.Name(frame.error.code), message=frame.error.message)
+                     code=code_name(frame.error.code), message=frame.error.message)
         elif body in REQUEST_BODIES:
             self._request_received(frame, body)
         else:
@@ -240,7 +260,7 @@ class PeerProtocol(Int32StringReceiver):
 
     def _handshake(self, frame: pb.Frame, body: str | None) -> None:
         if body == "error":
-            message = f"{pb.ErrorCode.Name(frame.error.code)}: {frame.error.message}"
+            message = f"{code_name(frame.error.code)}: {frame.error.message}"
             self.transport.loseConnection()
             self._handshake_done(Failure(HandshakeFailed(message)))
             return
@@ -262,9 +282,11 @@ class PeerProtocol(Int32StringReceiver):
             self.close(pb.ERROR_CODE_PARTITIONS_MISMATCH,
                        f"partition count {hello.partitions} differs from this node's {self.identity.partitions}")
             return
-        if hello.role == pb.ROLE_PEER and not hello.node_id:
-            self.close(pb.ERROR_CODE_BAD_FRAME, "a peer's Hello must name its node")
-            return
+        if hello.role == pb.ROLE_PEER:
+            problem = peer_hello_problem(hello)
+            if problem is not None:
+                self.close(pb.ERROR_CODE_BAD_FRAME, problem)
+                return
         self.remote = hello
         self._handshake_done(hello)
 

@@ -36,7 +36,7 @@ from twisted_dhm import logs
 from twisted_dhm.membership.swim.config import SwimConfig
 from twisted_dhm.membership.swim.core import Address, MemberView, NodeInfo, OpenStream, Output, SendPacket, Swim
 from twisted_dhm.membership.swim.keyring import Keyring
-from twisted_dhm.membership.view import DEAD, LEFT, SUSPECT, Member, MembershipView
+from twisted_dhm.membership.view import DEAD, LEFT, MAX_WEIGHT, SUSPECT, Member, MembershipView
 from twisted_dhm.network import INetwork
 from twisted_dhm.versions import NODE_ID
 
@@ -76,7 +76,7 @@ def decode_meta(raw: bytes) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise ValueError("member metadata is not a JSON object")
     out: dict[str, Any] = {}
-    for name, low, high in (("peer", 1, 65535), ("rest", 0, 65535), ("weight", 1, 100)):
+    for name, low, high in (("peer", 1, 65535), ("rest", 0, 65535), ("weight", 1, MAX_WEIGHT)):
         value = meta.get(name)
         if type(value) is not int or not low <= value <= high:
             raise ValueError(f"member metadata {name!r} must be an integer from {low} to {high}")
