@@ -93,6 +93,13 @@ class Version:
             entries.append((node, count))
         if not placed:
             entries.append((node_id, max(1, hlc)))
+        if len(entries) > MAX_CLOCK_ENTRIES:
+            # Full (a cluster whose members came and went for years): the entries written
+            # longest ago go, as Riak prunes its clocks.  Their counters are the smallest
+            # (counters are at least the HLC stamp of their write), so at worst a version that
+            # still has them looks concurrent with this one, and the HLC stamp picks this one.
+            by_age = sorted(entries, key=lambda e: (e[0] == node_id, e[1]))
+            entries = sorted(by_age[len(entries) - MAX_CLOCK_ENTRIES :])
         return Version(tuple(entries), hlc)
 
     def merge(self, other: Version, hlc: int) -> Version:

@@ -1,11 +1,13 @@
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_dhm.cluster.coordinator import ANY, Precondition, decode_cursor, encode_cursor
+from twisted_dhm.cluster.coordinator import ANY, MAX_TTL_SECONDS, Precondition, decode_cursor, encode_cursor
+from twisted_dhm.cluster.replicas import Replicas
 from twisted_dhm.errors import InvalidRequest, PreconditionFailed
+from twisted_dhm.storage import Record
 from twisted_dhm.storage.memory import MemoryEngine
 from twisted_dhm.testing.stack import single_node_coordinator
-from twisted_dhm.versions import Ordering
+from twisted_dhm.versions import Ordering, Version
 
 
 class CoordinatorTests(SynchronousTestCase):
@@ -56,6 +58,15 @@ class CoordinatorTests(SynchronousTestCase):
         self.clock.advance(0.001)
         self.assertIsNone(self.get(b"k"))
         self.assertTrue(self.put(b"k", b"new").created, "a put over an expired value creates")
+
+    def test_ttl_outside_one_second_to_ten_years_is_refused_whatever_the_api(self):
+        """The coordinator checks it too (gRPC passed ttl_seconds through unchecked): an expiry
+        past what a record can hold must not reach the encoding, or a peer's batch."""
+        for ttl in (0, -1, MAX_TTL_SECONDS + 1, 2.0**64):
+            self.failureResultOf(self.c.put(b"k", b"v", ttl=ttl), InvalidRequest)
+        self.assertIsNone(self.engine.get(b"k"))
+        self.put(b"k", b"v", ttl=MAX_TTL_SECONDS)
+        self.assertEqual(self.get(b"k").value, b"v")
 
     def test_if_match(self):
         v1 = self.put(b"k", b"1").version
@@ -132,6 +143,25 @@ class CoordinatorTests(SynchronousTestCase):
         with self.assertRaises(InvalidRequest):
             decode_cursor("!!!")
         self.assertIsInstance(self.failureResultOf(self.c.list(b"", "a.b", 10)).value, InvalidRequest)
+
+
+class ReplicaBatchTests(SynchronousTestCase):
+    def test_a_batch_that_cannot_be_sent_fails_its_callers_not_the_reactor(self):
+        """A batch leaves from a delayed call: an error there must reach every write and read
+        in it (their coordinators then hint or answer), not escape and leave them waiting."""
+
+        class Unsendable:
+            def request(self, node, frame):
+                raise RuntimeError("cannot send")
+
+        clock = Clock()
+        replicas = Replicas("n1", None, Unsendable(), clock)
+        record = Record(b"v", Version().increment("n1", 1))
+        writes = [replicas.write("n2", [(b"k%d" % i, record)]) for i in range(3)]
+        read = replicas.read("n2", [b"k"])
+        clock.advance(0)  # the batches leave: must not raise
+        for d in [*writes, read]:
+            self.assertEqual(str(self.failureResultOf(d, RuntimeError).value), "cannot send")
 
 
 class GatherTests(SynchronousTestCase):

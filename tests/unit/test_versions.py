@@ -5,6 +5,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.strategies import versions
 from twisted_dhm.versions import (
+    MAX_CLOCK_ENTRIES,
     HybridLogicalClock,
     Ordering,
     Version,
@@ -146,6 +147,25 @@ class VectorClockTests(SynchronousTestCase):
         self.assertGreater(fresh.counter("n1"), old.counter("n1"))
         self.assertTrue(fresh.wins_over(old))
         self.assertEqual(Version((("n1", 5000),), 9).increment("n1", 10).counter("n1"), 5001)
+
+
+    def test_a_full_clock_drops_its_oldest_entry_and_the_write_still_wins(self):
+        """A key whose clock has the most entries a version may carry (accepted from a peer, or
+        grown over years of members coming and going) stays writable: the entry with the
+        smallest counter goes, the result encodes, and it wins over the version it replaced."""
+        full = Version(tuple((f"m{i:03d}", 100 + i) for i in range(MAX_CLOCK_ENTRIES)), 500)
+        newer = full.increment("n1", 1000)
+        self.assertEqual(len(newer.clock), MAX_CLOCK_ENTRIES)
+        self.assertNotIn("m000", dict(newer.clock))
+        self.assertEqual(newer.counter("n1"), 1000)
+        self.assertEqual(decode_version(encode_version(newer))[0], newer)
+        self.assertTrue(newer.wins_over(full))
+        self.assertFalse(full.wins_over(newer))
+        again = full.increment("m001", 1000)  # a node already in the clock: nothing to drop
+        self.assertEqual(len(again.clock), MAX_CLOCK_ENTRIES)
+        self.assertEqual(again.compare(full), Ordering.AFTER)
+        merged = full.merge(Version(tuple((f"x{i:03d}", 1) for i in range(10)), 0), 0)
+        self.assertEqual(len(merged.increment("n1", 1000).clock), MAX_CLOCK_ENTRIES)
 
 
 class HLCTests(SynchronousTestCase):

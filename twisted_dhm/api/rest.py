@@ -30,7 +30,16 @@ from werkzeug.exceptions import Conflict, HTTPException, InternalServerError
 from twisted_dhm import logs
 from twisted_dhm.api.dashboard import UIResource, is_ui_path
 from twisted_dhm.api.metrics import NodeMetrics
-from twisted_dhm.cluster.coordinator import ANY, LATER, NO_CONDITION, Coordinator, Page, Precondition, parse_level
+from twisted_dhm.cluster.coordinator import (
+    ANY,
+    LATER,
+    MAX_TTL_SECONDS,
+    NO_CONDITION,
+    Coordinator,
+    Page,
+    Precondition,
+    parse_level,
+)
 from twisted_dhm.cluster.handler import NotMine
 from twisted_dhm.errors import (
     Forbidden,
@@ -51,7 +60,6 @@ access_log = logs.logger("dhashmap.access")
 KV_PREFIX = b"/v1/kv/"
 OCTET_STREAM = b"application/octet-stream"
 JSON_TYPE = b"application/json"
-MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
 MAX_LIST_LIMIT = 10000
 DEFAULT_LIST_LIMIT = 1000
 

@@ -34,6 +34,7 @@ from twisted_dhm.cluster.replicas import ReplicaClient
 from twisted_dhm.cluster.routing import Routing, WritePlan
 from twisted_dhm.errors import InvalidRequest, KVError, PreconditionFailed, Unavailable
 from twisted_dhm.storage import Record, RecordView, ScanEntry
+from twisted_dhm.storage.interface import encode_record
 from twisted_dhm.versions import HybridLogicalClock, Version, b64url_decode
 
 log = logs.logger("dhashmap.coordinator")
@@ -43,6 +44,8 @@ ANY = "*"
 LATER = object()
 """``get_now``: the answer needs other replicas (use ``get``)."""
 MAX_SCAN = 40_000  # entries one replica examines for one listing page (replicas cap requests here)
+MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
+"""The longest time to live a write may ask for (ten years), whichever API it came through."""
 
 Match = None | str | Sequence[Version]
 LEVELS = ("one", "quorum", "all")
@@ -283,6 +286,8 @@ class Coordinator:
             precondition: Precondition = NO_CONDITION, w: str | int | None = None,
             sloppy: bool | None = None) -> Deferred:
         """Fires with a WriteResult once ``w`` replicas have the new version on disk."""
+        if ttl is not None and not 0 < ttl <= MAX_TTL_SECONDS:
+            return fail(InvalidRequest(f"ttl must be from 1 to {MAX_TTL_SECONDS} seconds"))
 
         def make(version: Version) -> Record:
             expires_at = 0 if ttl is None else self._now_ms() + max(1, int(ttl * 1000))
@@ -331,10 +336,9 @@ class Coordinator:
                 # when it has nothing for the key.
                 return self._read(key, min(need, plan.n // 2 + 1), for_write=True).addCallback(replicate)
             try:
-                records = local.read_local([key], True)
-            except Exception:
+                return from_local(local.read_local([key], True))
+            except Exception:  # a store that cannot read, a record that cannot be encoded
                 return fail()
-            return from_local(records)
         return self._read(key, "quorum", for_write=True).addCallback(replicate)
 
     def _next_version(self, seen: list[Version]) -> Version:
@@ -351,6 +355,9 @@ class Coordinator:
 
     def _replicate(self, key: bytes, record: Record, plan: WritePlan, need: int,
                    current: object = UNKNOWN) -> Deferred:
+        # Encoded now (once, for the disk and every peer): a record that cannot be (its vector
+        # clock is full) fails this write alone, not the batch of other writes it would join.
+        encode_record(record)
         if len(plan.targets) == 1 and need == 1 and not plan.orphans and plan.targets[0][0] == self.node_id:
             return self.replicas.write(self.node_id, [(key, record)], plan.targets[0][1], current)
         gather = _Gather(len(plan.targets), need, "write")

@@ -8,7 +8,15 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 
-from twisted_dhm.cluster.coordinator import ANY, LATER, MAX_SCAN, NO_CONDITION, Coordinator, Precondition
+from twisted_dhm.cluster.coordinator import (
+    ANY,
+    LATER,
+    MAX_SCAN,
+    MAX_TTL_SECONDS,
+    NO_CONDITION,
+    Coordinator,
+    Precondition,
+)
 from twisted_dhm.cluster.rebalance import SyncError
 from twisted_dhm.cluster.replica import LocalReplica
 from twisted_dhm.errors import Forbidden, InvalidRequest, KeyTooLong, KVError, ValueTooLarge
@@ -18,7 +26,6 @@ from twisted_dhm.storage import Record, RecordView
 from twisted_dhm.versions import NODE_ID, Version, VersionDecodeError
 
 MAX_BATCH = 10000
-MAX_TTL_SECONDS = 10 * 365 * 24 * 3600  # as REST
 _LEVELS = {pb.Consistency.LEVEL_ONE: "one", pb.Consistency.LEVEL_QUORUM: "quorum", pb.Consistency.LEVEL_ALL: "all"}
 
 

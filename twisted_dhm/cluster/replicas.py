@@ -133,7 +133,8 @@ class Replicas:
             for d, first, count in batch.waiters:
                 d.callback(records[first : first + count])
 
-        self._send_get(key[0], batch.items, key[1], key[2]).addCallbacks(answered, batch.fail)
+        # (maybeDeferred: whatever goes wrong in sending fails the batch's waiters, not the reactor)
+        maybeDeferred(self._send_get, key[0], batch.items, key[1], key[2]).addCallbacks(answered, batch.fail)
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -179,7 +180,7 @@ class Replicas:
             for d, _first, count in batch.waiters:
                 d.callback(count)
 
-        self._send_put(key[0], batch.items, key[1]).addCallbacks(answered, batch.fail)
+        maybeDeferred(self._send_put, key[0], batch.items, key[1]).addCallbacks(answered, batch.fail)
 
     # -- scans -------------------------------------------------------------------------------
 
