@@ -297,6 +297,10 @@ def _default_advertise(values: Mapping[str, Any]) -> str:
     return "127.0.0.1" if bind in ("0.0.0.0", "::") else bind
 
 
+LMDB_MAX_KEY_SIZE = 446
+"""LMDB's keys are at most 511 bytes; a hint is stored under its target's node id (up to 64
+bytes), a NUL and the key: so a key is at most 446 bytes."""
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("node_id", "NODE_ID", _node_id, lambda v: _default_node_id(),
             "Unique name of this node in the cluster (default: the short host name).", "NAME"),
@@ -426,8 +430,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("drain_on_stop", "DRAIN_ON_STOP", _bool, False,
             "On SIGTERM, hand every partition to its next owners before exiting, as `dhm leave` does.",
             "BOOL"),
-    Setting("max_key_size", "MAX_KEY_SIZE", _size(1, 64 * 1024), 4096,
-            "Largest key accepted, in bytes after percent-decoding (413/414 beyond).", "SIZE"),
+    Setting("max_key_size", "MAX_KEY_SIZE", _size(1, 64 * 1024), LMDB_MAX_KEY_SIZE,
+            f"Largest key accepted, in bytes after percent-decoding (414 beyond); at most "
+            f"{LMDB_MAX_KEY_SIZE} with --storage lmdb.", "SIZE"),
     Setting("max_value_size", "MAX_VALUE_SIZE", _size(1, 1 << 30), 8 * 1024 * 1024,
             "Largest value accepted (413 beyond).", "SIZE"),
     Setting("http_idle_timeout", "HTTP_IDLE_TIMEOUT", _duration(1, 3600), 60.0,
@@ -570,6 +575,11 @@ def load_config(
             f"({values['gossip_probe_interval']:g}s): a probe needs time left for its indirect checks")
     if values["manhole"] is not None and values["manhole"].kind == "ssh" and not values["manhole_keys"]:
         raise ConfigError("--manhole ssh:... needs --manhole-keys FILE (an authorized_keys file)")
+    if values["storage"] == "lmdb" and values["max_key_size"] > LMDB_MAX_KEY_SIZE:
+        raise ConfigError(
+            f"--max-key-size is at most {LMDB_MAX_KEY_SIZE} bytes with --storage lmdb (LMDB keys are "
+            f"at most 511 bytes, and a hint's key is the key after its target's node id), "
+            f"got {values['max_key_size']}")
     if values["anti_entropy_interval"] and values["tombstone_grace"] < 4 * values["anti_entropy_interval"]:
         # A tombstone must outlive the repair rounds that carry it to every replica.
         raise ConfigError("--tombstone-grace must be at least 4 x --anti-entropy-interval")

@@ -67,9 +67,17 @@ class PrecedenceTests(SynchronousTestCase):
         self.assertIn("cannot read", str(ctx.exception))
 
     def test_sizes_and_durations(self):
-        c = load_config({"max_key_size": "2KiB", "http_idle_timeout": "2m"}, {"LMDB_MAP_SIZE": "2GiB"})
+        c = load_config({"max_key_size": "2KiB", "http_idle_timeout": "2m", "storage": "memory"},
+                        {"LMDB_MAP_SIZE": "2GiB"})
         self.assertEqual((c.max_key_size, c.http_idle_timeout, c.lmdb_map_size), (2048, 120.0, 2 << 30))
         self.assertEqual(load_config({"http_idle_timeout": "1500ms"}, {}).http_idle_timeout, 1.5)
+
+    def test_keys_lmdb_cannot_hold_are_refused_at_start(self):
+        self.assertEqual(load_config({}, {}).max_key_size, 446)
+        with self.assertRaises(ConfigError) as ctx:
+            load_config({"max_key_size": "4096"}, {})
+        self.assertIn("at most 446 bytes with --storage lmdb", str(ctx.exception))
+        self.assertEqual(load_config({"max_key_size": "4096", "storage": "memory"}, {}).max_key_size, 4096)
 
     def test_settings_table_documents_everything(self):
         table = settings_markdown()

@@ -388,6 +388,23 @@ class LMDBEngineTests(EngineContract, SynchronousTestCase):
         self.assertEqual(self.engine.stats().keys, 3)
         self.flushLoggedErrors(StorageFull)
 
+    def test_a_key_lmdb_cannot_take_is_refused_alone(self):
+        """Refused when written, not in the commit: there it would fail every write that shares it."""
+        good = self.engine.write(b"good", rec())
+        with self.assertRaises(StorageError) as ctx:
+            self.engine.write(b"k" * 512, rec())
+        self.assertIn("1 to 511 bytes", str(ctx.exception))
+        with self.assertRaises(StorageError):
+            self.engine.write_many([(b"fine", rec()), (b"k" * 600, rec())])
+        self.settle()
+        self.successResultOf(good)
+        self.assertEqual(self.engine.get(b"good").value, b"v")
+        self.assertIsNone(self.engine.latest(b"fine"))
+        longest = self.engine.write(b"k" * 511, rec(b"longest"))
+        self.settle()
+        self.successResultOf(longest)
+        self.assertEqual(self.engine.get(b"k" * 511).value, b"longest")
+
     def test_write_many_refuses_an_unencodable_batch_whole(self):
         bad = Record(b"v", Version((("x" * 300, 1),), 1))
         with self.assertRaises(ValueError):

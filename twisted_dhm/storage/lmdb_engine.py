@@ -176,6 +176,7 @@ class LMDBEngine:
         self._pool: ThreadPool | None = None
         self._env: lmdb.Environment | None = None
         self._db = None
+        self._max_key = 511  # LMDB's (the environment says, once open)
         self._reactor_thread = -1
         self._turn_txn: lmdb.Transaction | None = None  # the reactor turn's client reads (get_view)
         # key -> newest Record (None: removal) of writes queued or committing
@@ -208,6 +209,7 @@ class LMDBEngine:
         except (lmdb.Error, OSError) as e:
             raise StorageError(f"cannot open LMDB store at {self.path}: {e}") from None
         self._db = self._env.open_db(_RECORDS_DB)
+        self._max_key = self._env.max_key_size()
         self._reactor_thread = threading.get_ident()  # opened by the node in the reactor's thread
         if self._run_in_thread is None and self._commit_in == "process":
             self._process = ProcessCommitter(self._reactor, self.path, self._map_size)  # type: ignore[arg-type]
@@ -336,9 +338,16 @@ class LMDBEngine:
 
     # -- writes -----------------------------------------------------------------------
 
+    def _check_key(self, key: bytes) -> None:
+        # Here, not in the commit: one key LMDB cannot take would fail the whole group commit,
+        # every other client's writes in it with it.
+        if not key or len(key) > self._max_key:
+            raise StorageError(f"LMDB keys are 1 to {self._max_key} bytes; this one is {len(key)}")
+
     def write(self, key: bytes, record: Record | None, background: bool = False) -> Deferred:
         if self._env is None or self._closing:
             return fail(StorageError("the store is closed"))
+        self._check_key(key)
         encoded = None if record is None else encode_record(record)  # may raise: before any state changes
         if not background or key in self._queue:
             return self._queue_writes([(key, record, encoded)])
@@ -361,7 +370,9 @@ class LMDBEngine:
             return all_durable([self.write(key, record, background=True) for key, record in items])
         if self._env is None or self._closing:
             return fail(StorageError("the store is closed"))
-        # Encoded first: a record that cannot be encoded refuses the batch before any state changes.
+        # Checked and encoded first: a bad item refuses the batch before any state changes.
+        for key, _ in items:
+            self._check_key(key)
         return self._queue_writes([(key, record, None if record is None else encode_record(record))
                                    for key, record in items])
 

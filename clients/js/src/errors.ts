@@ -58,7 +58,7 @@ export class ValueTooLargeError extends TooLargeError {
   static override readonly defaultCode: string = "value_too_large";
 }
 
-/** 414: the key is over `--max-key-size` (4096 bytes by default). */
+/** 414: the key is over `--max-key-size` (446 bytes by default). */
 export class KeyTooLongError extends TooLargeError {
   static override readonly defaultCode: string = "key_too_long";
 }

@@ -80,7 +80,7 @@ class InvalidRequest(DhashmapError):
 
 
 class KeyTooLong(DhashmapError):
-    """414: the key is longer than the node's ``max_key_size`` (4096 bytes by default)."""
+    """414: the key is longer than the node's ``max_key_size`` (446 bytes by default)."""
 
     default_code = "key_too_long"
 

@@ -33,7 +33,7 @@ from twisted_dhm.testing.process import NodeProcess, free_port
 pytestmark = pytest.mark.integration
 
 MAX_VALUE = 8 * 1024 * 1024  # the node's default max_value_size
-MAX_KEY = 4096  # and max_key_size
+MAX_KEY = 4096  # and max_key_size (conftest.py starts the node with it)
 
 
 @pytest.fixture(scope="module")
