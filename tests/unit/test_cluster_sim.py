@@ -194,6 +194,24 @@ class FailureTests(ClusterTestCase):
         self.assertGreaterEqual(self.sim.nodes["node1"].coordinator.read_repairs, 1)
 
 
+    def test_a_write_and_a_read_repair_of_one_key_in_one_frame_leave_the_newer(self):
+        """node1 sends node3, in one turn, a client's write (w=all) and the read repair of an
+        older read whose answer came late: one frame carries the key twice, newer first.  The
+        replica must keep the newer, which it acknowledged, not the one it received last."""
+        self.put("node1", b"k", b"R")
+        self.sim.run(1)
+        older = self.sim.disks["node1"][0].get(b"k")
+        self.sim.nodes["node3"].engine.write(b"k", None)  # node3 missed it
+        self.sim.run(0.1)
+        coordinator = self.sim.nodes["node1"].coordinator
+        written = coordinator.put(b"k", b"W", w="all")
+        coordinator._repair(b"k", {"node1": older, "node3": None})  # the late read's repair
+        self.sim.result(written)
+        self.sim.run(1)
+        for host in self.sim.hosts:
+            self.assertEqual(self.sim.disks[host][0].get(b"k").value, b"W", host)
+
+
 class FrameLimitTests(SynchronousTestCase):
     """Batches of replica operations must fit the peers' frame limit, whatever the values."""
 

@@ -126,27 +126,32 @@ class LocalReplica:
             # acknowledged or queued is durable (rebalancing asks before dropping its copy).
             return gatherResults([self.engine.flushed(), self.hints.flushed()]).addCallback(lambda _: 0)
         store = self.hints if hint_for else self.engine
-        winners = []
+        # A batch may carry a key twice (a client's write and a read repair of it, sent to this
+        # node in one turn): each is held against the winner so far, not only the store's.
+        winners: dict[bytes, Record] = {}
         known = current
         for key, record in items:
             self.hlc.observe(record.version.hlc)
             store_key = hint_key(hint_for, key) if hint_for else key
-            if known is not UNKNOWN and len(items) == 1 and not hint_for:
-                current = known
-            else:
-                try:
-                    current = store.latest(store_key)
-                except CorruptRecord:
-                    current = None  # what arrives replaces bytes that no longer decode
+            current = winners.get(store_key)
+            if current is None:
+                if known is not UNKNOWN and len(items) == 1 and not hint_for:
+                    current = known
+                else:
+                    try:
+                        current = store.latest(store_key)
+                    except CorruptRecord:
+                        current = None  # what arrives replaces bytes that no longer decode
             if current is not None and not record.version.wins_over(current.version):
                 continue
-            winners.append((store_key, record))
+            winners[store_key] = record
         if not winners:
             return succeed(0)
         if len(winners) == 1:
-            d = store.write(winners[0][0], winners[0][1], background=background)
+            [(store_key, record)] = winners.items()
+            d = store.write(store_key, record, background=background)
         else:
-            d = store.write_many(winners, background=background)  # one commit, one waiter
+            d = store.write_many(list(winners.items()), background=background)  # one commit, one waiter
         stored = len(winners)
         return d.addCallback(lambda _: stored)
 
