@@ -113,6 +113,28 @@ class ReplicationTests(ClusterTestCase):
             self.put("node3", b"cas", b"3", precondition=Precondition(if_match=(v1,)))
         self.assertEqual(self.get("node1", b"cas").value, b"2")
 
+    def test_racing_conditional_writes_through_one_node_one_passes(self):
+        """Sent at once (the quorum reads of both would otherwise be answered before either
+        write reached a replica): one If-Match write passes, the other is 412; of two
+        create-only writes, one creates."""
+        from twisted_dhm.cluster.coordinator import ANY, Precondition
+        from twisted_dhm.errors import PreconditionFailed
+
+        coordinator = self.sim.nodes["node1"].coordinator
+        v0 = self.put("node1", b"cas", b"0").version
+        for key, condition in ((b"cas", Precondition(if_match=(v0,))), (b"new", Precondition(if_none_match=ANY))):
+            racing = [coordinator.put(key, b"%d" % i, precondition=condition) for i in range(3)]
+            outcomes = []
+            for d in racing:
+                try:
+                    outcomes.append(self.sim.result(d).version)
+                except PreconditionFailed:
+                    outcomes.append(None)
+            [winner] = [v for v in outcomes if v is not None]
+            self.assertEqual(outcomes.count(None), 2, key)
+            self.assertEqual(self.get("node2", key, r="all").version, winner)
+        self.assertEqual(coordinator._conditional, {}, "nothing left waiting")
+
     def test_listing_merges_every_member(self):
         for i in range(30):
             self.put(self.sim.hosts[i % 3], b"list/%02d" % i, b"x")

@@ -210,6 +210,8 @@ class Coordinator:
         self._hlc = hlc
         self.sloppy_quorum = sloppy_quorum
         self.read_repairs = 0
+        # key -> fires when the conditional write under way on it has its answer (see _write)
+        self._conditional: dict[bytes, Deferred] = {}
 
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
@@ -301,6 +303,35 @@ class Coordinator:
         return self._write(key, lambda version: Record(b"", version, tombstone=True), precondition, w, sloppy)
 
     def _write(self, key: bytes, make, precondition: Precondition, w, sloppy) -> Deferred:  # type: ignore[no-untyped-def]
+        if precondition == NO_CONDITION:
+            return self._write_now(key, make, precondition, w, sloppy)
+        # Conditional writes of one key through this node go one at a time: the next one's
+        # quorum read starts once the one before has its acknowledgements, so two writes with
+        # the same If-Match (or two create-only writes) cannot both see the old version.
+        previous = self._conditional.get(key)
+        mine: Deferred = Deferred()
+        self._conditional[key] = mine
+        answer: Deferred = Deferred()
+
+        def finished(outcome: object) -> None:
+            if self._conditional.get(key) is mine:
+                del self._conditional[key]
+            mine.callback(None)
+            if isinstance(outcome, Failure):
+                answer.errback(outcome)
+            else:
+                answer.callback(outcome)
+
+        def start(_: object = None) -> None:
+            maybeDeferred(self._write_now, key, make, precondition, w, sloppy).addBoth(finished)
+
+        if previous is None:
+            start()
+        else:
+            previous.addCallback(start)
+        return answer
+
+    def _write_now(self, key: bytes, make, precondition: Precondition, w, sloppy) -> Deferred:  # type: ignore[no-untyped-def]
         plan = self.routing.write_plan(key, self.sloppy_quorum if sloppy is None else sloppy)
         try:
             need = required(w, plan.n, "w")
