@@ -234,6 +234,24 @@ class FailureTests(ClusterTestCase):
             self.assertEqual(self.sim.disks[host][0].get(b"k").value, b"W", host)
 
 
+class NonReplicaCoordinatorTests(ClusterTestCase):
+    size = 4
+
+    def test_w_one_through_a_node_that_is_not_a_replica_needs_one_replica(self):
+        """Two of the key's three replicas down: a w=one write through the fourth node reads one
+        replica to build on (not a quorum it cannot have), as through the replica itself."""
+        routing = self.sim.nodes["node4"].routing
+        key = next(k for k in (b"k%d" % i for i in range(1000)) if "node4" not in routing.preference(k))
+        owners = routing.preference(key)
+        for host in owners[:2]:
+            self.sim.crash(host)
+        self.sim.run(5)  # found dead
+        self.put("node4", key, b"b", w="one", sloppy=False)
+        self.assertEqual(self.sim.disks[owners[2]][0].get(key).value, b"b")
+        with self.assertRaises(Unavailable):  # a quorum it still cannot have
+            self.put("node4", key, b"c", sloppy=False)
+
+
 class FrameLimitTests(SynchronousTestCase):
     """Batches of replica operations must fit the peers' frame limit, whatever the values."""
 

@@ -370,7 +370,10 @@ class Coordinator:
                 return from_local(local.read_local([key], True))
             except Exception:  # a store that cannot read, a record that cannot be encoded
                 return fail()
-        return self._read(key, "quorum", for_write=True).addCallback(replicate)
+        # A precondition is checked against a quorum; an unconditional write through a node that
+        # is not a replica builds on as many as the write itself needs, if that is fewer.
+        base_r = plan.n // 2 + 1 if precondition != NO_CONDITION else min(need, plan.n // 2 + 1)
+        return self._read(key, base_r, for_write=True).addCallback(replicate)
 
     def _next_version(self, seen: list[Version]) -> Version:
         """A version that descends from every version seen, stamped after all of them."""
