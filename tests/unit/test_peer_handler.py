@@ -174,3 +174,35 @@ class HandlerTests(SynchronousTestCase):
         self.assertEqual(error_for_failure(f, 1).error.code, pb.ERROR_CODE_TOO_LARGE)
         f = self.failureResultOf(self.handler(PEER, pb.Frame(put=pb.Put(key=b"k", value=b"v" * 1025))), ValueTooLarge)
         self.assertIn("value", error_for_failure(f, 1).error.message)
+
+
+class LosingWriteTests(SynchronousTestCase):
+    def test_a_write_that_loses_to_one_not_yet_durable_is_answered_once_that_one_is(self):
+        """The answer counts as an acknowledgement: "nothing to store, what is here is newer"
+        must not come while what is here is still waiting for its commit (a crash then would
+        leave neither on this replica's disk)."""
+        from tests.unit.test_storage import HeldCommits
+        from twisted_dhm.cluster.replica import LocalReplica
+        from twisted_dhm.storage.lmdb_engine import LMDBEngine
+        from twisted_dhm.versions import HybridLogicalClock
+
+        clock = Clock()
+        clock.advance(1_700_000_000)
+        commits = HeldCommits()
+        engine = LMDBEngine(self.mktemp(), clock, map_size=8 << 20, run_in_thread=commits)
+        engine.open()
+        self.addCleanup(lambda: (commits.run_all(), clock.advance(0), engine.close()))
+        replica = LocalReplica(engine, MemoryEngine(), HybridLogicalClock(clock))
+        newer = Record(b"X", Version().increment("nodeB", 200))
+        older = Record(b"Y", Version().increment("nodeC", 100))  # concurrent, lower stamp: loses
+        first = replica.apply([(b"k", newer)])
+        second = replica.apply([(b"k", older)])
+        clock.advance(0)  # the commit of X starts
+        self.assertNoResult(first)
+        self.assertNoResult(second)
+        commits.run_all()
+        self.assertEqual(self.successResultOf(first), 1)
+        self.assertEqual(self.successResultOf(second), 0)
+        self.assertEqual(engine.get(b"k").value, b"X")
+        # Nothing waiting: the answer is at once.
+        self.assertEqual(self.successResultOf(replica.apply([(b"k", older)])), 0)

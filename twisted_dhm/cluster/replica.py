@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Protocol
 
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.python.failure import Failure
 
 from twisted_dhm import logs
@@ -146,7 +146,10 @@ class LocalReplica:
                 continue
             winners[store_key] = record
         if not winners:
-            return succeed(0)
+            # Nothing stored: what this replica has is as new or newer. That may be a write still
+            # waiting for its commit, so the answer (which a coordinator counts as an
+            # acknowledgement) waits for what is queued to be durable; at once when nothing is.
+            return store.flushed().addCallback(lambda _: 0)
         if len(winners) == 1:
             [(store_key, record)] = winners.items()
             d = store.write(store_key, record, background=background)
