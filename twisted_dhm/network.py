@@ -128,8 +128,8 @@ def no_delay(transport: Any) -> None:
 
 #: What coalesce_writes uses of ``twisted.internet.tcp.Connection`` (its unit tests run on a real
 #: one, so an upgrade of Twisted that changes them fails there, not in production).
-_TCP_INTERNALS = ("writeSomeData", "dataBuffer", "_tempDataBuffer", "connected", "disconnecting",
-                  "loseWriteConnection", "abortConnection")
+_TCP_INTERNALS = ("writeSomeData", "dataBuffer", "_tempDataBuffer", "_tempDataLen", "connected",
+                  "disconnecting", "loseWriteConnection", "abortConnection")
 
 
 def coalesce_writes(transport: Any, clock: IReactorTime) -> None:
@@ -171,6 +171,7 @@ class _TurnWriter:
 
     def adopt(self, transport: Any) -> None:
         queued: list[bytes] = []
+        size = [0]  # of what is queued: queued's bytes are joined only when sent
         own_write = transport.write
         own_lose = transport.loseConnection
         own_lose_write = transport.loseWriteConnection
@@ -187,7 +188,13 @@ class _TurnWriter:
                 if not self._scheduled:
                     self._scheduled = True
                     self.clock.callLater(0, self._flush)
+                size[0] = 0
             queued.append(data)
+            size[0] += len(data)
+
+        def unsent_bytes() -> int:
+            """What was written and not yet sent: this turn's writes and the transport's buffer."""
+            return (size[0] if queued else 0) + len(transport.dataBuffer) + transport._tempDataLen
 
         def write_sequence(seq: Iterable[bytes]) -> None:
             write(b"".join(seq))
@@ -209,6 +216,7 @@ class _TurnWriter:
         transport.loseConnection = lose_connection
         transport.loseWriteConnection = lose_write_connection
         transport.abortConnection = abort_connection
+        transport.unsent_bytes = unsent_bytes
 
     @staticmethod
     def _send(transport: Any, queued: list[bytes], own_write: Callable[[bytes], None]) -> None:

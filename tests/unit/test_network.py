@@ -746,6 +746,21 @@ class CoalesceWritesTests(SynchronousTestCase):
         got += self.received()
         self.assertEqual(got, big + b"tail")
 
+    def test_unsent_bytes_counts_the_turns_writes_and_the_transports_buffer(self):
+        self.assertEqual(self.conn.unsent_bytes(), 0)
+        self.conn.write(b"x" * 100)
+        self.conn.write(b"y" * 50)
+        self.assertEqual(self.conn.unsent_bytes(), 150)
+        self.clock.advance(0)
+        self.assertEqual(self.conn.unsent_bytes(), 0)  # taken by the socket
+        self.assertEqual(len(self.received()), 150)
+        big = b"z" * 10_000_000
+        self.conn.write(big)
+        self.clock.advance(0)
+        left = self.conn.unsent_bytes()
+        self.assertGreater(left, 0, "more than the socket takes: the rest is in the transport")
+        self.assertEqual(left, len(big) - len(self.received()))
+
     def test_lose_connection_sends_what_was_written_first(self):
         self.conn.write(b"last words")
         self.conn.loseConnection()

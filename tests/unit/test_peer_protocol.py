@@ -325,6 +325,78 @@ class BackpressureTests(ProtocolTestCase):
         p.resumeProducing()
         self.assertEqual(t.producerState, "producing")
 
+    def serving(self, answer_size):
+        from twisted_dhm.peer.protocol import PeerFactory
+
+        def handler(session, frame):  # a read answered in the call, as a one-node GET is
+            answer = pb.Frame()
+            answer.get_result.found = True
+            answer.get_result.value = b"x" * answer_size
+            self.handled.append(frame.id)
+            return answer
+
+        p = PeerFactory(ME, self.clock, handler).buildProtocol(None)
+        t = StringTransport()
+        p.makeConnection(t)
+        p.dataReceived(framed(hello(node_id="", role=pb.ROLE_CLIENT)))
+        t.clear()
+        return p, t
+
+    def test_no_request_is_taken_while_paused(self):
+        """A client pipelining reads of a large value and reading no answers: once the transport
+        says its buffer is full, the requests already received wait (they are not answered into
+        memory), and are answered when it drains."""
+        p, t = self.serving(100_000)
+        own_write = t.write
+
+        def write(data):  # what a TCP transport does past its buffer size
+            own_write(data)
+            if len(t.value()) > 65536 and t.producerState == "producing":
+                p.pauseProducing()
+
+        t.write = write
+        p.dataReceived(b"".join(framed(pb.Frame(id=i, get=pb.Get(key=b"k"))) for i in range(1, 201)))
+        self.assertEqual(self.handled, [1])
+        self.assertEqual(t.producerState, "paused")
+        t.clear()
+        p.resumeProducing()  # drained; it fills up again after one more answer
+        self.assertEqual(self.handled, [1, 2])
+        t.write = own_write
+        t.clear()
+        p.resumeProducing()
+        self.assertEqual(self.handled, list(range(1, 201)))
+
+    def test_answers_of_one_turn_are_bounded_when_writes_wait_for_the_turns_end(self):
+        """With writes held until the end of the turn (coalesce_writes) the transport cannot
+        pause the protocol within one read's worth of requests: past TURN_ANSWER_BYTES of unsent
+        answers it stops by itself and goes on in the next turn."""
+        from twisted_dhm.peer.protocol import TURN_ANSWER_BYTES
+
+        p, t = self.serving(1_000_000)
+        held = []
+        turn_ends = []
+
+        def write(data):  # as coalesce_writes: held, sent at the end of the turn
+            if not held:
+                self.clock.callLater(0, lambda: (turn_ends.append(len(held)), held.clear()))
+            held.append(data)
+
+        t.write = write
+        t.unsent_bytes = lambda: sum(map(len, held))
+        largest = []
+        handler = p.handler
+        p.handler = lambda session, frame: (largest.append(t.unsent_bytes()), handler(session, frame))[1]
+        p.dataReceived(b"".join(framed(pb.Frame(id=i, get=pb.Get(key=b"k"))) for i in range(1, 21)))
+        per_turn = TURN_ANSWER_BYTES // 1_000_000 + 1
+        self.assertEqual(self.handled, list(range(1, per_turn + 1)))
+        self.assertEqual(t.producerState, "paused", "and the socket is not read meanwhile")
+        self.clock.advance(0)
+        self.assertEqual(self.handled, list(range(1, 21)))
+        self.assertLessEqual(max(largest), TURN_ANSWER_BYTES + 1_000_100, "what waits to be sent stays bounded")
+        self.assertEqual(sum(turn_ends), 20)
+        self.assertEqual(set(turn_ends), {per_turn}, "each turn's answers stop at the budget")
+        self.assertEqual(t.producerState, "producing")
+
     def test_requesting_side_does_not_register(self):
         p, t = self.connect()
         self.assertIsNone(t.producer)
@@ -358,6 +430,34 @@ class HostileInputTests(ProtocolTestCase):
         p.dataReceived(struct.pack(">I", 101))
         self.assertTrue(t.disconnecting)
         self.assertIn(pb.ERROR_CODE_TOO_LARGE, [f.error.code for f in frames_in(t.value()) if f.HasField("error")])
+
+    def test_frames_before_the_hello_are_small(self):
+        """Until its Hello is in, a connection may send no frame over 64 KiB; after it, up to the
+        node's limit."""
+        p, t = self.connect(max_frame=1 << 20)
+        p.dataReceived(struct.pack(">I", 64 * 1024 + 1))
+        self.assertTrue(t.disconnecting)
+        p, t = self.connect(max_frame=1 << 20)
+        p.dataReceived(framed(hello()))
+        p.dataReceived(framed(pb.Frame(id=7, replica_put=pb.ReplicaPut(hint_for="h" * 200_000))))
+        self.assertEqual([f.id for f in self.handled], [7])
+        self.assertFalse(t.disconnecting)
+
+    def test_a_large_frame_in_many_small_reads(self):
+        """Gathered in pieces and joined once (not copied whole on every read), then handled as
+        any other, with what follows it in the last read."""
+        p, t = self.connect(max_frame=1 << 20)
+        p.dataReceived(framed(hello()))
+        big = framed(pb.Frame(id=5, replica_put=pb.ReplicaPut(hint_for="b" * 700_000)))
+        small = framed(pb.Frame(id=6, replica_put=pb.ReplicaPut(hint_for="s")))
+        stream = big + small + small[:3]
+        for i in range(0, len(stream), 1000):
+            p.dataReceived(stream[i : i + 1000])
+            if i + 1000 < len(big):
+                self.assertLess(len(p._unprocessed), 1000, "the partial frame is not the receiver's buffer")
+        p.dataReceived(small[3:])
+        self.assertEqual([f.id for f in self.handled], [5, 6, 6])
+        self.assertEqual(len(self.handled[0].replica_put.hint_for), 700_000)
 
     def test_undecodable_frame_closes(self):
         p, t = self.connect()
