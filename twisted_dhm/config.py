@@ -32,11 +32,11 @@ Parser = Callable[[Any], Any]
 
 def _int_range(lo: int, hi: int) -> Parser:
     def parse(raw: Any) -> int:
-        if isinstance(raw, bool):
-            raise ValueError(f"must be an integer from {lo} to {hi}")
+        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+            raise ValueError(f"must be an integer from {lo} to {hi}")  # (7.9 is not 7; nor .inf)
         try:
             value = int(raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ValueError(f"must be an integer from {lo} to {hi}") from None
         if not lo <= value <= hi:
             raise ValueError(f"must be an integer from {lo} to {hi}")
@@ -526,6 +526,8 @@ def read_yaml(path: str) -> dict[str, Any]:
             data = yaml.safe_load(f)
     except OSError as e:
         raise ConfigError(f"--config: cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--config: {path} is not UTF-8 text: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"--config: {path} is not valid YAML: {e}".replace("\n", " ")) from None
     if data is None:

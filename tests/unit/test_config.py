@@ -65,6 +65,18 @@ class PrecedenceTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as ctx:
             load_config({}, {}, "/nonexistent/config.yaml")
         self.assertIn("cannot read", str(ctx.exception))
+        for text, expected in (("weight: .inf\n", "weight: must be an integer"),
+                               ("weight: 7.9\n", "weight: must be an integer")):
+            with self.assertRaises(ConfigError) as ctx:
+                load_config({}, {}, self.yaml(text))
+            self.assertIn(expected, str(ctx.exception))
+        self.assertEqual(load_config({}, {}, self.yaml("weight: 7.0\n")).weight, 7)
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b'cluster: "\xff\xfe"\n')
+        with self.assertRaises(ConfigError) as ctx:
+            load_config({}, {}, path)
+        self.assertIn("is not UTF-8 text", str(ctx.exception))
 
     def test_sizes_and_durations(self):
         c = load_config({"max_key_size": "2KiB", "http_idle_timeout": "2m", "storage": "memory"},
