@@ -100,6 +100,9 @@ class ConsulTests(SynchronousTestCase):
                                                                         "peer_port": "1", "rest_port": "1"}}
         self.double.services["broken-y"] = {"Name": "dhashmap", "Meta": {"cluster": "dhashmap", "node_id": "y",
                                                                          "peer_port": "not a port"}}
+        self.double.services["infinite-z"] = {"Name": "dhashmap", "Meta": {"cluster": "dhashmap", "node_id": "z",
+                                                                           "peer_port": float("inf"),
+                                                                           "rest_port": "1"}}
         self.double._changed()
         sim.run(3)
         self.assertEqual(states(sim.nodes["node1"]), {"node1": ALIVE})

@@ -116,7 +116,8 @@ class EtcdMembershipTests(SynchronousTestCase):
 
     def test_hostile_records_and_lines_are_refused_not_fatal(self):
         port_zero = json.dumps({"id": "x", "addresses": {"host": "h", "peer": 0, "rest": 1}}).encode()
-        for raw in (b"not json", b"[]", port_zero, record("other").to_json()):  # the last: under the wrong key
+        deep = b"[" * 100_000 + b"]" * 100_000
+        for raw in (b"not json", b"[]", port_zero, deep, record("other").to_json()):  # the last: under the wrong key
             self.feed({"result": {"events": [{"kv": kv("x", raw=raw)}]}})
         self.assertIsNone(self.view.get("x"))
         self.assertIsNone(self.view.get("other"))

@@ -245,7 +245,7 @@ class ConsulMembership(RegistryMembership):
                 "weight": int(meta.get("weight", "1")), "version": meta.get("version", ""),
                 "started_at_ms": int(meta.get("started_at_ms", "0")),
             })
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:  # (int(Infinity))
             sid = entry.get("Service", {}).get("ID") if isinstance(entry, dict) and isinstance(
                 entry.get("Service"), dict) else None
             log.warn("ignoring Consul service entry {id}: {e}", id=sid, e=e)

@@ -92,7 +92,7 @@ class MemberRecord:
     def from_json(cls, raw: bytes) -> MemberRecord:
         try:
             data = json.loads(raw)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # (RecursionError: nested a few thousand deep)
             raise ValueError(f"not a member record: {e}") from None
         return cls.from_dict(data)
 
