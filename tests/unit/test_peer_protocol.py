@@ -230,8 +230,9 @@ class RequestTests(ProtocolTestCase):
         p, t = self.ready()
         f = pb.Frame(id=0)
         f.error.code = 99
-        p.dataReceived(framed(f))  # must not raise into the reactor
+        p.dataReceived(framed(f) + framed(f))  # must not raise into the reactor
         self.assertEqual(len(self.flushLoggedErrors()), 0)
+        self.assertTrue(t.disconnecting, "an Error with id 0 says the other side is closing: so does this one")
 
     def test_timeout_on_injected_clock_and_late_answer_ignored(self):
         p, t = self.ready()

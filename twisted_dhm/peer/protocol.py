@@ -305,8 +305,12 @@ class PeerProtocol(Int32StringReceiver):
         elif body in RESPONSE_BODIES and frame.id != 0:
             self._answer_received(frame, body)
         elif body == "error":
+            # Id 0: the other side is closing the connection, and says why; so does this side
+            # (and a client cannot fill the log with them).
             log.warn("{peer} reports: {code} {message}", peer=self.describe(),
                      code=code_name(frame.error.code), message=frame.error.message)
+            self._closing = True
+            self.transport.loseConnection()
         elif body in REQUEST_BODIES:
             self._request_received(frame, body)
         else:
