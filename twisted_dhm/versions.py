@@ -158,6 +158,10 @@ class Version:
         version, used = decode_version(raw)
         if used != len(raw):
             raise VersionDecodeError("version token has trailing bytes")
+        if version_token(raw) != token:
+            # Base64 leaves spare bits in a token's last character: tags are compared character
+            # by character (RFC 9110's strong comparison), so only the token we issued matches.
+            raise VersionDecodeError("not a version token this server issued")
         return version
 
 
@@ -272,12 +276,15 @@ def parse_entity_tags(header: str) -> list[str] | None:
     return tags
 
 
-def versions_from_tags(tags: Iterable[str]) -> list[Version]:
-    """The versions named by strong entity tags; weak or undecodable tags match nothing."""
+def versions_from_tags(tags: Iterable[str], weak: bool = False) -> list[Version]:
+    """The versions named by entity tags; undecodable tags match nothing, and so do weak ones
+    unless ``weak`` (``If-None-Match`` compares weakly, ``If-Match`` strongly: RFC 9110 13.1)."""
     out = []
     for tag in tags:
         if tag.startswith("W/"):
-            continue
+            if not weak:
+                continue
+            tag = tag[2:]
         try:
             out.append(Version.from_token(tag))
         except VersionDecodeError:

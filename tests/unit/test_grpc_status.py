@@ -19,3 +19,16 @@ class StatusTests(SynchronousTestCase):
         clock.advance(1)
         self.assertEqual(status_of(failures[0].value).code, grpc.StatusCode.DEADLINE_EXCEEDED)
         self.assertEqual(status_of(defer.CancelledError()).code, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+class LevelTests(SynchronousTestCase):
+    def test_a_consistency_level_this_build_does_not_know_is_invalid_argument(self):
+        """Protobuf enums are open: level 7 decodes, and must not quietly mean the default."""
+        from twisted_dhm.api import kv_pb2
+        from twisted_dhm.api.grpc_api import _level
+
+        self.assertEqual(_level(kv_pb2.Quorum(level=kv_pb2.Quorum.LEVEL_ALL)), "all")
+        self.assertIsNone(_level(kv_pb2.Quorum()))
+        with self.assertRaises(Exception) as ctx:
+            _level(kv_pb2.Quorum(level=7))
+        self.assertEqual(status_of(ctx.exception).code, grpc.StatusCode.INVALID_ARGUMENT)

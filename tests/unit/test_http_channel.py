@@ -172,3 +172,80 @@ class PipelinedReadAfterWriteTests(SynchronousTestCase):
         answers = to_writer.value()
         self.assertIn(b"HTTP/1.1 204 ", answers)
         self.assertTrue(answers.endswith(b"\r\n\r\nv2"), answers)
+
+
+class Rfc9110Tests(SynchronousTestCase):
+    """What RFC 9110/9112/6585 ask of a server, through the real Site and channel."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.engine = MemoryEngine()
+        coordinator = single_node_coordinator(self.engine, self.clock)
+        self.site = build_site(
+            coordinator, NodeMetrics(self.engine, process=False), self.clock,
+            Limits(max_key_size=64, max_value_size=1000), 30, "n1", lambda: True,
+        )
+
+    def exchange(self, raw):
+        protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 12345))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(raw)
+        self.clock.advance(0)
+        head, _, body = transport.value().partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        headers = dict(line.split(b": ", 1) for line in lines[1:])
+        return int(lines[0].split(b" ")[1]), {k.lower(): v for k, v in headers.items()}, body
+
+    def put(self, body=b"v", headers=b""):
+        return self.exchange(b"PUT /v1/kv/k HTTP/1.1\r\nHost: x\r\n" + headers
+                             + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+    def get(self, headers=b"", method=b"GET"):
+        return self.exchange(method + b" /v1/kv/k HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+
+    def test_if_none_match_compares_weakly(self):
+        """13.1.2: W/"t" weakly matches "t": a GET is 304, a create-only PUT is 412."""
+        tag = self.put(b"1")[1][b"etag"]
+        self.assertEqual(self.get(b"If-None-Match: W/" + tag + b"\r\n")[0], 304)
+        self.assertEqual(self.put(b"2", b"If-None-Match: W/" + tag + b"\r\n")[0], 412)
+        self.assertEqual(self.engine.get(b"k").value, b"1")
+        self.assertEqual(self.put(b"3", b"If-Match: W/" + tag + b"\r\n")[0], 412, "If-Match compares strongly")
+
+    def test_strong_comparison_is_character_by_character(self):
+        """8.8.3.2: a tag spelled otherwise than the one issued (base64's spare bits in its last
+        character) is another tag, though it decodes to the same version."""
+        tag = self.put(b"1")[1][b"etag"].strip(b'"').decode()
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+        self.assertTrue(len(tag) * 6 % 8, "the token has spare bits")
+        other = tag[:-1] + alphabet[alphabet.index(tag[-1]) ^ 1]
+        self.assertEqual(self.put(b"2", b'If-Match: "%s"\r\n' % other.encode())[0], 412)
+        self.assertEqual(self.get(b'If-None-Match: "%s"\r\n' % other.encode())[0], 200)
+        self.assertEqual(self.put(b"2", b'If-Match: "%s"\r\n' % tag.encode())[0], 204)
+
+    def test_if_match_on_get_and_head(self):
+        """13.2.2: evaluated for every method; ignored when the answer would be 404 (13.2.1)."""
+        self.assertEqual(self.get(b'If-Match: "x"\r\n')[0], 404)
+        tag = self.put()[1][b"etag"]
+        for method in (b"GET", b"HEAD"):
+            self.assertEqual(self.get(b'If-Match: "not-this-one"\r\n', method)[0], 412, method)
+            self.assertEqual(self.get(b"If-Match: " + tag + b"\r\n", method)[0], 200, method)
+            self.assertEqual(self.get(b"If-Match: *\r\n", method)[0], 200, method)
+
+    def test_a_long_header_line_is_431_not_414(self):
+        status, _, body = self.exchange(b"GET /v1/kv/k HTTP/1.1\r\nHost: x\r\nCookie: " + b"a" * 17000 + b"\r\n\r\n")
+        self.assertEqual(status, 431)
+        self.assertIn(b"header_too_large", body)
+
+    def test_absolute_form_request_target(self):
+        """9112 3.2.2: a server must accept it."""
+        self.put(b"v")
+        status, _, body = self.exchange(b"GET http://x/v1/kv/k HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual((status, body), (200, b"v"))
+
+    def test_http11_needs_exactly_one_host(self):
+        """9112 3.2: 400 without a Host header, or with two."""
+        for raw in (b"GET /v1/kv/k HTTP/1.1\r\n\r\n", b"GET /v1/kv/k HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"):
+            self.assertEqual(self.exchange(raw)[0], 400, raw)
+        self.assertEqual(self.exchange(b"GET /v1/kv/k HTTP/1.0\r\n\r\n")[0], 404, "HTTP/1.0 needs none")

@@ -72,6 +72,13 @@ class HandlerTests(SynchronousTestCase):
         self.assertIsNone(self.engine.get(b"k"))
         self.assertEqual(self.hints.get(b"node9\x00k").value, b"v")
 
+    def test_a_consistency_level_this_build_does_not_know_is_refused(self):
+        """Protobuf enums are open: level 9 decodes, and must not quietly mean the default."""
+        for frame in (pb.Frame(id=1, get=pb.Get(key=b"k", r=pb.Consistency(level=9))),
+                      pb.Frame(id=1, put=pb.Put(key=b"k", value=b"v", w=pb.Consistency(level=9)))):
+            self.failureResultOf(maybeDeferred(self.handler, CLIENT, frame), InvalidRequest)
+        self.assertIsNone(self.engine.get(b"k"))
+
     def test_bad_hint_target_refused(self):
         record = Record(b"v", Version().increment("a", 1))
         for bad in ("x\x00y", "../etc", "a" * 65):

@@ -72,6 +72,8 @@ class _Abort(Exception):
 def _level(q: kv_pb2.Quorum) -> str | int | None:
     if q.count:
         return int(q.count)
+    if q.level and q.level not in _LEVELS:  # (enums are open: a number this build does not know)
+        raise InvalidRequest(f"unknown consistency level {q.level}")
     return _LEVELS.get(q.level)
 
 

@@ -124,16 +124,16 @@ def _header(request: server.Request, name: bytes) -> str | None:
         return None
 
 
-def _match(value: str | None) -> Any:
+def _match(value: str | None, weak: bool = False) -> Any:
     if value is None:
         return None
     tags = parse_entity_tags(value)
-    return ANY if tags is None else tuple(versions_from_tags(tags))
+    return ANY if tags is None else tuple(versions_from_tags(tags, weak))
 
 
 def precondition_from(request: server.Request) -> Precondition:
     if_match = _match(_header(request, b"if-match"))
-    if_none_match = _match(_header(request, b"if-none-match"))
+    if_none_match = _match(_header(request, b"if-none-match"), weak=True)
     if if_match is None and if_none_match is None:
         return NO_CONDITION
     return Precondition(if_match=if_match, if_none_match=if_none_match)
@@ -263,14 +263,19 @@ class KVResource(Resource):
 
     def _get(self, request: server.Request, key: bytes) -> Deferred | None:
         """A Deferred, or None when answered in this call (this node's replica alone answers)."""
-        condition = _match(_header(request, b"if-none-match"))
+        condition = _match(_header(request, b"if-none-match"), weak=True)
+        required = _match(_header(request, b"if-match"))
         level = level_from(request, b"r")
 
         def answer(record: Record | None) -> None:
-            if record is None:
+            if record is None:  # (preconditions do not apply to what would be a 404: RFC 9110 13.2.1)
                 finish(request, 404, error_body("not_found", "no value for this key"), JSON_TYPE)
                 return
             tag = etag_of(record.token)
+            if required is not None and required != ANY and record.version not in required:
+                finish(request, 412, error_body("precondition_failed",
+                                                "If-Match: the current version is a different one"), JSON_TYPE)
+                return
             if condition is not None and (condition == ANY or record.version in condition):
                 finish(request, 304, etag_value=tag)
                 return
@@ -577,8 +582,19 @@ class DhashmapRequest(server.Request):
         super().handleContentChunk(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        if not self._refused:
-            super().requestReceived(command, path, version)
+        if self._refused:
+            return
+        if version == b"HTTP/1.1":
+            hosts = self.requestHeaders.getRawHeaders(b"host")
+            if hosts is None or len(hosts) != 1:  # RFC 9112 3.2: exactly one
+                self.channel.answer_and_close(b"400 Bad Request", error_body(
+                    "bad_request", "an HTTP/1.1 request needs exactly one Host header"))
+                return
+        if path[:1] != b"/" and path[:7].lower() in (b"http://", b"https:/"):
+            # The absolute form (RFC 9112 3.2.2): what matters here is the path after the authority.
+            rest = path.split(b"/", 3)
+            path = b"/" + (rest[3] if len(rest) > 3 else b"")
+        super().requestReceived(command, path, version)
 
     def process(self) -> None:
         """``server.Request.process``, with a short cut for the key-value hot path.
@@ -697,8 +713,12 @@ class DhashmapChannel(http.HTTPChannel):
         return self._host
 
     def lineLengthExceeded(self, line: bytes) -> None:
-        self.answer_and_close(b"414 URI Too Long", error_body(
-            "key_too_long", f"the request line is over {self.MAX_LENGTH} bytes"))
+        if self._HTTPChannel__first_line:  # (Twisted's: no request line yet)
+            self.answer_and_close(b"414 URI Too Long", error_body(
+                "key_too_long", f"the request line is over {self.MAX_LENGTH} bytes"))
+        else:
+            self.answer_and_close(b"431 Request Header Fields Too Large", error_body(
+                "header_too_large", f"a header line is over {self.MAX_LENGTH} bytes"))
 
 
 class DhashmapSite(server.Site):

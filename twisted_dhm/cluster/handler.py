@@ -32,6 +32,8 @@ _LEVELS = {pb.Consistency.LEVEL_ONE: "one", pb.Consistency.LEVEL_QUORUM: "quorum
 def _level(msg: pb.Consistency) -> str | int | None:
     if msg.count:
         return msg.count
+    if msg.level and msg.level not in _LEVELS:  # (enums are open: a number this build does not know)
+        raise InvalidRequest(f"unknown consistency level {msg.level}")
     return _LEVELS.get(msg.level)
 
 
