@@ -303,7 +303,7 @@ class Coordinator:
         return self._write(key, lambda version: Record(b"", version, tombstone=True), precondition, w, sloppy)
 
     def _write(self, key: bytes, make, precondition: Precondition, w, sloppy) -> Deferred:  # type: ignore[no-untyped-def]
-        if precondition == NO_CONDITION:
+        if precondition is NO_CONDITION or precondition == NO_CONDITION:
             return self._write_now(key, make, precondition, w, sloppy)
         # Conditional writes of one key through this node go one at a time: the next one's
         # quorum read starts once the one before has its acknowledgements, so two writes with
