@@ -369,8 +369,12 @@ class DhashmapNode(MultiService):
                 frame.leave.node_id = self.config.node_id
                 tells.append(self.pool.request(member_id, frame, timeout=self.config.request_timeout))
             results = yield DeferredList(tells, consumeErrors=True)
-            told.update(m for m, (ok, _) in zip(members, results, strict=True) if ok)
-            if len(told) < len(members):
+            acked = {m for m, (ok, _) in zip(members, results, strict=True) if ok}
+            told |= acked
+            if len(acked) < len(members):
+                # Some did not answer (a member going down fails at once while its connection
+                # backs off): wait, so that time passes and it is found dead, rather than ask
+                # again in this very turn, for ever.
                 yield deferLater(self.reactor, 1.0, lambda: None)
 
     def leave(self) -> Deferred:

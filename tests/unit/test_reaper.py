@@ -86,3 +86,82 @@ class ReaperFailureTests(SynchronousTestCase):
         self.assertIsNone(engine.get(b"gone"))
         self.assertEqual(reaper.reclaimed, 1)
         reaper.stopService()
+
+
+class CorruptRecordTests(SynchronousTestCase):
+    """A record whose header reads but whose checksum fails (a bit flipped in its value) must
+    not stop the reaper's or hinted handoff's loop for good (a LoopingCall stops at an error)."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+
+    def engine(self):
+        from twisted.internet.defer import maybeDeferred
+
+        from twisted_dhm.storage.lmdb_engine import LMDBEngine
+
+        engine = LMDBEngine(self.mktemp(), self.clock, map_size=16 << 20, run_in_thread=maybeDeferred)
+        engine.open()
+        self.addCleanup(engine.close)
+        return engine
+
+    def damage(self, engine, key):
+        from twisted_dhm.storage import lmdb_writer
+
+        with engine._env.begin(write=True, db=engine._env.open_db(lmdb_writer.RECORDS_DB)) as txn:
+            raw = bytearray(txn.get(key))
+            raw[-6] ^= 0xFF  # in the value, before the checksum: the header still reads
+            txn.put(key, bytes(raw))
+
+    def test_the_reaper_reclaims_a_corrupt_reclaimable_record_and_goes_on(self):
+        from twisted_dhm.storage import Record
+        from twisted_dhm.versions import Version
+
+        engine = self.engine()
+        now_ms = int(self.clock.seconds() * 1000)
+        engine.write(b"expired", Record(b"x" * 100, Version().increment("n1", 1), expires_at=now_ms - 10_000))
+        engine.write(b"zz-tomb", Record(b"", Version().increment("n1", 2), tombstone=True))
+        self.clock.advance(0)
+        self.damage(engine, b"expired")
+        reaper = Reaper(engine, self.clock, grace=1, interval=10)
+        reaper.startService()
+        self.addCleanup(reaper.stopService)
+        self.clock.advance(10)
+        self.clock.advance(0)
+        self.assertTrue(reaper._loop.running)
+        self.assertIsNone(engine.get(b"expired"))
+        self.assertIsNone(engine.get(b"zz-tomb"))
+
+    def test_hinted_handoff_drops_a_corrupt_hint_and_delivers_the_rest(self):
+        from twisted.internet.defer import succeed
+
+        from twisted_dhm.cluster.handoff import HintedHandoff
+        from twisted_dhm.cluster.replica import LocalReplica, hint_key
+        from twisted_dhm.membership import ALIVE, Member, MembershipView
+        from twisted_dhm.storage import Record
+        from twisted_dhm.versions import HybridLogicalClock, Version
+
+        records, hints = self.engine(), self.engine()
+        view = MembershipView(Member("node1", "h", 1))
+        view.upsert(Member("node2", "h2", 1, state=ALIVE))
+        for key in (b"a", b"b"):
+            hints.write(hint_key("node2", key), Record(b"y" * 50, Version().increment("node1", 1)))
+        self.clock.advance(0)
+        self.damage(hints, hint_key("node2", b"a"))
+        delivered = []
+
+        class Replicas:
+            def write(self, node, items, hint_for=""):
+                delivered.extend((node, key) for key, _ in items)
+                return succeed(len(items))
+
+        handoff = HintedHandoff(LocalReplica(records, hints, HybridLogicalClock(self.clock)), view, Replicas(),
+                                self.clock, interval=1)
+        handoff.startService()
+        self.addCleanup(handoff.stopService)
+        self.clock.advance(1)
+        self.clock.advance(0)
+        self.assertTrue(handoff._loop.running)
+        self.assertEqual(delivered, [("node2", b"b")])
+        self.assertEqual(hints.stats().keys, 0, "the corrupt hint dropped, the good one delivered")

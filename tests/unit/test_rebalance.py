@@ -464,6 +464,32 @@ class DrainSafetyTests(SynchronousTestCase):
         sim.result(stopped, seconds=30)
         self.assertTrue(node4.rebalance.drained)
 
+    def test_a_leave_just_after_a_member_crashed_waits_for_it_without_spinning(self):
+        """node3 has crashed but is not yet found dead: telling it of the leave fails at once
+        (its connection backs off).  The announcement must wait a while between rounds, not
+        ask again in the same turn for ever (found in review: the reactor spun, time stood still)."""
+        sim = SimCluster(4, seed=3, **{**SETTINGS, "rereplicate_after": "600", "health_interval": "1",
+                                       "health_timeout": "1"})
+        sim.run(3)
+        node4 = sim.nodes["node4"]
+        asked = []
+        request = node4.pool.request
+
+        def counted(node_id, frame, timeout=None):
+            if frame.HasField("leave"):
+                asked.append((node_id, sim.clock.seconds()))
+                if len(asked) > 500:
+                    raise RuntimeError("spinning")  # ends the loop instead of hanging the test
+            return request(node_id, frame, timeout)
+
+        node4.pool.request = counted
+        sim.crash("node3")
+        left = node4.leave()
+        sim.run(60)
+        self.assertLess(len(asked), 100, "asked again and again in one turn")
+        self.assertEqual(sim.nodes["node4"].view.get("node3").state, "dead")
+        sim.result(left, seconds=60)
+
     def test_hints_for_a_member_that_left_go_to_the_current_owners(self):
         sim = SimCluster(4, seed=13, **{**SETTINGS, "rereplicate_after": "3"})
         sim.run(3)

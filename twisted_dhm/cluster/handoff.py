@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.python.failure import Failure
@@ -26,6 +26,7 @@ from twisted_dhm.cluster.routing import Routing
 from twisted_dhm.membership import MembershipView
 from twisted_dhm.ring import PartitionTable
 from twisted_dhm.storage import Record
+from twisted_dhm.storage.interface import CorruptRecord
 
 log = logs.logger("dhashmap.handoff")
 
@@ -46,7 +47,7 @@ class HintedHandoff(Service):
         self.batch_bytes = batch_bytes  # keeps a batch inside one native-protocol frame
         self.delivered = 0
         self._busy: set[str] = set()
-        self._loop = LoopingCall(self.run_once)
+        self._loop = LoopingCall(self._pass)
         self._loop.clock = clock
 
     def startService(self) -> None:
@@ -73,6 +74,11 @@ class HintedHandoff(Service):
     def queued(self) -> int:
         return self.replica.hints.stats().keys
 
+    def _pass(self) -> Deferred:
+        # A pass that fails must not end the loop (a LoopingCall stops at its first error).
+        return maybeDeferred(self.run_once).addErrback(
+            lambda f: log.failure("hinted handoff failed; trying again next pass", f))
+
     def run_once(self) -> Deferred:
         rounds = []
         for target in self.targets():
@@ -97,7 +103,13 @@ class HintedHandoff(Service):
         prefix = target.encode() + HINT_SEPARATOR
         batch, size = [], 0
         for entry in hints.scan(prefix, None, self.batch):
-            record = hints.get(entry.key)
+            try:
+                record = hints.get(entry.key)
+            except CorruptRecord as e:
+                # It cannot be delivered; kept, it would stop every later batch for its target.
+                log.warn("hint {key!r} is corrupt and is dropped: {e}", key=entry.key, e=e)
+                hints.write(entry.key, None, background=True).addErrback(lambda _: None)
+                continue
             if record is None:
                 continue
             if batch and size + len(entry.key) + len(record.value) > self.batch_bytes:

@@ -14,13 +14,14 @@ removing it: a key written since the scan is left alone.
 from __future__ import annotations
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from twisted_dhm import logs
 from twisted_dhm.storage import IStorageEngine
+from twisted_dhm.storage.interface import CorruptRecord
 from twisted_dhm.versions import stamp_millis
 
 log = logs.logger("dhashmap.reaper")
@@ -46,7 +47,7 @@ class Reaper(Service):
         self.batch = batch
         self.reclaimed = 0
         self._after: bytes | None = None
-        self._loop = LoopingCall(self.run_once)
+        self._loop = LoopingCall(self._pass)
         self._loop.clock = clock
         self.interval = interval
 
@@ -59,6 +60,11 @@ class Reaper(Service):
         if self._loop.running:
             self._loop.stop()
 
+    def _pass(self) -> Deferred:
+        # A pass that fails must not end the loop (a LoopingCall stops at its first error).
+        return maybeDeferred(self.run_once).addErrback(
+            lambda f: log.failure("tombstone reaping failed; next pass in {s}s", f, s=self.interval))
+
     def run_once(self) -> Deferred:
         """Examine the next slice of the store; fires when its removals are durable."""
         entries = self.engine.scan(b"", self._after, self.batch)
@@ -69,7 +75,15 @@ class Reaper(Service):
             since = reclaimable_since(entry.tombstone, entry.expires_at, entry.hlc)
             if since is None or since > cutoff:
                 continue
-            record = self.engine.latest(entry.key)
+            try:
+                record = self.engine.latest(entry.key)
+            except CorruptRecord as e:
+                # Its header (checked apart) says it is reclaimable, its body no longer decodes:
+                # remove it, as it would have been; were it wrong, the other replicas' copy
+                # comes back by anti-entropy.
+                log.warn("record for {key!r} is corrupt; reclaimed as its header says: {e}", key=entry.key, e=e)
+                removals.append(self.engine.write(entry.key, None, background=True))
+                continue
             if record is None:
                 continue
             since = reclaimable_since(record.tombstone, record.expires_at, record.version.hlc)
