@@ -129,6 +129,7 @@ class IndexedEngine:
         self.engine = engine
         self.index = PartitionIndex(partitions)
         self.corrupt = 0
+        self._scrub_keys: tuple[int, list[bytes]] | None = None  # (partition, its keys, sorted) of verify
         # A client read needs no index: the engine's own get_view, without a call in between.
         self.get_view: Callable[[bytes], Record | RecordView | None] = engine.get_view
 
@@ -167,8 +168,15 @@ class IndexedEngine:
             # Nothing to read (and no read transaction): a nearly empty store has many such
             # partitions, and the scrub walks through them all on every step.
             return 0, None, budget
-        keys = sorted(k for k in kept_entries if after is None or k > after)
+        # The partition's keys are sorted once per pass through it (not once per step: that
+        # made a pass quadratic in the partition's size); keys written since are checked next pass.
+        if after is None or self._scrub_keys is None or self._scrub_keys[0] != partition:
+            self._scrub_keys = (partition, sorted(k for k in kept_entries if after is None or k > after))
+        ordered = self._scrub_keys[1]
+        start = 0 if after is None else bisect.bisect_right(ordered, after)
+        keys = ordered[start : start + budget + 1]
         if not keys:
+            self._scrub_keys = None
             return 0, None, budget
         fixed = 0
         checking = keys[:budget]
@@ -190,6 +198,7 @@ class IndexedEngine:
                 fixed += 1
         if len(keys) > budget:
             return fixed, keys[budget - 1], 0
+        self._scrub_keys = None
         return fixed, None, budget - len(keys)
 
     def flushed(self) -> Deferred:
