@@ -418,7 +418,7 @@ SETTINGS: tuple[Setting, ...] = (
             "any node stays down.", "DURATION"),
     Setting("rereplicate_after", "REREPLICATE_AFTER", _duration(0, 30 * 86400), 600.0,
             "How long a member may be dead before its partitions are re-created on the next nodes of the "
-            "ring from the surviving replicas (0: at once).", "DURATION"),
+            "ring from the surviving replicas (0: at once); shorter than --tombstone-grace.", "DURATION"),
     Setting("handoff_rate", "HANDOFF_RATE", _size(1024, 1 << 40), 2 << 20,
             "Bytes per second this node sends, fetches or drops (after a handoff) when it moves partitions and "
             "repairs replicas. Moving 1 MiB/s costs a node about a third of a core: raise it when nodes "
@@ -582,6 +582,10 @@ def load_config(
             f"--max-key-size is at most {LMDB_MAX_KEY_SIZE} bytes with --storage lmdb (LMDB keys are "
             f"at most 511 bytes, and a hint's key is the key after its target's node id), "
             f"got {values['max_key_size']}")
+    if values["rereplicate_after"] >= values["tombstone_grace"]:
+        # A dead owner holds up the handoff of data other nodes keep for it; held past the
+        # grace, that data would come back over deletes whose tombstones were purged meanwhile.
+        raise ConfigError("--rereplicate-after must be shorter than --tombstone-grace")
     if values["anti_entropy_interval"] and values["tombstone_grace"] < 4 * values["anti_entropy_interval"]:
         # A tombstone must outlive the repair rounds that carry it to every replica.
         raise ConfigError("--tombstone-grace must be at least 4 x --anti-entropy-interval")

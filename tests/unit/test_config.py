@@ -84,6 +84,13 @@ class PrecedenceTests(SynchronousTestCase):
         self.assertEqual((c.max_key_size, c.http_idle_timeout, c.lmdb_map_size), (2048, 120.0, 2 << 30))
         self.assertEqual(load_config({"http_idle_timeout": "1500ms"}, {}).http_idle_timeout, 1.5)
 
+    def test_rereplication_must_come_before_tombstones_are_purged(self):
+        with self.assertRaises(ConfigError) as ctx:
+            load_config({"rereplicate_after": "48h"}, {})
+        self.assertIn("--rereplicate-after must be shorter than --tombstone-grace", str(ctx.exception))
+        self.assertEqual(load_config({"rereplicate_after": "48h", "tombstone_grace": "72h"}, {}).rereplicate_after,
+                         2 * 86400)
+
     def test_keys_lmdb_cannot_hold_are_refused_at_start(self):
         self.assertEqual(load_config({}, {}).max_key_size, 446)
         with self.assertRaises(ConfigError) as ctx:

@@ -525,6 +525,25 @@ class DrainSafetyTests(SynchronousTestCase):
         self.assertEqual(sim.nodes["node4"].view.get("node3").state, "dead")
         sim.result(left, seconds=60)
 
+    def test_what_a_drain_pushes_early_is_not_handed_back_to_the_draining_node(self):
+        """The drain pushes to the owners of the table without it before its leave is announced;
+        in their own tables it still owns those partitions, and a drain longer than their
+        handoff delay made them hand the records back and drop them, to pull them again later."""
+        sim = SimCluster(5, seed=11, **{**SETTINGS, "handoff_rate": "8KiB"})
+        sim.run(3)
+        coordinator = sim.nodes["node1"].coordinator
+        for i in range(400):
+            sim.result(coordinator.put(b"k%04d" % i, b"v" * 200))
+        sim.run(20)
+        others = [h for h in sim.nodes if h != "node5"]
+        before = {h: sim.nodes[h].rebalance.counters["keys_handed_off"] for h in others}
+        sim.result(sim.nodes["node5"].leave(), seconds=600)
+        self.assertEqual({h: sim.nodes[h].rebalance.counters["keys_handed_off"] - before[h] for h in others},
+                         dict.fromkeys(others, 0))
+        sim.run(30)
+        for i in range(0, 400, 37):
+            self.assertEqual(sim.result(coordinator.get(b"k%04d" % i, r="all")).value, b"v" * 200)
+
     def test_hints_for_a_member_that_left_go_to_the_current_owners(self):
         sim = SimCluster(4, seed=13, **{**SETTINGS, "rereplicate_after": "3"})
         sim.run(3)

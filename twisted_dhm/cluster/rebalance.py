@@ -449,7 +449,10 @@ class Rebalancer(Service):
             d = self.peers.request(owner, frame, timeout=self.forward_timeout)
 
             def answered(answer: pb.Frame, owner: str = owner) -> str | None:
-                pulling = self.node_id in json.loads(answer.node_status_result.json).get("pulling_from", ())
+                status = json.loads(answer.node_status_result.json)
+                # A draining owner is about to leave the table: what it pushed here early (before
+                # its leave was announced) stays until it has, rather than going back to it.
+                pulling = self.node_id in status.get("pulling_from", ()) or status.get("state") == "draining"
                 self._pulling_answers[owner] = (now, pulling)
                 return owner if pulling else None
 
