@@ -102,9 +102,38 @@ class CoordinatorTests(SynchronousTestCase):
         b = c.put(b"k", b"b", precondition=Precondition(if_match=(v0,)))
         self.clock.advance(0)
         commits.run_all()
+        self.clock.advance(0)  # b starts once a has its answer
         self.successResultOf(a)
         self.assertIsInstance(self.failureResultOf(b).value, PreconditionFailed)
         self.assertEqual(engine.get(b"k").value, b"a")
+        self.successResultOf(engine.close())
+
+    def test_many_queued_conditional_writes_that_fail_at_once_all_get_their_answer(self):
+        """Hundreds queued behind one (a hot create-only key during an outage), all failing at
+        once: each starts from the reactor, not from inside the one before, so there is no
+        RecursionError (it left the rest unanswered and the key stuck for good)."""
+        from tests.unit.test_storage import HeldCommits
+        from twisted_dhm.errors import KVError
+        from twisted_dhm.storage.lmdb_engine import LMDBEngine
+
+        commits = HeldCommits()
+        engine = LMDBEngine(self.mktemp(), self.clock, map_size=8 << 20, run_in_thread=commits)
+        engine.open()
+        c = single_node_coordinator(engine, self.clock)
+        first = c.put(b"lock", b"0", precondition=Precondition(if_none_match=ANY))
+        queued = [c.put(b"lock", b"%d" % i, precondition=Precondition(if_none_match=ANY), w=5)
+                  for i in range(1000)]  # w=5 of a key with one replica: refused at once
+        self.clock.advance(0)
+        commits.run_all()
+        self.clock.advance(0)
+        self.successResultOf(first)
+        for d in queued:
+            self.failureResultOf(d, KVError)
+        self.assertEqual(c._conditional, {})
+        later = c.put(b"lock", b"x", precondition=Precondition(if_match=ANY))
+        self.clock.advance(0)
+        commits.run_all()
+        self.successResultOf(later)
         self.successResultOf(engine.close())
 
     def test_list_pages_skip_dead_keys(self):

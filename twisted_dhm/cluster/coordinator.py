@@ -316,7 +316,11 @@ class Coordinator:
         def finished(outcome: object) -> None:
             if self._conditional.get(key) is mine:
                 del self._conditional[key]
-            mine.callback(None)
+                mine.callback(None)
+            else:
+                # The next one starts from the reactor, not from this call: writes that fail at
+                # once (no quorum) would otherwise start each other ever deeper in one stack.
+                self._clock.callLater(0, mine.callback, None)
             if isinstance(outcome, Failure):
                 answer.errback(outcome)
             else:
