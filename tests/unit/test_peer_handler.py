@@ -211,5 +211,18 @@ class LosingWriteTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(first), 1)
         self.assertEqual(self.successResultOf(second), 0)
         self.assertEqual(engine.get(b"k").value, b"X")
-        # Nothing waiting: the answer is at once.
+        # Nothing waiting for that key: the answer is at once, whatever else is queued.
+        unrelated = replica.apply([(b"other", newer)])
         self.assertEqual(self.successResultOf(replica.apply([(b"k", older)])), 0)
+        clock.advance(0)
+        commits.run_all()
+        self.successResultOf(unrelated)
+        # In a batch with a winner: the answer waits for both.
+        newest = Record(b"Z", Version().increment("nodeB", 300))
+        pending = replica.apply([(b"k", newest)])
+        mixed = replica.apply([(b"k", older), (b"fresh", newer)])
+        clock.advance(0)
+        self.assertNoResult(mixed)
+        commits.run_all()
+        self.successResultOf(pending)
+        self.assertEqual(self.successResultOf(mixed), 1)

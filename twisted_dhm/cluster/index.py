@@ -204,6 +204,9 @@ class IndexedEngine:
     def flushed(self) -> Deferred:
         return self.engine.flushed()
 
+    def durable(self, key: bytes) -> Deferred:
+        return self.engine.durable(key)
+
     def close(self) -> Deferred:
         return self.engine.close()
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Protocol
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.python.failure import Failure
 
 from twisted_dhm import logs
 from twisted_dhm.storage import IStorageEngine, Record, RecordView, ScanEntry
-from twisted_dhm.storage.interface import CorruptRecord
+from twisted_dhm.storage.interface import CorruptRecord, all_durable
 from twisted_dhm.versions import HybridLogicalClock
 
 log = logs.logger("dhashmap.replica")
@@ -129,6 +129,7 @@ class LocalReplica:
         # A batch may carry a key twice (a client's write and a read repair of it, sent to this
         # node in one turn): each is held against the winner so far, not only the store's.
         winners: dict[bytes, Record] = {}
+        waits: list[Deferred] = []  # for the newer records losers lost to, still to be made durable
         known = current
         for key, record in items:
             self.hlc.observe(record.version.hlc)
@@ -143,20 +144,26 @@ class LocalReplica:
                     except CorruptRecord:
                         current = None  # what arrives replaces bytes that no longer decode
             if current is not None and not record.version.wins_over(current.version):
+                # Not stored: what this replica has is as new or newer. That may be a write still
+                # waiting for its commit, and the answer counts as an acknowledgement: it waits
+                # for that write to be durable.
+                if store_key not in winners:
+                    pending = store.durable(store_key)
+                    if not pending.called:
+                        waits.append(pending)
                 continue
             winners[store_key] = record
-        if not winners:
-            # Nothing stored: what this replica has is as new or newer. That may be a write still
-            # waiting for its commit, so the answer (which a coordinator counts as an
-            # acknowledgement) waits for what is queued to be durable; at once when nothing is.
-            return store.flushed().addCallback(lambda _: 0)
+        stored = len(winners)
         if len(winners) == 1:
             [(store_key, record)] = winners.items()
-            d = store.write(store_key, record, background=background)
-        else:
-            d = store.write_many(list(winners.items()), background=background)  # one commit, one waiter
-        stored = len(winners)
-        return d.addCallback(lambda _: stored)
+            waits.append(store.write(store_key, record, background=background))
+        elif winners:
+            waits.append(store.write_many(list(winners.items()), background=background))  # one commit, one waiter
+        if not waits:
+            return succeed(0)
+        if len(waits) == 1:
+            return waits[0].addCallback(lambda _: stored)
+        return all_durable(waits).addCallback(lambda _: stored)
 
     def scan(self, prefix: bytes, after: bytes | None, limit: int) -> list[ScanEntry]:
         return self.engine.scan(prefix, after, limit)

@@ -258,6 +258,10 @@ class IStorageEngine(Interface):
     def flushed() -> Deferred:
         """Fires once every write queued so far is durable (a barrier; at once when none is)."""
 
+    def durable(key: bytes) -> Deferred:
+        """Fires once the newest write of ``key`` queued so far is durable (at once when none
+        is waiting); like ``flushed``, it fires whether or not that write's commit succeeded."""
+
     def scan(prefix: bytes, after: bytes | None, limit: int) -> list[ScanEntry]:
         """Up to ``limit`` durable entries with ``prefix``, in key order, after ``after``."""
 

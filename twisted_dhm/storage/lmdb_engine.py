@@ -397,6 +397,12 @@ class LMDBEngine:
             self._flush_scheduled = True
             self._reactor.callLater(0, self._flush_if_idle)
 
+    def durable(self, key: bytes) -> Deferred:
+        """Fires once the newest write of ``key`` queued so far is durable: at once when none is
+        waiting, else with the barrier of every write queued so far (rarely needed: a replica
+        asks only when a write lost to one not yet durable)."""
+        return self.flushed() if key in self._pending else succeed(None)
+
     def flushed(self) -> Deferred:
         """Fires once every write queued so far is durable (errors included: it is a barrier)."""
         waits: list[Deferred] = []

@@ -56,6 +56,9 @@ class MemoryEngine:
     def write_many(self, items: Sequence[tuple[bytes, Record | None]], background: bool = False) -> Deferred:
         return all_durable([self.write(key, record, background) for key, record in items])
 
+    def durable(self, key: bytes) -> Deferred:
+        return succeed(None)  # every write is "durable" at once
+
     def flushed(self) -> Deferred:
         return succeed(None)  # every write is durable at once
 
