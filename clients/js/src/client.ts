@@ -427,8 +427,13 @@ export class Client {
     const topology = this.topology;
     if (topology !== undefined && Date.now() - topology.fetchedAt < this.topologyMaxAgeMs) return topology;
     const refresh = this.refreshTopology();
-    // With a table in hand, use it while a newer one is fetched.
-    return topology !== undefined && !wait ? topology : refresh;
+    if (topology !== undefined && !wait) {
+      // With a table in hand, use it while a newer one is fetched; nobody awaits that fetch,
+      // so its failure must not become an unhandled rejection (Node exits on those).
+      refresh.catch(() => undefined);
+      return topology;
+    }
+    return refresh;
   }
 
   /** Fetch ring and members from the first seed that answers; one refresh at a time. */
@@ -449,7 +454,7 @@ export class Client {
               parseRing(this.json(ringResponse)), parseMembers(this.json(membersResponse)), seed, Date.now());
             return this.topology;
           } catch (error) {
-            if (!(error instanceof DhashmapError)) throw error;
+            // This seed cannot say (down, or a table it cannot make sense of): the next may.
             if (error instanceof ConnectionError) this.markDown(base);
           }
         }

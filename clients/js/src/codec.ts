@@ -64,15 +64,22 @@ export function keyPath(key: Uint8Array): string {
 export function checkLevel(level: Level | undefined, name: string): string | undefined {
   if (level === undefined) return undefined;
   if (level === "one" || level === "quorum" || level === "all") return level;
-  if (typeof level === "number" && Number.isInteger(level) && level >= 1) return String(level);
+  if (typeof level === "number" && Number.isSafeInteger(level) && level >= 1) return String(level);
   throw new RangeError(`${name} must be "one", "quorum", "all" or a positive integer, not ${String(level)}`);
 }
+
+/** The longest time to live a node accepts (ten years), over every API. */
+export const MAX_TTL_SECONDS = 315_360_000;
 
 export function checkTtl(ttl: number | undefined): string | undefined {
   if (ttl === undefined) return undefined;
   // Whole seconds only: rounding either way would change when the value disappears.
   if (typeof ttl !== "number" || !Number.isInteger(ttl)) {
     throw new RangeError(`ttlSeconds must be a whole number of seconds, not ${String(ttl)}`);
+  }
+  // The node's range (ten years); beyond it a number would also stop being exact, or print as 1e+21.
+  if (ttl < 1 || ttl > MAX_TTL_SECONDS) {
+    throw new RangeError(`ttlSeconds must be from 1 to ${MAX_TTL_SECONDS}, not ${String(ttl)}`);
   }
   return String(ttl);
 }

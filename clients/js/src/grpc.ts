@@ -160,9 +160,10 @@ export function errorFromStatus(code: number, details: string, metadata?: grpc.M
     case grpc.status.PERMISSION_DENIED: return new ForbiddenError(message, options);
     case grpc.status.RESOURCE_EXHAUSTED: {
       // The node says which limit in its message ("the key is N bytes; ...", "the value is ...").
+      // (The store's "is full" first: its message names the store's path, which may say "key".)
       const lowered = details.toLowerCase();
+      if (/\bfull\b|no room|no space|map size/.test(lowered)) return new StorageFullError(message, options);
       if (lowered.includes("key")) return new KeyTooLongError(message, options);
-      if (/full|no room|space|map size/.test(lowered)) return new StorageFullError(message, options);
       return new ValueTooLargeError(message, options);
     }
     case grpc.status.UNAVAILABLE: {
@@ -192,7 +193,11 @@ function quorum(level: Level | undefined, name: string): Quorum | undefined {
     case "one": return { level: 1, count: 0 };
     case "quorum": return { level: 2, count: 0 };
     case "all": return { level: 3, count: 0 };
-    default: return { level: 0, count: Number(checked) };
+    default: {
+      const count = Number(checked);
+      if (count > 0xffffffff) throw new RangeError(`${name} must be at most ${0xffffffff}, not ${count}`);
+      return { level: 0, count };
+    }
   }
 }
 
@@ -624,8 +629,13 @@ export class GrpcClient {
     const topology = this.topology;
     if (topology !== undefined && Date.now() - topology.fetchedAt < this.topologyMaxAgeMs) return topology;
     const refresh = this.refreshTopology();
-    // With a table in hand, use it while a newer one is fetched.
-    return topology !== undefined && !wait ? topology : refresh;
+    if (topology !== undefined && !wait) {
+      // With a table in hand, use it while a newer one is fetched; nobody awaits that fetch,
+      // so its failure must not become an unhandled rejection (Node exits on those).
+      refresh.catch(() => undefined);
+      return topology;
+    }
+    return refresh;
   }
 
   /** Ring and members over gRPC from the target, else from another live member; one refresh at a time. */
@@ -644,8 +654,8 @@ export class GrpcClient {
               this.call<RingResponse>(node.cluster, "Ring", {}), this.call<MembersResponse>(node.cluster, "Members", {})]);
             this.topology = new Topology(ringOf(ring), membersOf(members), new URL(`grpc://${this.target}`), Date.now(), "grpc");
             return this.topology;
-          } catch (error) {
-            if (error instanceof Error && !("code" in error)) throw error;
+          } catch {
+            // This one cannot say (gone, shut down, a table it cannot make sense of): the next may.
           }
         }
         return this.topology; // none answered: keep what we had (possibly nothing)

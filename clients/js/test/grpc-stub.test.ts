@@ -202,6 +202,9 @@ describe("status codes", () => {
       [grpc.status.RESOURCE_EXHAUSTED, "the key is 5000 bytes; the limit is 4096", undefined, KeyTooLongError, "key_too_long"],
       [grpc.status.RESOURCE_EXHAUSTED, "the value is 9 bytes; the limit is 8", undefined, ValueTooLargeError, "value_too_large"],
       [grpc.status.RESOURCE_EXHAUSTED, "LMDB map is full; raise --lmdb-map-size", undefined, StorageFullError, "storage_full"],
+      // The store's message names its path, which may say "key": still a full store.
+      [grpc.status.RESOURCE_EXHAUSTED, "the store at /var/lib/keyvalue is full (map size 1024 bytes); raise --lmdb-map-size",
+        undefined, StorageFullError, "storage_full"],
       [grpc.status.UNAVAILABLE, "0 of 3", md, UnavailableError, "unavailable"],
       [grpc.status.UNAVAILABLE, "No connection established. Last error: connect ECONNREFUSED", undefined, ConnectionError, "connection_error"],
       [grpc.status.DEADLINE_EXCEEDED, "Deadline exceeded", undefined, TimeoutError, "timeout"],

@@ -122,6 +122,9 @@ describe("requests on the wire", () => {
   test("arguments the node would refuse are refused before sending", async () => {
     const client = new Client("http://127.0.0.1:1", quick);
     await assert.rejects(client.put("k", "v", { ttlSeconds: 1.5 }), RangeError);
+    for (const ttlSeconds of [0, -1, 315_360_001, 1e21]) {
+      await assert.rejects(client.put("k", "v", { ttlSeconds }), RangeError, String(ttlSeconds));
+    }
     await assert.rejects(client.get("k", { r: 0 }), RangeError);
     await assert.rejects(client.get(""), RangeError);
     await assert.rejects(client.put("k", "v", { ifMatch: 'a"b' }), RangeError);

@@ -92,3 +92,37 @@ test("an owner reported dead is skipped; one that refuses connections is avoided
   }
   assert.ok(nodes[0]!.seen.filter((s) => s.url === "/v1/cluster/ring").length > ringRequestsBefore);
 });
+
+test("a background table refresh that fails is not an unhandled rejection", async () => {
+  // Found in review: with a stale table, the refresh nobody awaits rejected (here: a table the
+  // client cannot make sense of) and Node ended the process.
+  let fetches = 0;
+  const node = await fakeNode((req, res) => {
+    if (req.url === "/v1/cluster/ring") {
+      fetches++;
+      json(res, 200, fetches === 1
+        ? { partitions: 1, replicas: 1, hash: "xxh64", nodes: ["a"], table: [{ partition: 0, owners: ["a"] }] }
+        : { partitions: 1, replicas: 1, hash: "xxh64", nodes: ["a"], table: [null] });
+    } else if (req.url === "/v1/cluster/members") {
+      json(res, 200, { node: "a", members: [{ id: "a", state: "alive", addresses: { host: "127.0.0.1", peer: 1, rest: node.port }, weight: 1 }] });
+    } else {
+      res.writeHead(200, { etag: '"v"' });
+      res.end("x");
+    }
+  });
+  const unhandled: unknown[] = [];
+  const record = (reason: unknown): void => { unhandled.push(reason); };
+  process.on("unhandledRejection", record);
+  try {
+    const client = new Client([node.url], { smartRouting: true, topologyMaxAgeMs: 1, timeoutMs: 2000 });
+    assert.equal((await client.get("k")).version, "v");
+    await new Promise((r) => setTimeout(r, 5)); // the table is stale now
+    assert.equal((await client.get("k")).version, "v"); // served with the old table meanwhile
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+    assert.ok(fetches >= 2, "a refresh was made");
+    assert.deepEqual(unhandled, []);
+  } finally {
+    process.off("unhandledRejection", record);
+    await node.close();
+  }
+});

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -108,10 +109,11 @@ def error_from_rpc(error: grpc.RpcError) -> DhashmapError:
         return InvalidRequest(message)
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
         lowered = message.lower()
+        # The store's "is full" first: its message names the store's path, which may say "key".
+        if re.search(r"\bfull\b|no room|no space|map size", lowered):
+            return StorageFull(message)
         if "key" in lowered:
             return KeyTooLong(message)
-        if "full" in lowered or "no room" in lowered or "space" in lowered:
-            return StorageFull(message)
         return ValueTooLarge(message)
     if code is grpc.StatusCode.UNAVAILABLE:
         trailing = error.trailing_metadata() if callable(getattr(error, "trailing_metadata", None)) else None

@@ -431,6 +431,8 @@ class _Status(grpc.RpcError):
     (grpc.StatusCode.FAILED_PRECONDITION, "version mismatch", PreconditionFailed),
     (grpc.StatusCode.INVALID_ARGUMENT, "the key is empty", InvalidRequest),
     (grpc.StatusCode.RESOURCE_EXHAUSTED, "the key is 5000 bytes; the limit is 4096", KeyTooLong),
+    # The store's message names its path, which may say "key": still a full store.
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, "the store at /var/lib/keyvalue is full (map size 1024 bytes)", StorageFull),
     (grpc.StatusCode.RESOURCE_EXHAUSTED, "the value is 9 bytes; the limit is 8", ValueTooLarge),
     (grpc.StatusCode.RESOURCE_EXHAUSTED, "LMDB map full", StorageFull),
     (grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses", ConnectionError),
