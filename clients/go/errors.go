@@ -158,6 +158,11 @@ func errorFromResponse(status int, body []byte) *Error {
 		if doc.Error.Message != nil {
 			e.Message = *doc.Error.Message
 		}
+		if status == 404 && e.Code != "" && e.Code != "not_found" {
+			// A 404 that is not about the key (no_route: a wrong base URL or proxy route) must not
+			// read as "no such key".
+			e.Kind = ErrServer
+		}
 		if e.Kind == ErrUnavailable && doc.Error.Acks != nil && doc.Error.Required != nil &&
 			*doc.Error.Acks >= 0 && *doc.Error.Required > 0 {
 			e.Acks, e.Required = *doc.Error.Acks, *doc.Error.Required

@@ -422,8 +422,19 @@ func (c *GRPCClient) scan(ctx context.Context, req *pb.ScanRequest) iter.Seq2[[]
 				timer = time.AfterFunc(c.timeout, func() { close(timedOut); cancel() })
 			}
 		}
-		disarm := func() bool { return timer == nil || timer.Stop() }
+		stopped := true // false once disarm finds the timer already fired
+		disarm := func() bool {
+			if timer != nil {
+				stopped = timer.Stop()
+			}
+			return stopped
+		}
 		fail := func(err error) {
+			if !stopped {
+				// The timer fired: its function (in a goroutine of its own) is closing timedOut.
+				// Wait for it, or a timeout would end the listing as if it were complete.
+				<-timedOut
+			}
 			select {
 			case <-timedOut:
 				yield(nil, &Error{Kind: context.DeadlineExceeded, Code: "timeout", Node: c.addr,
@@ -551,11 +562,13 @@ func errorOfGRPCStatus(code codes.Code, msg string, trailer metadata.MD, node st
 	case codes.ResourceExhausted:
 		lower := strings.ToLower(msg)
 		switch {
-		case strings.HasPrefix(lower, "grpc: received message larger") || strings.HasPrefix(lower, "grpc: trying to send message larger"):
+		case strings.Contains(lower, "message larger than max"):
+			// grpc's own limit, either side ("grpc: received message larger than max",
+			// "trying to send message larger than max", "Received message larger than max")
 			e.Kind, e.Code = ErrTooLarge, "frame_too_large"
-		case strings.Contains(lower, "key"):
+		case strings.HasPrefix(lower, "the key is "):
 			e.Kind, e.Code = ErrTooLarge, "key_too_long"
-		case strings.Contains(lower, "value"):
+		case strings.HasPrefix(lower, "the value is "):
 			e.Kind, e.Code = ErrTooLarge, "value_too_large"
 		default:
 			e.Kind, e.Code = ErrStorageFull, "storage_full"

@@ -264,6 +264,9 @@ func TestGRPCStatusMapping(t *testing.T) {
 		{codes.ResourceExhausted, "the key is 5000 bytes; the limit is 4096", nil, ErrTooLarge, "key_too_long", 0, 0},
 		{codes.ResourceExhausted, "the value is 9 bytes; the limit is 8", nil, ErrTooLarge, "value_too_large", 0, 0},
 		{codes.ResourceExhausted, "storage full", nil, ErrStorageFull, "storage_full", 0, 0},
+		// A store whose path says "key" is still full; grpc's own size limit is a frame too large.
+		{codes.ResourceExhausted, "the store at /srv/keystore/n1 is full (map size 1024 bytes); raise --lmdb-map-size", nil, ErrStorageFull, "storage_full", 0, 0},
+		{codes.ResourceExhausted, "Received message larger than max (20971520 vs. 9502720)", nil, ErrTooLarge, "frame_too_large", 0, 0},
 		{codes.Unavailable, "1 of 3 replicas answered", metadata.Pairs("acks", "1", "required", "3"), ErrUnavailable, "unavailable", 1, 3},
 		{codes.Unavailable, "storage failed", nil, ErrUnavailable, "unavailable", 0, 0},
 		{codes.PermissionDenied, "no", nil, ErrForbidden, "forbidden", 0, 0},

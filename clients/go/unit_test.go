@@ -85,6 +85,14 @@ func TestErrorFromResponse(t *testing.T) {
 	if e := errorFromResponse(414, nil); e.Code != "key_too_long" {
 		t.Errorf("414 code %s", e.Code)
 	}
+	// A 404 about a route, not a key (a wrong base URL), must not read as "no such key".
+	noRoute := errorFromResponse(404, []byte(`{"error": {"code": "no_route", "message": "no such endpoint"}}`))
+	if errors.Is(noRoute, ErrNotFound) || !errors.Is(noRoute, ErrServer) || noRoute.Code != "no_route" {
+		t.Errorf("no_route: %#v", noRoute)
+	}
+	if e := errorFromResponse(404, []byte(`{"error": {"code": "not_found", "message": "no value"}}`)); !errors.Is(e, ErrNotFound) {
+		t.Errorf("not_found: %#v", e)
+	}
 }
 
 func TestVersionTokens(t *testing.T) {
