@@ -150,5 +150,8 @@ func neverSent(err error) bool {
 	if !errors.As(err, &e) {
 		return false
 	}
-	return strings.Contains(e.Message, "while dialing") || strings.Contains(e.Message, "connection refused")
+	// ("connection error: desc = ..." is grpc-go failing the call at pick time, before it has a
+	// transport to send on: a refused or reset connection, a failed handshake.)
+	return strings.Contains(e.Message, "while dialing") || strings.Contains(e.Message, "connection refused") ||
+		strings.Contains(e.Message, "connection error: desc =")
 }

@@ -118,3 +118,18 @@ func TestConsistencyString(t *testing.T) {
 		}
 	}
 }
+
+func TestNeverSent(t *testing.T) {
+	// grpc-go fails a call at pick time, before it has a transport, with "connection error:
+	// desc = ...": such a write may go to the next owner. One that failed after it was sent may not.
+	for msg, want := range map[string]bool{
+		`connection error: desc = "transport: Error while dialing: dial tcp 127.0.0.1:1: connect: connection refused"`: true,
+		`connection error: desc = "error reading server preface: read tcp: connection reset by peer"`:                  true,
+		`error reading from server: EOF`: false,
+		`transport is closing`:           false,
+	} {
+		if got := neverSent(&Error{Kind: ErrConnection, Message: msg}); got != want {
+			t.Errorf("neverSent(%q) = %v", msg, got)
+		}
+	}
+}

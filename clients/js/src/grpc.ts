@@ -297,6 +297,7 @@ export class GrpcClient {
   private readonly openNode: (target: string) => { kv: Stub; cluster: Stub };
   /** Smart routing: the stubs of the other nodes, by gRPC target, opened on first use. */
   private readonly nodes = new Map<string, { kv: Stub; cluster: Stub }>();
+  private closed = false;
   private readonly downUntil = new Map<string, number>();
   private topology: Topology | undefined;
   private refreshing: Promise<Topology | undefined> | undefined;
@@ -332,6 +333,7 @@ export class GrpcClient {
 
   /** Close the channels (the other nodes' too, with smart routing); calls in flight fail with `ConnectionError` (CANCELLED). */
   close(): void {
+    this.closed = true; // a routed call that picks its node after this finds no channel to open
     for (const node of this.nodes.values()) node.kv.close();
     this.nodes.clear();
     this.nodes.set(this.target, { kv: this.kv, cluster: this.cluster });
@@ -592,6 +594,7 @@ export class GrpcClient {
   }
 
   private node(target: string): { kv: Stub; cluster: Stub } {
+    if (this.closed) throw new ConnectionError(`the client was closed (${target})`, { code: "cancelled" });
     let node = this.nodes.get(target);
     if (node === undefined) {
       node = this.openNode(target);

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import * as grpc from "@grpc/grpc-js";
-import { GrpcClient, loadServices, partitionOf } from "dhashmap-client/grpc";
+import { ConnectionError, GrpcClient, loadServices, partitionOf } from "dhashmap-client/grpc";
 
 const Q = 8;
 const ids = ["a", "b", "c"];
@@ -126,4 +126,15 @@ test("an owner reported dead is skipped; one that went away is avoided and the t
   } finally {
     client.close();
   }
+});
+
+test("after close() a routed call opens no channel and fails with ConnectionError (cancelled)", async () => {
+  const client = new GrpcClient(target(nodes[0]!), { smartRouting: true, timeoutMs: 2000 });
+  const p = [...Array(Q).keys()].find((q) => owners(q)[0] === "b")!;
+  assert.equal((await client.get(keyFor(p))).version, "b"); // the table is in, b's channel open
+  client.close();
+  for (const n of nodes) n.keyed.length = 0;
+  await assert.rejects(client.get(keyFor(p)), (error: unknown) =>
+    error instanceof ConnectionError && error.code === "cancelled");
+  assert.deepEqual(nodes.map((n) => n.keyed.length), [0, 0, 0], "no call reached a node");
 });
