@@ -505,8 +505,12 @@ export class Client {
         return response;
       } catch (error) {
         if (!(error instanceof ConnectionError)) throw error;
-        this.markDown(base);
-        if (this.smartRouting) this.refreshTopology().catch(() => undefined);
+        if (error.connectFailed || req.idempotent) {
+          // (A write the node cut short is not a sign it is down: an oversized body meets the
+          // node's early 413 and then a reset. Only a failed connection, or a retry, moves on.)
+          this.markDown(base);
+          if (this.smartRouting) this.refreshTopology().catch(() => undefined);
+        }
         if (last || !(error.connectFailed || req.idempotent)) throw error;
         await this.backoff(attempt);
       }

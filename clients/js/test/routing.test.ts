@@ -2,7 +2,7 @@
 
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { Client, partitionOf } from "dhashmap-client";
+import { Client, ConnectionError, partitionOf } from "dhashmap-client";
 import { type FakeNode, fakeNode, json } from "./fake.js";
 
 const Q = 8;
@@ -124,5 +124,30 @@ test("a background table refresh that fails is not an unhandled rejection", asyn
   } finally {
     process.off("unhandledRejection", record);
     await node.close();
+  }
+});
+
+test("a write the node cuts short does not mark the node down", async () => {
+  // An oversized body meets the node's early 413 and then a reset: the node is healthy, and the
+  // next request still goes to it, not to the next seed.
+  const first = await fakeNode((req, res) => {
+    if (req.method === "PUT") {
+      res.socket?.destroy(); // cut short, after the request was sent
+      return;
+    }
+    res.writeHead(200, { etag: '"first"' });
+    res.end("x");
+  });
+  const second = await fakeNode((_req, res) => {
+    res.writeHead(200, { etag: '"second"' });
+    res.end("x");
+  });
+  try {
+    const client = new Client([first.url, second.url], { timeoutMs: 2000, retries: 0 });
+    await assert.rejects(client.put("k", "v"), ConnectionError);
+    assert.equal((await client.get("k")).version, "first");
+  } finally {
+    await first.close();
+    await second.close();
   }
 });
