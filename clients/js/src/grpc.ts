@@ -484,7 +484,21 @@ export class GrpcClient {
     const keys: Uint8Array[] = [];
     const scanOptions: GrpcScanOptions = { limit: limit + 1, pageSize: Math.min(limit + 1, 1000) };
     if (options.cursor) scanOptions.startAfter = decodeCursor(options.cursor);
-    for await (const k of this.scan(prefix, scanOptions)) keys.push(k);
+    // The page is read whole before it is returned, so a Scan that failed may be read again
+    // (as the idempotent unary calls are: after UNAVAILABLE, or a connection that broke).
+    for (let attempt = 0; ; attempt++) {
+      try {
+        for await (const k of this.scan(prefix, scanOptions)) keys.push(k);
+        break;
+      } catch (error) {
+        const retryable = (error instanceof UnavailableError || error instanceof ConnectionError)
+          && error.code !== "cancelled";
+        if (!retryable || attempt >= this.retries) throw error;
+        keys.length = 0;
+        const step = Math.min(this.maxBackoffMs, this.backoffMs * 2 ** attempt);
+        await sleep(step / 2 + Math.random() * (step / 2));
+      }
+    }
     // One key more than asked says whether there is a next page.
     if (keys.length <= limit) return { keys, cursor: null };
     keys.length = limit;

@@ -191,6 +191,13 @@ describe("status codes", () => {
     assert.deepEqual(keys, ["a", "b"]);
   });
 
+  test("list is retried after UNAVAILABLE, as the idempotent calls are (its page is read whole)", async () => {
+    const scans = () => stub.calls.filter((c) => c === "Scan").length;
+    const before = scans();
+    await assert.rejects(client.list(""), UnavailableError);
+    assert.equal(scans() - before, 3, "the first try and two retries");
+  });
+
   test("the mapping of every status", () => {
     const md = new grpc.Metadata();
     md.set("acks", "0");
