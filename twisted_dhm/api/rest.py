@@ -272,10 +272,8 @@ class KVResource(Resource):
                 finish(request, 404, error_body("not_found", "no value for this key"), JSON_TYPE)
                 return
             tag = etag_of(record.token)
-            if required is not None and required != ANY and record.version not in required:
-                finish(request, 412, error_body("precondition_failed",
-                                                "If-Match: the current version is a different one"), JSON_TYPE)
-                return
+            if required is not None:
+                Precondition(if_match=required).check(record)  # PreconditionFailed: 412, by _failed
             if condition is not None and (condition == ANY or record.version in condition):
                 finish(request, 304, etag_value=tag)
                 return

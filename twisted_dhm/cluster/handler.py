@@ -12,7 +12,6 @@ from twisted_dhm.cluster.coordinator import (
     ANY,
     LATER,
     MAX_SCAN,
-    MAX_TTL_SECONDS,
     NO_CONDITION,
     Coordinator,
     Precondition,
@@ -250,8 +249,6 @@ class PeerHandler:
         self._check_key(msg.key)
         if len(msg.value) > self.max_value_size:
             raise ValueTooLarge(f"the value is {len(msg.value)} bytes; the limit is {self.max_value_size}")
-        if msg.ttl_seconds > MAX_TTL_SECONDS:
-            raise InvalidRequest(f"ttl_seconds must be at most {MAX_TTL_SECONDS}")
         ttl = float(msg.ttl_seconds) if msg.ttl_seconds else None
         d = self.coordinator.put(msg.key, msg.value, ttl, self._precondition(msg.if_match, msg.if_none_match),
                                  _level(msg.w))
